@@ -1,0 +1,197 @@
+"""The `prunerec` command line: each command parses, calls one function, prints."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from prunerec.errors import PrunerecError
+
+
+def friendly_errors(command):
+    """Turn known errors into a message and exit code 2; Ctrl-C into a resume hint."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PrunerecError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: finished work is saved; rerun the same command with --resume to continue",
+                       err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="prunerec")
+def main():
+    """Compress fine-tuned Qwen2 recommenders (BIGRec) with PruneRec.
+
+    Typical flow: `data` -> `train` -> `evaluate`; `demo` runs it all on built-in data.
+    """
+
+
+# --- data ---------------------------------------------------------------------------------
+@main.group()
+def data():
+    """Prepare data sets in the uniform form (items.jsonl, train/valid/test.jsonl)."""
+
+
+@data.group("prepare")
+def data_prepare():
+    """Turn raw data into the uniform prepared form."""
+
+
+@data_prepare.command("amazon")
+@click.option("--reviews", required=True, type=click.Path(dir_okay=False), help="Raw reviews file (e.g. Video_Games.json.gz).")
+@click.option("--meta", required=True, type=click.Path(dir_okay=False), help="Raw metadata file (e.g. meta_Video_Games.json.gz).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--window-end", default="2018-11-01", show_default=True, help="End of the time window (exclusive).")
+@click.option("--min-items", default=10_000, show_default=True, help="Widen the window a year at a time until this many items remain.")
+@click.option("--core", default=5, show_default=True, help="Iterative k-core on users and items.")
+@click.option("--max-history", default=10, show_default=True, help="History items kept per sample.")
+@friendly_errors
+def data_prepare_amazon(reviews, meta, out, window_end, min_items, core, max_history):
+    """Amazon Reviews 2018 (gzipped JSON lines, as published) with the BIGRec protocol:
+    time window, title cleaning, 5-core, history <= 10, global 8:1:1 time split."""
+    from prunerec.data.amazon import prepare_amazon
+
+    stats = prepare_amazon(reviews, meta, out, window_end=window_end, min_items=min_items, core=core,
+                           max_history=max_history)
+    click.echo(json.dumps(stats, indent=2))
+
+
+@data.group("download")
+def data_download():
+    """Fetch raw public data (resumable)."""
+
+
+@data_download.command("amazon")
+@click.option("--category", default="Video_Games", show_default=True, help="Amazon 2018 category file name.")
+@click.option("--out", default="raw", show_default=True, type=click.Path(file_okay=False))
+@friendly_errors
+def data_download_amazon(category, out):
+    """Download the raw reviews and metadata files of an Amazon 2018 category."""
+    from prunerec.data.amazon import download_amazon
+
+    reviews, meta = download_amazon(category, out)
+    click.echo(f"reviews: {reviews}\nmeta:    {meta}\nnext: prunerec data prepare amazon "
+               f"--reviews {reviews} --meta {meta} --out data/{category}")
+
+
+@data.command("demo")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--items", "n_items", default=1200, show_default=True)
+@click.option("--users", "n_users", default=1600, show_default=True)
+@friendly_errors
+def data_demo(out, seed, n_items, n_users):
+    """Write the built-in synthetic game-store data set (no download)."""
+    from prunerec.data.demo import write_demo
+
+    write_demo(out, seed=seed, n_items=n_items, n_users=n_users)
+    click.echo(f"demo data written to {out}")
+
+
+# --- train --------------------------------------------------------------------------------
+def _train_options(command):
+    options = [
+        click.option("--epochs", default=3, show_default=True),
+        click.option("--batch-size", default=32, show_default=True),
+        click.option("--lr", type=float, default=None, help="Default: 3e-4 for checkpoints, 1e-3 for scratch presets."),
+        click.option("--warmup", default=20, show_default=True, help="Warm-up steps."),
+        click.option("--patience", default=1, show_default=True, help="Validations without improvement before stopping."),
+        click.option("--eval-every", default=0, show_default=True, help="Steps between validations (0: each epoch)."),
+        click.option("--max-steps", default=0, show_default=True, help="Stop after this many steps (0: no limit)."),
+        click.option("--time-budget", default=0.0, show_default=True, help="Minutes of training, then stop at the next validation (0: no limit)."),
+        click.option("--train-limit", type=int, default=None, help="Train on a seeded random subset of this many rows."),
+        click.option("--valid-limit", type=int, default=1000, show_default=True, help="Validation rows used for the loss."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _prompt_options(command):
+    options = [
+        click.option("--template", type=click.Choice(["alpaca", "compact"]), default=None,
+                     help="Prompt template. Default: alpaca for checkpoints, compact for scratch presets."),
+        click.option("--category", default=None, help="Item category named in the prompt (default: from the data's stats.json or 'catalog')."),
+        click.option("--max-history", default=10, show_default=True, help="History items in a prompt (most recent kept)."),
+        click.option("--cutoff", default=512, show_default=True, help="Tokens per example, cut from the left."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Prepared data folder.")
+@click.option("--model", "model_ref", required=True,
+              help="A scratch preset (tiny, small) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
+@_prompt_options
+@_train_options
+@friendly_errors
+def train(data_dir, model_ref, out, template, category, max_history, cutoff, **train_kwargs):
+    """BIGRec supervised fine-tuning: learn to write the next item's title.
+
+    Loss on response tokens only; validation loss each epoch (or --eval-every steps); early
+    stopping; the best weights are kept. The result in --out is a stock Hugging Face
+    checkpoint plus catalog.jsonl and prunerec.json.
+    """
+    from prunerec.recipes import run_train
+
+    summary = run_train(data_dir, model_ref, out, template=template, category=category,
+                        max_history=max_history, cutoff=cutoff, **train_kwargs)
+    click.echo(f"best validation loss {summary['best_valid_loss']:.4f} at step {summary['best_step']} "
+               f"({summary['stop_reason']}); {summary['train_seconds']:.0f}s of training; model in {out}")
+
+
+# --- evaluate -----------------------------------------------------------------------------
+@main.command()
+@click.option("--model", "model_ref", required=True, help="Checkpoint folder written by train/compress (or any Qwen2 recommender).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--grounding", type=click.Choice(["trie", "l2", "both"]), default="both", show_default=True,
+              help="trie: constrained beam search; l2: BIGRec's free generation + L2 matching.")
+@click.option("--beams", default=20, show_default=True, help="Beams = ranked items returned by constrained search.")
+@click.option("--batch-size", default=8, show_default=True, help="Users per batch.")
+@click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of this many users.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+@click.option("--seed", default=0, show_default=True)
+@friendly_errors
+def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, limit, out, seed):
+    """HR@K and NDCG@K (K = 1, 3, 5, 10, 20) with 95% bootstrap intervals, the out-of-catalog
+    rate of free generation, and a popularity baseline, in one table."""
+    from prunerec.recipes import run_evaluate
+
+    report, table = run_evaluate(model_ref, data_dir, split=split, grounding=grounding, beams=beams,
+                                 batch_size=batch_size, limit=limit, out=out, seed=seed)
+    click.echo(table)
+
+
+# --- demo ---------------------------------------------------------------------------------
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--minutes", default=5.0, show_default=True, help="Training budget in minutes.")
+@click.option("--users", "eval_users", default=300, show_default=True, help="Test users evaluated.")
+@click.option("--resume", is_flag=True, help="Reuse finished steps in --out.")
+@friendly_errors
+def demo(out, minutes, eval_users, resume):
+    """End to end on built-in data: make data, train the tiny preset, evaluate, print the table."""
+    from prunerec.recipes import run_demo
+
+    click.echo(run_demo(out, minutes=minutes, eval_users=eval_users, resume=resume))
+
+
+if __name__ == "__main__":
+    main()

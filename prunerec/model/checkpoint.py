@@ -1,0 +1,88 @@
+"""A recommender checkpoint: a stock Hugging Face Qwen2 folder plus the catalog it recommends from.
+
+Files beside the usual config.json / model.safetensors / tokenizer files:
+  catalog.jsonl   the items ({"item_id", "title"}) the model was trained for
+  prunerec.json   prompt settings (template, category, max_history, cutoff) and provenance
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from prunerec.data.catalog import Catalog, DataError, load_catalog
+from prunerec.errors import PrunerecError
+from prunerec.io import write_json, write_jsonl
+from prunerec.rec.prompt import PromptSettings
+
+SETTINGS_FILE = "prunerec.json"
+CATALOG_FILE = "catalog.jsonl"
+
+
+@dataclass
+class RecModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    catalog: Catalog | None
+    settings: PromptSettings
+    info: dict
+
+    def save(self, out: str | Path) -> None:
+        """Write everything into `out` (the caller makes `out` atomic, e.g. with io.atomic_dir)."""
+        out = Path(out)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        if self.catalog is not None:
+            write_jsonl(out / CATALOG_FILE, ({"item_id": i, "title": t} for i, t in enumerate(self.catalog.titles)))
+        write_json(out / SETTINGS_FILE, {"prompt": self.settings.to_json(), **self.info})
+
+
+def _is_local(ref: str) -> bool:
+    return Path(ref).exists() or ref.startswith((".", "/", "~"))
+
+
+def check_checkpoint(ref: str) -> None:
+    """Fail early, with a clear message, if `ref` is not a loadable Qwen2-family checkpoint."""
+    if _is_local(ref):
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            raise PrunerecError(f"model folder not found: {ref}")
+        if not (path / "config.json").is_file():
+            raise PrunerecError(f"{ref} is not a Hugging Face checkpoint (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(ref)
+    except (OSError, ValueError) as err:
+        raise PrunerecError(f"cannot load model config from '{ref}': {err}") from None
+    if config.model_type not in ("qwen2", "llama"):
+        raise PrunerecError(f"{ref} is a '{config.model_type}' model; prunerec works on Qwen2-family causal LMs")
+
+
+def load_rec_model(ref: str, *, dtype: torch.dtype = torch.float32, need_catalog: bool = False) -> RecModel:
+    """Load a local folder or a hub id (where there is internet) with its tokenizer and catalog."""
+    check_checkpoint(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise PrunerecError(f"cannot load model from '{ref}': {err}") from None
+    model.eval()
+    settings, info, catalog = PromptSettings(), {}, None
+    path = Path(ref).expanduser()
+    if (path / SETTINGS_FILE).is_file():
+        info = json.loads((path / SETTINGS_FILE).read_text())
+        settings = PromptSettings.from_json(info.pop("prompt", {}))
+    if (path / CATALOG_FILE).is_file():
+        try:
+            catalog = load_catalog(path / CATALOG_FILE)
+        except DataError as err:
+            raise PrunerecError(f"the model's catalog is broken: {err}") from None
+    if need_catalog and catalog is None:
+        raise PrunerecError(f"{ref} has no {CATALOG_FILE}: pass --data with the catalog it recommends from")
+    if tokenizer.eos_token_id is None:
+        raise PrunerecError(f"the tokenizer of {ref} has no EOS token; responses cannot be terminated")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return RecModel(model, tokenizer, catalog, settings, info)

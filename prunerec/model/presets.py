@@ -1,0 +1,60 @@
+"""Scratch Qwen2 shapes for machines without pretrained weights.
+
+Every preset keeps hidden_size == num_attention_heads x head_dim (vLLM's Qwen2 assumes it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import Qwen2Config
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_positions: int = 1024
+    help: str = ""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def config(self, vocab_size: int, eos_id: int) -> Qwen2Config:
+        return Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            max_position_embeddings=self.max_positions,
+            tie_word_embeddings=True,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-6,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
+            use_cache=True,
+        )
+
+
+PRESETS = {
+    "tiny": Preset("tiny", vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                   intermediate_size=1024, help="~4M parameters; trains in minutes on 2 cores (demo, tests)"),
+    "small": Preset("small", vocab_size=8192, hidden_size=384, num_layers=8, num_heads=6, num_kv_heads=2,
+                    intermediate_size=2048,
+                    help="~25M parameters, deeper and wider than the data needs: the base for pruning benchmarks"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise KeyError(name)
+    return PRESETS[name]

@@ -1,0 +1,43 @@
+"""Token ids of prompts, responses and training examples; the single place that tokenizes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from prunerec.data.catalog import Catalog, Sample
+from prunerec.rec.prompt import PromptSettings, format_prompt, format_response
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    n_response: int  # the last n_response tokens are the response (loss is taken only there)
+
+
+def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+
+def response_ids(tokenizer, titles: Sequence[str]) -> list[list[int]]:
+    """Quoted title, newline, then EOS: the sequence a model writes for each title."""
+    return [ids + [tokenizer.eos_token_id] for ids in _ids(tokenizer, [format_response(t) for t in titles])]
+
+
+def prompt_ids(tokenizer, histories: Sequence[Sequence[str]], settings: PromptSettings) -> list[list[int]]:
+    """Prompts cut from the left to leave room for a response within the cutoff."""
+    prompts = _ids(tokenizer, [format_prompt(h, settings) for h in histories])
+    return [p[-settings.cutoff_tokens:] for p in prompts]
+
+
+def history_titles(sample: Sample, catalog: Catalog) -> list[str]:
+    return [catalog.title(i) for i in sample.history]
+
+
+def build_examples(tokenizer, samples: Sequence[Sample], catalog: Catalog, settings: PromptSettings) -> list[Example]:
+    prompts = prompt_ids(tokenizer, [history_titles(s, catalog) for s in samples], settings)
+    responses = response_ids(tokenizer, [catalog.title(s.target) for s in samples])
+    examples = []
+    for prompt, response in zip(prompts, responses):
+        ids = (prompt + response)[-settings.cutoff_tokens:]
+        examples.append(Example(ids, min(len(response), len(ids))))
+    return examples

@@ -1,0 +1,164 @@
+"""Offline evaluation: HR@K / NDCG@K by trie-constrained beam search and by L2 grounding,
+the out-of-catalog rate of free generation, and a popularity baseline, on one split."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from prunerec.data.catalog import Catalog, Sample, load_dataset
+from prunerec.errors import PrunerecError
+from prunerec.model.checkpoint import RecModel, load_rec_model
+from prunerec.rec import metrics
+from prunerec.rec.beam import TorchStepper, constrained_beam_search
+from prunerec.rec.encode import history_titles, prompt_ids, response_ids
+from prunerec.rec.grounding import embed_texts, free_generate, l2_rank
+from prunerec.rec.trie import TitleTrie
+
+GROUNDINGS = ("trie", "l2")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    split: str = "test"
+    groundings: tuple[str, ...] = GROUNDINGS
+    num_beams: int = 20
+    batch_size: int = 8
+    limit: int | None = None
+    ks: tuple[int, ...] = metrics.DEFAULT_KS
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+class Recommender:
+    """A model bound to its catalog: prompts in, ranked titles out (the serving path too)."""
+
+    def __init__(self, rec: RecModel, catalog: Catalog):
+        self.rec, self.catalog = rec, catalog
+        self.titles = catalog.unique_titles()
+        tokenizer = rec.tokenizer
+        self.trie = TitleTrie(response_ids(tokenizer, self.titles), tokenizer.eos_token_id)
+        self._title_embeddings = None
+
+    def prompts(self, samples: Sequence[Sample]) -> list[list[int]]:
+        return prompt_ids(self.rec.tokenizer, [history_titles(s, self.catalog) for s in samples], self.rec.settings)
+
+    def rank_trie(self, prompts, num_beams: int) -> list[list[tuple[str, float]]]:
+        stepper = TorchStepper(self.rec.model, self.rec.tokenizer.pad_token_id)
+        ranked = constrained_beam_search(stepper, prompts, self.trie, num_beams)
+        return [[(self.titles[i], score) for i, score in row] for row in ranked]
+
+    def rank_l2(self, prompts, k: int) -> tuple[list[str], list[list[str]]]:
+        if self._title_embeddings is None:
+            self._title_embeddings = embed_texts(self.rec.model, self.rec.tokenizer, self.titles)
+        generated = free_generate(self.rec.model, self.rec.tokenizer, prompts, self.trie.max_len + 4)
+        query = embed_texts(self.rec.model, self.rec.tokenizer, [g or " " for g in generated])
+        return generated, [[self.titles[i] for i in row] for row in l2_rank(query, self._title_embeddings, k)]
+
+
+def pick_users(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
+    if not limit or limit >= len(samples):
+        return samples
+    return sorted(random.Random(seed).sample(samples, limit), key=lambda s: s.user)
+
+
+def _ranked_metrics(rankings: Sequence[Sequence[str]], targets: Sequence[str], ks) -> list[dict]:
+    return [metrics.user_metrics(metrics.hit_rank(r, t), ks) for r, t in zip(rankings, targets)]
+
+
+def _summary(rows: list[dict], options: EvalOptions, seconds: float | None) -> dict:
+    out = {"metrics": metrics.average(rows),
+           "ci95": {k: list(v) for k, v in metrics.bootstrap_ci(rows, samples=options.bootstrap, seed=options.seed).items()}}
+    if seconds is not None:
+        out["seconds"] = round(seconds, 2)
+        out["users_per_second"] = round(len(rows) / max(seconds, 1e-9), 3)
+    return out
+
+
+def popularity_titles(catalog: Catalog, train: Sequence[Sample], k: int) -> list[str]:
+    ranked, seen = [], set()
+    for item in metrics.popularity_ranking([s.target for s in train], len(catalog)):
+        title = catalog.title(item)
+        if title not in seen:
+            seen.add(title)
+            ranked.append(title)
+        if len(ranked) == k:
+            break
+    return ranked
+
+
+def evaluate_model(rec: RecModel, data_dir: str | Path, options: EvalOptions,
+                   on_batch: Callable[[int], None] | None = None) -> dict:
+    data = load_dataset(data_dir, splits=("train", options.split))
+    if rec.catalog is not None and rec.catalog.titles != data.catalog.titles:
+        raise PrunerecError(f"the model was trained for a different catalog than {data_dir}/items.jsonl")
+    users = pick_users(data[options.split], options.limit, options.seed)
+    if not users:
+        raise PrunerecError(f"split '{options.split}' of {data_dir} has no rows")
+    recommender = Recommender(rec, data.catalog)
+    targets = [data.catalog.title(s.target) for s in users]
+    depth = max(options.ks)
+    rankings = {g: [] for g in options.groundings}
+    generated: list[str] = []
+    seconds = {g: 0.0 for g in options.groundings}
+    bar = tqdm(total=len(users), desc=f"evaluate {options.split}", unit="user", dynamic_ncols=True)
+    for start in range(0, len(users), options.batch_size):
+        batch = users[start:start + options.batch_size]
+        prompts = recommender.prompts(batch)
+        if "trie" in options.groundings:
+            t0 = time.perf_counter()
+            rankings["trie"].extend([t for t, _ in row] for row in recommender.rank_trie(prompts, options.num_beams))
+            seconds["trie"] += time.perf_counter() - t0
+        if "l2" in options.groundings:
+            t0 = time.perf_counter()
+            texts, ranked = recommender.rank_l2(prompts, depth)
+            seconds["l2"] += time.perf_counter() - t0
+            generated.extend(texts)
+            rankings["l2"].extend(ranked)
+        bar.update(len(batch))
+        if on_batch:
+            on_batch(start + len(batch))
+    bar.close()
+    results = {g: _summary(_ranked_metrics(rankings[g], targets, options.ks), options, seconds[g])
+               for g in options.groundings}
+    popular = popularity_titles(data.catalog, data["train"], depth)
+    results["popularity"] = _summary(_ranked_metrics([popular] * len(users), targets, options.ks), options, None)
+    report = {"split": options.split, "users": len(users), "num_beams": options.num_beams,
+              "catalog_titles": len(recommender.titles), "results": results,
+              "rankings": [{"user": s.user, "target": s.target, **{g: rankings[g][i][:depth] for g in options.groundings}}
+                           for i, s in enumerate(users)]}
+    if generated:
+        titles = set(recommender.titles)
+        report["out_of_catalog_rate"] = sum(g not in titles for g in generated) / len(generated)
+        report["examples_free_generation"] = generated[:5]
+    return report
+
+
+def format_table(report: dict, ks=(1, 3, 5, 10, 20)) -> str:
+    names = {"trie": "constrained beam", "l2": "L2 grounding", "popularity": "popularity"}
+    header = ["method"] + [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["users/s"]
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for key, result in report["results"].items():
+        m = result["metrics"]
+        speed = f"{result['users_per_second']:.2f}" if "users_per_second" in result else "-"
+        lines.append(" | ".join([names.get(key, key)] + [f"{m[f'HR@{k}']:.4f}" for k in ks]
+                                + [f"{m[f'NDCG@{k}']:.4f}" for k in ks] + [speed]))
+    lines = ["| " + line + " |" for line in lines]
+    tail = [f"{report['users']} users of split '{report['split']}', {report['num_beams']} beams, "
+            f"{report['catalog_titles']} catalog titles"]
+    if "out_of_catalog_rate" in report:
+        tail.append(f"free generation out-of-catalog rate: {report['out_of_catalog_rate']:.3f}")
+    return "\n".join(lines + [""] + tail)
+
+
+def evaluate_path(model_ref: str, data_dir: str | Path, options: EvalOptions) -> dict:
+    rec = load_rec_model(model_ref)
+    rec.model.eval()
+    report = evaluate_model(rec, data_dir, options)
+    report["model"] = str(model_ref)
+    return report

@@ -1,0 +1,45 @@
+"""BIGRec's L2 grounding: generate freely, embed the generated title, rank titles by L2 distance."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from prunerec.rec.prompt import parse_response
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Final-norm hidden state of each text's last token (the text alone, no prompt)."""
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False)["input_ids"]
+        ids = [x or [tokenizer.eos_token_id] for x in ids]
+        width = max(len(x) for x in ids)
+        batch = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, x in enumerate(ids):
+            batch[row, :len(x)] = torch.tensor(x)
+            mask[row, :len(x)] = 1
+        hidden = model.model(input_ids=batch, attention_mask=mask).last_hidden_state
+        last = mask.sum(1) - 1
+        rows.append(hidden[torch.arange(len(ids)), last].float())
+    return torch.cat(rows)
+
+
+def l2_rank(query: torch.Tensor, catalog_embeddings: torch.Tensor, k: int) -> list[list[int]]:
+    """Indices of the k nearest catalog embeddings to each query, nearest first."""
+    distances = torch.cdist(query.float(), catalog_embeddings.float())
+    return distances.topk(min(k, catalog_embeddings.shape[0]), largest=False).indices.tolist()
+
+
+@torch.no_grad()
+def free_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int, num_beams: int = 4) -> list[str]:
+    """Unconstrained beam search (best beam), parsed back to a title string."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(ids, attention_mask=mask, num_beams=num_beams, do_sample=False,
+                         max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    return [parse_response(tokenizer.decode(seq[width:], skip_special_tokens=True)) for seq in out]

@@ -1,0 +1,63 @@
+"""Ranking metrics: HR@K and NDCG@K for one held-out target, averaged over users."""
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+DEFAULT_KS = (1, 3, 5, 10, 20)
+
+
+def hit_rank(ranked: Sequence, target) -> int | None:
+    """0-based rank of the target in the ranked list, or None if absent."""
+    for rank, item in enumerate(ranked):
+        if item == target:
+            return rank
+    return None
+
+
+def user_metrics(rank: int | None, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """HR@K and NDCG@K of one user; NDCG = 1/log2(rank+2) for a hit within K."""
+    row = {}
+    for k in ks:
+        hit = rank is not None and rank < k
+        row[f"HR@{k}"] = 1.0 if hit else 0.0
+        row[f"NDCG@{k}"] = 1.0 / math.log2(rank + 2) if hit else 0.0
+    return row
+
+
+def average(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        raise ValueError("no users to average over")
+    return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+
+
+def bootstrap_ci(rows: Sequence[dict[str, float]], *, samples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of each metric's mean over users."""
+    if not rows:
+        raise ValueError("no users to bootstrap")
+    rng = random.Random(seed)
+    n = len(rows)
+    keys = list(rows[0])
+    columns = {k: [r[k] for r in rows] for k in keys}
+    means = {k: [] for k in keys}
+    for _ in range(samples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        for k in keys:
+            col = columns[k]
+            means[k].append(sum(col[i] for i in picks) / n)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out = {}
+    for k in keys:
+        ordered = sorted(means[k])
+        out[k] = (ordered[int(lo_q * (samples - 1))], ordered[int(round(hi_q * (samples - 1)))])
+    return out
+
+
+def popularity_ranking(targets: Sequence[int], n: int) -> list[int]:
+    """Item ids ordered by how often they are a training target (ties: lower id first)."""
+    counts: dict[int, int] = {}
+    for item in targets:
+        counts[item] = counts.get(item, 0) + 1
+    return sorted(counts, key=lambda i: (-counts[i], i))[:n]

@@ -1,0 +1,202 @@
+"""A small resumable training recipe: AdamW, warmup + linear decay, periodic validation,
+early stopping on validation loss, best weights kept; used by SFT and by distillation.
+
+State lives in `state_dir` (weights, optimizer, scheduler, position in the epoch, RNG, log)
+and is written atomically, so a killed run resumes where it stopped and ends where an
+unbroken run would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from prunerec.io import atomic_path, write_json
+from prunerec.rec.batching import collate, length_batches
+from prunerec.rec.encode import Example
+
+LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    patience: int = 1
+    eval_every: int = 0  # steps between validations; 0 = once per epoch
+    checkpoint_every: int = 200
+    max_steps: int = 0  # 0 = no limit
+    time_budget_s: float = 0.0  # 0 = no limit; stops at the next validation after the budget
+    seed: int = 0
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_loss: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0
+    elapsed_s: float = 0.0
+    finished: bool = False
+    stop_reason: str = ""
+    log: list = field(default_factory=list)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    return max(0.0, (total - step) / (total - warmup))
+
+
+@torch.no_grad()
+def validation_loss(model, examples: Sequence[Example], loss_fn: LossFn, pad_id: int, batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch_ids in length_batches([len(e.input_ids) for e in examples], batch_size, seed=0):
+        batch = collate([examples[i] for i in batch_ids], pad_id)
+        n = len(batch["targets"])
+        total += loss_fn(model, batch).item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+class Trainer:
+    def __init__(self, model, train: Sequence[Example], valid: Sequence[Example], config: TrainConfig,
+                 state_dir: str | Path, loss_fn: LossFn, pad_id: int, desc: str = "train"):
+        if not train:
+            raise ValueError("no training examples")
+        self.model, self.train, self.valid, self.config = model, train, valid, config
+        self.state_dir, self.loss_fn, self.pad_id, self.desc = Path(state_dir), loss_fn, pad_id, desc
+        self.lengths = [len(e.input_ids) for e in train]
+        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        total = self.steps_per_epoch * config.epochs
+        self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr, betas=(0.9, 0.95))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, self.total_steps))
+        self.state = TrainState()
+
+    # --- state on disk -------------------------------------------------------------------
+    def _paths(self):
+        d = self.state_dir
+        return d / "last.safetensors", d / "optimizer.pt", d / "state.json", d / "best.safetensors"
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
+
+    def _save_weights(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            # tied embeddings share storage: save_file refuses shared tensors, clone() above separates them
+            save_file(self._weights(), str(tmp))
+
+    def save_state(self) -> None:
+        last, optim, state, _ = self._paths()
+        self._save_weights(last)
+        with atomic_path(optim) as tmp:
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "rng": torch.get_rng_state()}, tmp)
+        write_json(state, {"config": asdict(self.config), **asdict(self.state)})
+
+    def load_state(self) -> bool:
+        last, optim, state, _ = self._paths()
+        if not (last.is_file() and optim.is_file() and state.is_file()):
+            return False
+        saved = json.loads(state.read_text())
+        if saved.pop("config") != asdict(self.config):
+            raise ValueError(f"{self.state_dir} was written with different training settings; "
+                             "rerun with the same options or without --resume")
+        self.state = TrainState(**saved)
+        self.model.load_state_dict(load_file(str(last)), strict=False)
+        blob = torch.load(optim, weights_only=False)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["rng"])
+        return True
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        best = self._paths()[3]
+        return load_file(str(best)) if best.is_file() else self._weights()
+
+    # --- the loop ------------------------------------------------------------------------
+    def _evaluate(self) -> None:
+        s = self.state
+        loss = validation_loss(self.model, self.valid, self.loss_fn, self.pad_id, self.config.batch_size)
+        s.log.append({"step": s.step, "epoch": s.epoch, "valid_loss": loss, "elapsed_s": round(s.elapsed_s, 1)})
+        if loss < s.best_loss:
+            s.best_loss, s.best_step, s.bad_evals = loss, s.step, 0
+            self._save_weights(self._paths()[3])
+        else:
+            s.bad_evals += 1
+            if s.bad_evals > self.config.patience:
+                s.finished, s.stop_reason = True, f"early stop: no improvement in {s.bad_evals} validations"
+        if self.config.time_budget_s and s.elapsed_s >= self.config.time_budget_s and not s.finished:
+            s.finished, s.stop_reason = True, f"time budget of {self.config.time_budget_s:.0f}s reached"
+
+    def _due_for_eval(self, end_of_epoch: bool) -> bool:
+        every = self.config.eval_every
+        return end_of_epoch if not every else (self.state.step % every == 0 or end_of_epoch)
+
+    def run(self, resume: bool = False) -> TrainState:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.config.seed)
+        if resume:
+            self.load_state()
+        s = self.state
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=s.step, desc=self.desc, unit="step", dynamic_ncols=True)
+        while not s.finished and s.epoch < self.config.epochs:
+            batches = length_batches(self.lengths, self.config.batch_size, seed=self.config.seed * 1000 + s.epoch)
+            while s.batch_in_epoch < len(batches) and not s.finished:
+                started = time.perf_counter()
+                loss = self._train_step(batches[s.batch_in_epoch])
+                s.batch_in_epoch += 1
+                s.step += 1
+                s.elapsed_s += time.perf_counter() - started
+                end_of_epoch = s.batch_in_epoch == len(batches)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", best=f"{s.best_loss:.3f}")
+                if self.config.max_steps and s.step >= self.config.max_steps:
+                    s.finished, s.stop_reason = True, f"max_steps {self.config.max_steps} reached"
+                if self._due_for_eval(end_of_epoch) or s.finished:
+                    self._evaluate()
+                    self.save_state()
+                elif s.step % self.config.checkpoint_every == 0:
+                    self.save_state()
+            if s.batch_in_epoch == len(batches):
+                s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        if not s.stop_reason:
+            s.stop_reason = f"{self.config.epochs} epochs done"
+        s.finished = True
+        self.save_state()
+        bar.close()
+        return s
+
+    def _train_step(self, indices: list[int]) -> float:
+        batch = collate([self.train[i] for i in indices], self.pad_id)
+        loss = self.loss_fn(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
