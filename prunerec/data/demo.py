@@ -501,8 +501,9 @@ def _simulate_user(rng: Random, store: _Store, user: int) -> DemoUser:
 # ----------------------------------------------------------------------------- public API
 
 def _check(seed, n_items, n_users, max_history):
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise DemoParameterError(f"seed must be an integer, got {seed!r}")
+    for name, value in (("seed", seed), ("n_items", n_items), ("n_users", n_users), ("max_history", max_history)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DemoParameterError(f"{name} must be an integer, got {value!r}")
     if not 300 <= n_items <= 5000:
         raise DemoParameterError(f"n_items must be between 300 and 5000, got {n_items}")
     if not 1 <= n_users <= 100_000:

@@ -1,0 +1,80 @@
+"""Benchmark: the `small` scratch preset as a BIGRec base on ../shared/data/amazon-games.
+
+Variants (run in this order, each: prepare data -> train with a time budget -> evaluate on test):
+  top2000  the 2,000 most popular items (by training-target count) and the rows about them:
+           targets in the sub-catalog, history items outside it dropped, rows left empty dropped
+  full     the whole 17,332-item catalog, training on a seeded random subset of rows
+
+Writes bench/out/base_games_<variant>/{data,model,eval.json} and bench/out/base_games_<variant>.json.
+Usage: python bench/base_games.py [--variants top2000,full] [--minutes 40] [--users 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from prunerec.data.catalog import load_dataset, write_dataset
+from prunerec.data.subcatalog import restrict_to_top
+from prunerec.io import write_json
+from prunerec.recipes import run_evaluate, run_train
+
+SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-games"
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def prepare(variant: str, root: Path) -> Path:
+    data_dir = root / "data"
+    if (data_dir / "stats.json").is_file():
+        return data_dir
+    if variant == "full":
+        return SOURCE
+    n_items = int(variant.removeprefix("top"))
+    catalog, splits = restrict_to_top(load_dataset(SOURCE), n_items)
+    write_dataset(data_dir, catalog, splits, {"source": str(SOURCE), "variant": variant, "category": "video games"})
+    return data_dir
+
+
+def run_variant(variant: str, args) -> dict:
+    root = OUT / f"base_games_{variant}"
+    data_dir = prepare(variant, root)
+    model_dir = root / "model"
+    train_limit = args.full_train_limit if variant == "full" else None
+    if not (model_dir / "training.json").is_file():
+        run_train(data_dir, "small", model_dir, category="video games", max_history=args.max_history,
+                  epochs=args.epochs, batch_size=32, lr=args.lr, warmup=100, patience=3, eval_every=400,
+                  time_budget=args.minutes, train_limit=train_limit, valid_limit=1000, seed=0,
+                  resume=(model_dir / ".train-state" / "state.json").is_file())
+    report, table = run_evaluate(model_dir, data_dir, split="test", grounding="trie", beams=20, batch_size=16,
+                                 limit=args.users, out=root / "eval.json")
+    training = json.loads((model_dir / "training.json").read_text())
+    summary = {"variant": variant, "data": str(data_dir), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+               "training": {k: v for k, v in training.items() if k != "log"}, "evaluation": {
+                   k: v for k, v in report.items() if k != "rankings"}, "table": table}
+    write_json(OUT / f"base_games_{variant}.json", summary)
+    print(table, flush=True)
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="top2000,full")
+    parser.add_argument("--minutes", type=float, default=40.0, help="training budget per variant")
+    parser.add_argument("--users", type=int, default=None, help="test users (default: all rows of the split)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--max-history", type=int, default=5)
+    parser.add_argument("--full-train-limit", type=int, default=None)
+    args = parser.parse_args()
+    started = time.time()
+    for variant in args.variants.split(","):
+        run_variant(variant, args)
+    print(f"bench finished in {time.time() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
