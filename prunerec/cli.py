@@ -75,12 +75,13 @@ def data_download():
 @data_download.command("amazon")
 @click.option("--category", default="Video_Games", show_default=True, help="Amazon 2018 category file name.")
 @click.option("--out", default="raw", show_default=True, type=click.Path(file_okay=False))
+@click.option("--base-url", default=None, help="A mirror of the McAuley lab's amazon_v2 folder.")
 @friendly_errors
-def data_download_amazon(category, out):
-    """Download the raw reviews and metadata files of an Amazon 2018 category."""
-    from prunerec.data.amazon import download_amazon
+def data_download_amazon(category, out, base_url):
+    """Download the raw reviews and metadata files of an Amazon 2018 category (resumable)."""
+    from prunerec.data.amazon import DEFAULT_BASE_URL, download_amazon
 
-    reviews, meta = download_amazon(category, out)
+    reviews, meta = download_amazon(category, out, base_url=base_url or DEFAULT_BASE_URL)
     click.echo(f"reviews: {reviews}\nmeta:    {meta}\nnext: prunerec data prepare amazon "
                f"--reviews {reviews} --meta {meta} --out data/{category}")
 
@@ -192,6 +193,23 @@ def demo(out, minutes, eval_users, resume):
 
     click.echo(run_demo(out, minutes=minutes, eval_users=eval_users, resume=resume))
 
+
+def _register_optional_commands():
+    """Commands that live beside their modules (compress, analyze, ...), added when present."""
+    import importlib
+
+    for module in ("prunerec.compress.cli",):
+        try:
+            commands = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        for command in commands.COMMANDS:
+            main.add_command(command)
+
+
+_register_optional_commands()
 
 if __name__ == "__main__":
     main()

@@ -60,6 +60,11 @@ def _batches(batches) -> list[dict]:
     return [batches] if isinstance(batches, dict) else list(batches)
 
 
+def _progress(batches: list[dict], desc: str):
+    """A transient progress bar over calibration batches (hidden for a single batch)."""
+    return tqdm(batches, desc=desc, unit="batch", leave=False, disable=len(batches) < 2)
+
+
 def _to_device(model, batch: dict) -> dict:
     dev = next(model.parameters()).device
     out = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -107,7 +112,8 @@ def _last_logp(model, b: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _collect(model, batches, modules: dict[str, nn.Module], fn, output: bool = False) -> None:
+def _collect(model, batches, modules: dict[str, nn.Module], fn, output: bool = False,
+             desc: str = "calibration pass") -> None:
     """Forward every batch; call ``fn(name, x)`` with the real-token rows [N,F] of each
     module's input (or output)."""
     state: dict = {}
@@ -126,7 +132,7 @@ def _collect(model, batches, modules: dict[str, nn.Module], fn, output: bool = F
         for n, m in modules.items()
     ]
     with _hooks(handles), _eval_mode(model):
-        for batch in _batches(batches):
+        for batch in _progress(_batches(batches), desc):
             b = _to_device(model, batch)
             state["mask"] = b["attention_mask"].bool()
             h = _hidden(model, b)
@@ -142,7 +148,7 @@ def _input_norms(model, batches, modules: dict[str, nn.Module]) -> dict[str, tor
         s = x.float().pow(2).sum(0)
         sq[name] = sq[name] + s if name in sq else s
 
-    _collect(model, batches, modules, acc)
+    _collect(model, batches, modules, acc, desc="Wanda input norms")
     return {k: v.sqrt() for k, v in sq.items()}
 
 
@@ -269,7 +275,7 @@ def hidden_importance(model, batches) -> torch.Tensor:
     hidden state and pred the model's own top next token at the last real position. [D]."""
     sq = None
     with _eval_mode(model):
-        for batch in _batches(batches):
+        for batch in _progress(_batches(batches), "hidden grad x act"):
             b = _to_device(model, batch)
             with torch.no_grad():
                 h = _hidden(model, b)
@@ -300,7 +306,7 @@ def mlp_channel_frequency(model, batches, k: int) -> list[torch.Tensor]:
         idx = x.abs().topk(min(k, n_inter), dim=-1).indices.flatten().cpu()
         counts[int(name)] += torch.bincount(idx, minlength=n_inter)
 
-    _collect(model, batches, _ups(model), acc, output=True)
+    _collect(model, batches, _ups(model), acc, output=True, desc="MLP top-k frequency")
     return counts
 
 
@@ -327,7 +333,7 @@ def mlp_activation_share(model, batches, percents=(1, 5, 10, 20, 50), per_token:
         else:
             mass[l] += a.sum(0).cpu()
 
-    _collect(model, batches, _ups(model), acc, output=True)
+    _collect(model, batches, _ups(model), acc, output=True, desc="MLP activation share")
     if per_token:
         return torch.stack([s / max(n, 1) for s, n in zip(sums, n_tok)])
     out = []
@@ -419,7 +425,7 @@ def shortgpt_layer_scores(model, batches) -> torch.Tensor:
 
     handles = [layer.register_forward_hook(make(l), with_kwargs=True) for l, layer in enumerate(layers)]
     with _hooks(handles), _eval_mode(model):
-        for batch in _batches(batches):
+        for batch in _progress(_batches(batches), "ShortGPT influence"):
             b = _to_device(model, batch)
             state["mask"] = b["attention_mask"].bool()
             _hidden(model, b)

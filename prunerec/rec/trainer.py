@@ -178,7 +178,9 @@ class Trainer:
                 if self.config.max_steps and s.step >= self.config.max_steps:
                     s.finished, s.stop_reason = True, f"max_steps {self.config.max_steps} reached"
                 if self._due_for_eval(end_of_epoch) or s.finished:
+                    started = time.perf_counter()
                     self._evaluate()
+                    s.elapsed_s += time.perf_counter() - started  # the time budget is wall time
                     self.save_state()
                 elif s.step % self.config.checkpoint_every == 0:
                     self.save_state()

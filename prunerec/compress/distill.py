@@ -1,0 +1,113 @@
+"""Knowledge distillation of a pruned student from the original (unpruned) teacher.
+
+loss = lambda * CE(student, ground truth) + (1 - lambda) * tau^2 * KL(teacher_tau || student_tau)
+
+on the response tokens only, with the next-token shift (``batching.response_logits`` picks the
+positions whose next token is a response token, for teacher and student alike; padding never
+enters). Training is :class:`prunerec.rec.trainer.Trainer` (AdamW, warmup, early stopping on
+the validation distillation loss, best weights kept, resumable), with a loss closure.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from prunerec.errors import PrunerecError
+from prunerec.io import write_json
+from prunerec.rec.batching import response_logits
+from prunerec.rec.encode import Example
+from prunerec.rec.trainer import TrainConfig, Trainer, validation_loss
+
+__all__ = ["DistillSettings", "kd_loss", "make_loss_fn", "distill"]
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    lam: float = 0.2  # weight of the ground-truth cross-entropy
+    tau: float = 1.0  # softmax temperature of the KL term
+
+    def __post_init__(self):
+        if not 0.0 <= self.lam <= 1.0:
+            raise PrunerecError(f"--lambda must lie in [0, 1], got {self.lam}")
+        if not self.tau > 0:
+            raise PrunerecError(f"--tau must be > 0, got {self.tau}")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+            lam: float = 0.2, tau: float = 1.0) -> torch.Tensor:
+    """lambda * CE + (1 - lambda) * tau^2 * KL(teacher || student), each a mean over tokens [N,V]."""
+    s = student_logits.float()
+    loss = lam * F.cross_entropy(s, targets) if lam > 0 else s.new_zeros(())
+    if lam < 1:
+        t_logp = F.log_softmax(teacher_logits.float() / tau, dim=-1)
+        s_logp = F.log_softmax(s / tau, dim=-1)
+        kl = F.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean")
+        loss = loss + (1 - lam) * tau * tau * kl
+    return loss
+
+
+def _on(model, batch: dict) -> dict:
+    dev = next(model.parameters()).device
+    return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def make_loss_fn(teacher, settings: DistillSettings):
+    """A ``loss_fn(student, batch)`` for the Trainer; the teacher runs frozen, without gradients."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(student, batch: dict) -> torch.Tensor:
+        b = _on(student, batch)
+        with torch.no_grad():
+            t_logits = response_logits(teacher, _on(teacher, b))
+        s_logits = response_logits(student, b)
+        return kd_loss(s_logits, t_logits.to(s_logits.device), b["targets"], settings.lam, settings.tau)
+
+    return loss_fn
+
+
+def distill(student, teacher, train: Sequence[Example], valid: Sequence[Example], config: TrainConfig,
+            state_dir: str | Path, pad_id: int, settings: DistillSettings = DistillSettings(),
+            resume: bool = False, desc: str = "distill") -> dict:
+    """Distil in place: the student ends with its best weights (lowest validation loss).
+
+    Returns a summary with the validation loss curve (``log``), best step and loss, steps,
+    stop reason and training seconds (accumulated over resumed runs).
+    """
+    loss_fn = make_loss_fn(teacher, settings)
+    trainer = Trainer(student, train, valid, config, state_dir, loss_fn, pad_id, desc=desc)
+    started = time.perf_counter()
+    initial_file = Path(state_dir) / "initial_loss.json"
+    if initial_file.is_file():
+        initial = json.loads(initial_file.read_text())["valid_loss"]
+    else:  # the damage pruning did, before any training: step 0 of the loss curve
+        initial = validation_loss(student, valid, loss_fn, pad_id, config.batch_size)
+        write_json(initial_file, {"valid_loss": initial})
+    try:
+        state = trainer.run(resume=resume)
+    except ValueError as err:  # e.g. resumed with different settings
+        raise PrunerecError(str(err)) from None
+    student.load_state_dict(trainer.best_weights(), strict=False)
+    student.eval()
+    return {
+        "settings": asdict(settings),
+        "config": asdict(config),
+        "train_examples": len(train),
+        "valid_examples": len(valid),
+        "steps": state.step,
+        "epochs_done": state.epoch,
+        "best_step": state.best_step,
+        "best_valid_loss": state.best_loss,
+        "stop_reason": state.stop_reason,
+        "initial_valid_loss": initial,
+        "train_seconds": round(state.elapsed_s, 2),
+        "wall_seconds_this_run": round(time.perf_counter() - started, 2),
+        "log": [{"step": 0, "epoch": 0, "valid_loss": initial, "elapsed_s": 0.0}] + list(state.log),
+    }

@@ -1,0 +1,416 @@
+"""The PruneRec recipe end to end: check, evaluate the base, then per stage score -> prune ->
+distil from the original model -> evaluate -> publish a stock checkpoint; then the report.
+
+Layout of OUT:
+  stage1/ stage2/ stage3/ final/   stock HF Qwen2 folders + tokenizer + catalog.jsonl +
+                                   prunerec.json + compress.json (what the stage did)
+  report.json report.md *.png      the summary
+  .state/run.json                  the settings of the run (a resume must match them)
+  .state/base_eval.json            the base model's validation metrics
+  .state/stageN/pruned/            the stage's pruned, not yet distilled model
+  .state/stageN/train/             the distillation's Trainer state (resumable)
+                                   (.state/stageN is removed once the whole run has finished)
+
+Every folder is written atomically; a stage folder exists only once the stage finished. Each
+stage starts from the previous stage's folder as read back from disk (the pruned model too),
+so a resumed run computes exactly what an unbroken one does.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from prunerec.compress.distill import DistillSettings, distill
+from prunerec.compress.report import write_report
+from prunerec.compress.stages import STAGES, Calibration, ScoringOptions, build_calibration, default_layer_method
+from prunerec.compress.targets import Targets, base_shape, resolve_targets, target_summary
+from prunerec.data.catalog import load_dataset
+from prunerec.errors import PrunerecError
+from prunerec.io import atomic_dir, write_json
+from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model
+from prunerec.model.surgery import count_parameters
+from prunerec.rec.encode import build_examples
+from prunerec.rec.sft import subsample
+from prunerec.rec.trainer import TrainConfig
+
+__all__ = ["CompressOptions", "run_compress", "plan_only", "STAGE_FILE", "REPORT_KS"]
+
+STAGE_FILE = "compress.json"
+PRUNE_FILE = "pruning.json"
+STATE = ".state"
+REPORT_KS = (5, 10, 20)
+# files and folders of ours that a fresh (non --resume) run clears first
+OWN_OUTPUTS = (STATE, "stage1", "stage2", "stage3", "final", "report.json", "report.md",
+               "parameters.png", "quality.png", "distill_loss.png")
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    # what to prune and how
+    method: str = "prunerec"
+    layer_method: str | None = None  # None: default_layer_method(method)
+    heads: int | float | str | None = None
+    kv_heads: int | float | str | None = None
+    hidden: int | float | str | None = None
+    mlp: int | float | str | None = None
+    layers: int | float | str | None = None
+    target_file: str | None = None
+    calib_samples: int = 64
+    calib_batch_size: int = 16
+    alpha: float = 0.7
+    mask_mode: str = "zero_o_proj"
+    stability: bool = False
+    # distillation
+    distill: bool = True
+    one_shot: bool = False
+    lam: float = 0.2
+    tau: float = 1.0
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup: int = 20
+    weight_decay: float = 0.01
+    patience: int = 1
+    eval_every: int = 0
+    max_steps: int = 0
+    time_budget: float = 0.0  # minutes per distillation
+    train_limit: int | None = None
+    valid_limit: int | None = 500
+    # evaluation
+    eval_users: int = 500
+    eval_batch_size: int = 8
+    beams: int = 20
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("calib_samples", "calib_batch_size", "epochs", "batch_size", "eval_batch_size", "beams"):
+            if getattr(self, name) <= 0:
+                raise PrunerecError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("warmup", "patience", "eval_every", "max_steps", "time_budget", "eval_users", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise PrunerecError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("train_limit", "valid_limit"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise PrunerecError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if not self.lr > 0:
+            raise PrunerecError(f"--lr must be > 0, got {self.lr}")
+        if self.one_shot and not self.distill:
+            raise PrunerecError("--one-shot distils once after all stages; it cannot be combined with --no-distill")
+        DistillSettings(self.lam, self.tau)
+        self.scoring()
+
+    def scoring(self) -> ScoringOptions:
+        return ScoringOptions(method=self.method, layer_method=self.layer_method or default_layer_method(self.method),
+                              alpha=self.alpha, mask_mode=self.mask_mode, seed=self.seed, stability=self.stability)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup,
+                           weight_decay=self.weight_decay, patience=self.patience, eval_every=self.eval_every,
+                           checkpoint_every=100, max_steps=self.max_steps, time_budget_s=self.time_budget * 60,
+                           seed=self.seed)
+
+    def distills_after(self, stage: str) -> bool:
+        if not self.distill:
+            return False
+        return stage == STAGES[-1][0] if self.one_shot else True
+
+    @property
+    def mode(self) -> str:
+        return "one-shot" if self.one_shot else ("prune only" if not self.distill else "staged")
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide transformers' per-load progress bars (the pipeline reloads every stage from disk)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _say(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def _ref_id(ref) -> str:
+    path = Path(str(ref)).expanduser()
+    return str(path.resolve()) if path.exists() else str(ref)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _prepare_out(out: Path, run_info: dict, resume: bool) -> None:
+    state = out / STATE
+    saved_path = state / "run.json"
+    if resume and saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        if saved != run_info:
+            diff = sorted(k for k in set(saved) | set(run_info) if saved.get(k) != run_info.get(k))
+            opts_diff = sorted(k for k in set(saved.get("options", {})) | set(run_info["options"])
+                               if saved.get("options", {}).get(k) != run_info["options"].get(k))
+            detail = ", ".join(f"--{k.replace('_', '-')}" for k in opts_diff) or ", ".join(diff)
+            raise PrunerecError(f"{out} holds a compress run with different settings ({detail}); rerun with the "
+                                "same options to resume, or without --resume to start again")
+    elif not resume:
+        for name in OWN_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    state.mkdir(parents=True, exist_ok=True)
+    write_json(saved_path, run_info)
+
+
+def _eval_options(opts: CompressOptions):
+    from prunerec.rec.evaluate import EvalOptions
+
+    return EvalOptions(split="valid", groundings=("trie",), num_beams=opts.beams, batch_size=opts.eval_batch_size,
+                       limit=opts.eval_users, seed=opts.seed)
+
+
+def _evaluate(rec: RecModel, data_dir, opts: CompressOptions) -> dict | None:
+    """Validation HR/NDCG with trie-constrained beam search; None when --eval-users is 0."""
+    if not opts.eval_users:
+        return None
+    from prunerec.rec.evaluate import evaluate_model
+
+    rec.model.eval()
+    started = time.perf_counter()
+    report = evaluate_model(rec, data_dir, _eval_options(opts))
+    result = report["results"]["trie"]
+    return {"split": "valid", "users": report["users"], "num_beams": report["num_beams"],
+            "metrics": result["metrics"], "ci95": result["ci95"],
+            "popularity": report["results"]["popularity"]["metrics"],
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _save_rec(rec: RecModel, folder: Path, extra_files: dict[str, dict]) -> None:
+    with atomic_dir(folder) as tmp:
+        rec.save(tmp)
+        for name, obj in extra_files.items():
+            write_json(tmp / name, obj)
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+@dataclass
+class _Inputs:
+    base: RecModel
+    targets: Targets
+    data_dir: Path
+    train: list
+    valid: list
+    calib: Calibration
+
+
+def _check_inputs(model_ref, data_dir, opts: CompressOptions, build: bool = True) -> _Inputs:
+    """Everything that can be wrong with the input, found before any work starts."""
+    opts.check()
+    check_checkpoint(str(model_ref))
+    data = load_dataset(data_dir, splits=("train", "valid"))
+    for split in ("train", "valid"):
+        if not data[split]:
+            raise PrunerecError(f"split '{split}' of {data_dir} has no rows")
+    base = load_rec_model(str(model_ref), need_catalog=True)
+    if base.catalog.titles != data.catalog.titles:
+        raise PrunerecError(f"{model_ref} was trained for a different catalog than {data_dir}/items.jsonl")
+    cfg = base.model.config
+    if getattr(cfg, "model_type", "") != "qwen2" or not hasattr(base.model, "model"):
+        raise PrunerecError(f"{model_ref} is a '{cfg.model_type}' model; compress works on Qwen2 checkpoints")
+    targets = resolve_targets(cfg, heads=opts.heads, kv_heads=opts.kv_heads, hidden=opts.hidden, mlp=opts.mlp,
+                              layers=opts.layers, config_file=opts.target_file)
+    if not build:
+        return _Inputs(base, targets, Path(data_dir), [], [], Calibration([], [], 0))
+    tok, settings = base.tokenizer, base.settings
+    train_rows = subsample(data["train"], opts.train_limit, opts.seed)
+    valid_rows = subsample(data["valid"], opts.valid_limit, opts.seed)
+    calib_rows = subsample(data["train"], opts.calib_samples, opts.seed + 1)
+    train = build_examples(tok, train_rows, data.catalog, settings)
+    valid = build_examples(tok, valid_rows, data.catalog, settings)
+    calib = build_calibration(build_examples(tok, calib_rows, data.catalog, settings), tok.pad_token_id,
+                              opts.calib_batch_size)
+    return _Inputs(base, targets, Path(data_dir), train, valid, calib)
+
+
+def plan_only(model_ref, data_dir, options: CompressOptions) -> dict:
+    """The checks of a run and its target shape with parameter counts, without any work."""
+    with _quiet_loading():
+        inputs = _check_inputs(model_ref, data_dir, options, build=False)
+    scoring = options.scoring()
+    return {"method": scoring.method, "layer_method": scoring.layer_method, "mode": options.mode,
+            "targets": inputs.targets.to_json(), **target_summary(inputs.base.model.config, inputs.targets)}
+
+
+def _stage_info(base_ref, base: RecModel, stage: str, opts: CompressOptions, targets: Targets, distilled: bool) -> dict:
+    info = {k: v for k, v in base.info.items() if k not in ("compress",)}
+    return {**info, "compress": {"base": str(base_ref), "stage": stage, "method": opts.method,
+                                 "layer_method": opts.scoring().layer_method, "mode": opts.mode,
+                                 "distilled": distilled, "targets": targets.to_json()}}
+
+
+def run_compress(model_ref, data_dir, out, options: CompressOptions = CompressOptions(), *, resume: bool = False,
+                 stop_after: str | None = None) -> dict:
+    """Run (or resume) the whole pipeline; returns the report (also written to OUT/report.json).
+
+    ``stop_after`` ("base" or a stage name) returns early once that step is saved: for tests
+    of --resume and for running one stage at a time.
+    """
+    with _quiet_loading():
+        return _run(model_ref, data_dir, Path(out), options, resume, stop_after)
+
+
+def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool, stop_after: str | None) -> dict:
+    started = time.perf_counter()
+    inputs = _check_inputs(model_ref, data_dir, options)
+    base, targets, opts = inputs.base, inputs.targets, options
+    scoring, train_config = opts.scoring(), opts.train_config()
+    run_info = {"model": _ref_id(model_ref), "data": _ref_id(data_dir), "options": asdict(opts),
+                "targets": targets.to_json()}
+    _prepare_out(out, run_info, resume)
+    state = out / STATE
+    plan = target_summary(base.model.config, targets)
+    _say(f"compress {model_ref} -> {out}: method {opts.method} (layers: {scoring.layer_method}), {opts.mode}; "
+         f"target {targets.layers} layers, {targets.heads}q/{targets.kv_heads}kv heads, hidden {targets.hidden}, "
+         f"MLP {targets.mlp}: {plan['target_parameters']['non_embedding']:,} non-embedding parameters "
+         f"({plan['non_embedding_removed_share']:.2%} removed)")
+    for note in targets.notes:
+        _say(f"note: {note}")
+
+    # the base: counted and evaluated once (cached for --resume)
+    base_file = state / "base_eval.json"
+    if base_file.is_file():
+        base_record = json.loads(base_file.read_text())
+    else:
+        _say("evaluating the base model on validation")
+        base_record = {"path": str(model_ref), "shape": base_shape(base.model.config),
+                       "parameters": count_parameters(base.model), "eval": _evaluate(base, data_dir, opts)}
+        write_json(base_file, base_record)
+    if stop_after == "base":
+        return {}
+
+    teacher = base.model
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    dsettings = DistillSettings(opts.lam, opts.tau)
+
+    records, prev = [], str(model_ref)
+    bar = tqdm(total=len(STAGES), desc="compress", unit="stage", dynamic_ncols=True)
+    for name, what, prune in STAGES:
+        stage_dir, sdir = out / name, state / name
+        if (stage_dir / STAGE_FILE).is_file():
+            records.append(json.loads((stage_dir / STAGE_FILE).read_text()))
+            _say(f"{name}: already finished, reusing {stage_dir}")
+            prev = str(stage_dir)
+            bar.update(1)
+            if stop_after == name:
+                break
+            continue
+        bar.set_postfix_str(f"{name}: {what}")
+        pruned_dir = sdir / "pruned"
+        if not (pruned_dir / PRUNE_FILE).is_file():
+            _say(f"{name}: scoring and pruning {what} ({opts.method if name != 'stage3' else scoring.layer_method})")
+            rec = load_rec_model(prev)
+            t0 = time.perf_counter()
+            prune_record = prune(rec.model, inputs.calib, targets, scoring)
+            prune_record["wall_seconds"] = round(time.perf_counter() - t0, 2)
+            _save_rec(replace(rec, catalog=base.catalog, info=_stage_info(model_ref, base, name, opts, targets, False)),
+                      pruned_dir, {PRUNE_FILE: prune_record})
+        prune_record = json.loads((pruned_dir / PRUNE_FILE).read_text())
+        rec = load_rec_model(str(pruned_dir))
+        distilled = opts.distills_after(name)
+        summary = None
+        if distilled:
+            _say(f"{name}: distilling from the original model")
+            summary = distill(rec.model, teacher, inputs.train, inputs.valid, train_config, sdir / "train",
+                              base.tokenizer.pad_token_id, dsettings, resume=True, desc=f"{name} distill")
+        _say(f"{name}: evaluating on validation")
+        evaluation = _evaluate(rec, data_dir, opts)
+        distill_s = summary["train_seconds"] if summary else 0.0
+        eval_s = evaluation["seconds"] if evaluation else 0.0
+        record = {
+            "stage": name, "pruned": what, "method": opts.method, "layer_method": scoring.layer_method,
+            "mode": opts.mode, "distilled": distilled,
+            "shape": base_shape(rec.model.config), "parameters": count_parameters(rec.model),
+            "pruning": prune_record, "distill": summary, "eval": evaluation,
+            "wall_seconds": {"prune": prune_record["wall_seconds"], "distill": distill_s, "evaluate": eval_s,
+                             "total": round(prune_record["wall_seconds"] + distill_s + eval_s, 2)},
+        }
+        info = _stage_info(model_ref, base, name, opts, targets, distilled)
+        _save_rec(replace(rec, catalog=base.catalog, info=info), stage_dir, {STAGE_FILE: record})
+        records.append(record)
+        prev = str(stage_dir)
+        bar.update(1)
+        if stop_after == name:
+            break
+    bar.close()
+    if len(records) < len(STAGES):
+        return {}
+
+    with atomic_dir(out / "final") as tmp:
+        shutil.copytree(out / STAGES[-1][0], tmp, dirs_exist_ok=True)
+    report = build_report(model_ref, data_dir, out, opts, targets, plan, base_record, records,
+                          time.perf_counter() - started)
+    write_report(out, report)
+    for name, _, _ in STAGES:  # pruned copies and trainer states are only needed to resume
+        shutil.rmtree(state / name, ignore_errors=True)
+    _say(f"done: {out / 'final'}; report in {out / 'report.md'}")
+    return report
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _kept_ratios(candidate: dict | None, base: dict | None) -> dict:
+    if not candidate or not base:
+        return {}
+    out = {}
+    for k in REPORT_KS:
+        for m in ("HR", "NDCG"):
+            key = f"{m}@{k}"
+            b, c = base["metrics"].get(key), candidate["metrics"].get(key)
+            if b is not None and c is not None and b > 0:
+                out[key] = c / b
+    if out:
+        out["mean"] = sum(out.values()) / len(out)
+    return out
+
+
+def build_report(model_ref, data_dir, out: Path, opts: CompressOptions, targets: Targets, plan: dict,
+                 base_record: dict, records: list[dict], wall_s: float) -> dict:
+    base_params = base_record["parameters"]
+    stages = []
+    for r in records:
+        p = r["parameters"]
+        stages.append({**r, "non_embedding_removed_share": 1 - p["non_embedding"] / base_params["non_embedding"],
+                       "total_removed_share": 1 - p["total"] / base_params["total"],
+                       "quality_kept": _kept_ratios(r["eval"], base_record["eval"])})
+    final = stages[-1]
+    return {
+        "model": str(model_ref), "data": str(data_dir), "out": str(out),
+        "options": asdict(opts), "targets": targets.to_json(), "plan": plan,
+        "base": base_record, "stages": stages,
+        "final": {"path": str(out / "final"), "shape": final["shape"], "parameters": final["parameters"],
+                  "non_embedding_removed_share": final["non_embedding_removed_share"],
+                  "total_removed_share": final["total_removed_share"],
+                  "quality_kept": final["quality_kept"], "eval": final["eval"]},
+        "wall_seconds_this_run": round(wall_s, 1),
+        "wall_seconds_stages": round(sum(s["wall_seconds"]["total"] for s in stages), 1),
+    }
+

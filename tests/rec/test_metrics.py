@@ -1,0 +1,41 @@
+import math
+
+import pytest
+
+from prunerec.rec import metrics
+
+
+def test_hand_made_rankings():
+    rankings = [["a", "b", "c"], ["x", "y", "z"], ["q", "r", "t"]]
+    targets = ["a", "z", "missing"]
+    rows = [metrics.user_metrics(metrics.hit_rank(r, t), ks=(1, 3)) for r, t in zip(rankings, targets)]
+    assert rows[0] == {"HR@1": 1.0, "NDCG@1": 1.0, "HR@3": 1.0, "NDCG@3": 1.0}
+    assert rows[1]["HR@1"] == 0.0 and rows[1]["HR@3"] == 1.0
+    assert rows[1]["NDCG@3"] == pytest.approx(1 / math.log2(4)) == 0.5
+    assert rows[2] == {"HR@1": 0.0, "NDCG@1": 0.0, "HR@3": 0.0, "NDCG@3": 0.0}
+    mean = metrics.average(rows)
+    assert mean["HR@3"] == pytest.approx(2 / 3)
+    assert mean["NDCG@3"] == pytest.approx((1 + 0.5) / 3)
+    assert mean["HR@1"] == pytest.approx(1 / 3)
+
+
+def test_rank_beyond_k_is_a_miss():
+    row = metrics.user_metrics(metrics.hit_rank(list(range(30)), 12), ks=(10, 20))
+    assert row["HR@10"] == 0.0 and row["HR@20"] == 1.0
+    assert row["NDCG@20"] == pytest.approx(1 / math.log2(14))
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
+    rows = [metrics.user_metrics(0 if i % 4 == 0 else None, ks=(1,)) for i in range(400)]
+    ci = metrics.bootstrap_ci(rows, samples=300, seed=1)
+    lo, hi = ci["HR@1"]
+    assert lo < 0.25 < hi and hi - lo < 0.12
+    assert ci == metrics.bootstrap_ci(rows, samples=300, seed=1)
+    constant = metrics.bootstrap_ci([{"HR@1": 1.0}] * 10, samples=50)
+    assert constant["HR@1"] == (1.0, 1.0)
+
+
+def test_popularity_ranking_counts_and_breaks_ties_by_id():
+    assert metrics.popularity_ranking([3, 1, 3, 2, 1, 3, 5], 3) == [3, 1, 2]
+    with pytest.raises(ValueError):
+        metrics.average([])

@@ -1,0 +1,86 @@
+import random
+
+import pytest
+import torch
+
+from prunerec.rec.batching import collate, response_ce
+from prunerec.rec.encode import Example
+from prunerec.rec.trainer import TrainConfig, Trainer, lr_factor
+from tests.helpers import tiny_model
+
+
+def _examples(n, seed):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = [rng.randrange(3, 40) for _ in range(rng.randrange(3, 9))]
+        response = [prompt[-1] + 1, prompt[-1] + 2, 0]  # learnable: continue the count, then EOS
+        out.append(Example(prompt + response, len(response)))
+    return out
+
+
+def _trainer(state_dir, **config):
+    model = tiny_model(64, 0, seed=1).train()
+    settings = dict(epochs=3, batch_size=8, lr=3e-3, warmup_steps=2, checkpoint_every=3, seed=5, patience=5)
+    settings.update(config)
+    return model, Trainer(model, _examples(48, 0), _examples(16, 1), TrainConfig(**settings), state_dir,
+                          response_ce, pad_id=0)
+
+
+def test_collate_shifts_targets_onto_response_tokens():
+    batch = collate([Example([5, 6, 7, 8], 2), Example([9, 10, 11], 1)], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["predict_rows"].tolist() == [0, 0, 1]
+    assert batch["predict_cols"].tolist() == [1, 2, 1]  # position p-1 predicts token p
+    assert batch["targets"].tolist() == [7, 8, 11]
+
+
+def test_training_lowers_validation_loss_and_keeps_best(tmp_path):
+    model, trainer = _trainer(tmp_path)
+    state = trainer.run()
+    losses = [r["valid_loss"] for r in state.log]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert state.best_loss == min(losses)
+    best = trainer.best_weights()
+    assert set(best) == set(model.state_dict())
+
+
+def test_resume_after_interruption_ends_where_an_unbroken_run_ends(tmp_path, monkeypatch):
+    model, trainer = _trainer(tmp_path / "unbroken")
+    trainer.run()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    broken_model, broken = _trainer(tmp_path / "broken")
+    original_step = Trainer._train_step
+    calls = {"n": 0}
+
+    def dying_step(self, indices):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original_step(self, indices)
+
+    monkeypatch.setattr(Trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        broken.run()
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    resumed_model, resumed = _trainer(tmp_path / "broken")
+    state = resumed.run(resume=True)
+    assert state.step == trainer.state.step
+    for name, tensor in resumed_model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    _, trainer = _trainer(tmp_path, max_steps=2)
+    trainer.run()
+    _, changed = _trainer(tmp_path, max_steps=2, lr=1e-2)
+    with pytest.raises(ValueError, match="different training settings"):
+        changed.run(resume=True)
+
+
+def test_early_stopping_and_schedule():
+    assert lr_factor(0, 4, 100) == 0.25 and lr_factor(3, 4, 100) == 1.0
+    assert lr_factor(52, 4, 100) == pytest.approx(0.5)
+    assert lr_factor(100, 4, 100) == 0.0
