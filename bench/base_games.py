@@ -44,10 +44,11 @@ def run_variant(variant: str, args) -> dict:
     data_dir = prepare(variant, root)
     model_dir = root / "model"
     train_limit = args.full_train_limit if variant == "full" else None
+    minutes = args.minutes_full if variant == "full" else args.minutes
     if not (model_dir / "training.json").is_file():
         run_train(data_dir, "small", model_dir, category="video games", max_history=args.max_history,
                   epochs=args.epochs, batch_size=32, lr=args.lr, warmup=100, patience=3, eval_every=400,
-                  time_budget=args.minutes, train_limit=train_limit, valid_limit=1000, seed=0,
+                  time_budget=minutes, train_limit=train_limit, valid_limit=1000, seed=0,
                   resume=(model_dir / ".train-state" / "state.json").is_file())
     report, table = run_evaluate(model_dir, data_dir, split="test", grounding="trie", beams=20, batch_size=16,
                                  limit=args.users, out=root / "eval.json")
@@ -63,7 +64,8 @@ def run_variant(variant: str, args) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="top2000,full")
-    parser.add_argument("--minutes", type=float, default=40.0, help="training budget per variant")
+    parser.add_argument("--minutes", type=float, default=40.0, help="training budget of the sub-catalog variant")
+    parser.add_argument("--minutes-full", type=float, default=40.0, help="training budget of the full variant")
     parser.add_argument("--users", type=int, default=None, help="test users (default: all rows of the split)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -1,31 +1,11 @@
 """The `prunerec` command line: each command parses, calls one function, prints."""
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from pathlib import Path
 
 import click
 
-from prunerec.errors import PrunerecError
-
-
-def friendly_errors(command):
-    """Turn known errors into a message and exit code 2; Ctrl-C into a resume hint."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except PrunerecError as err:
-            raise click.ClickException(str(err)) from None
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: finished work is saved; rerun the same command with --resume to continue",
-                       err=True)
-            sys.exit(130)
-
-    return wrapper
+from prunerec.errors import friendly_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

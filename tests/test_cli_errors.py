@@ -1,5 +1,4 @@
 """Bad input gets a clear message and a non-zero exit, never a traceback."""
-import json
 
 import pytest
 from click.testing import CliRunner

@@ -10,10 +10,10 @@ from prunerec.cli import main
 def test_tiny_preset_learns_demo_data_and_beats_popularity(tmp_path):
     runner = CliRunner()
     data, model, report = tmp_path / "data", tmp_path / "model", tmp_path / "eval.json"
-    result = runner.invoke(main, ["data", "demo", "--out", str(data), "--items", "300", "--users", "800"])
+    result = runner.invoke(main, ["data", "demo", "--out", str(data), "--items", "1200", "--users", "1600"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["train", "--data", str(data), "--model", "tiny", "--out", str(model),
-                                  "--max-steps", "160", "--eval-every", "80", "--valid-limit", "100",
+                                  "--max-steps", "240", "--eval-every", "120", "--valid-limit", "100",
                                   "--epochs", "10"])
     assert result.exit_code == 0, result.output
     for name in ("config.json", "model.safetensors", "tokenizer.json", "catalog.jsonl", "prunerec.json",

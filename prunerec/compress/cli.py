@@ -1,32 +1,13 @@
 """`prunerec compress` and `prunerec analyze` (registered by prunerec.cli through COMMANDS)."""
 from __future__ import annotations
 
-import functools
 import json
-import sys
 
 import click
 
-from prunerec.errors import PrunerecError
+from prunerec.errors import friendly_errors
 
 __all__ = ["COMMANDS", "compress", "analyze"]
-
-
-def _friendly_errors(command):
-    """As prunerec.cli.friendly_errors: known errors -> one clean message and a non-zero exit."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except PrunerecError as err:
-            raise click.ClickException(str(err)) from None
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: finished work is saved; rerun the same command with --resume to continue",
-                       err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
@@ -85,7 +66,7 @@ _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
                                              "or distillation checkpoint (same options required).")
 @click.option("--stop-after", type=click.Choice(["base", "stage1", "stage2"]), default=None,
               help="Stop once this step is saved; continue later with --resume.")
-@_friendly_errors
+@friendly_errors
 def compress(model_ref, data_dir, out, method, layer_method, heads, kv_heads, hidden, mlp, layers, target_file,
              dry_run, no_distill, one_shot, resume, stop_after, **kwargs):
     """Compress a fine-tuned recommender with PruneRec, in one command.
@@ -135,7 +116,7 @@ def compress(model_ref, data_dir, out, method, layer_method, heads, kv_heads, hi
 @click.option("--pooled", is_flag=True, help="Sum |activation| per channel over all tokens first "
                                              "(default: shares per token, averaged).")
 @click.option("--seed", default=0, show_default=True)
-@_friendly_errors
+@friendly_errors
 def analyze(model_ref, data_dir, out, samples, batch_size, pooled, seed):
     """The MLP long-tail plot: per layer, the share of |up_proj activation| held by the top
     1/5/10/20/50% channels (why Stage II can keep few channels)."""

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from prunerec.data.catalog import Catalog, Sample, load_dataset

@@ -122,7 +122,9 @@ class Trainer:
         if not (last.is_file() and optim.is_file() and state.is_file()):
             return False
         saved = json.loads(state.read_text())
-        if saved.pop("config") != asdict(self.config):
+        # the time budget only decides when to stop, so a resumed run may extend it
+        same = {k: v for k, v in asdict(self.config).items() if k != "time_budget_s"}
+        if {k: v for k, v in saved.pop("config").items() if k != "time_budget_s"} != same:
             raise ValueError(f"{self.state_dir} was written with different training settings; "
                              "rerun with the same options or without --resume")
         self.state = TrainState(**saved)
@@ -152,6 +154,11 @@ class Trainer:
         if self.config.time_budget_s and s.elapsed_s >= self.config.time_budget_s and not s.finished:
             s.finished, s.stop_reason = True, f"time budget of {self.config.time_budget_s:.0f}s reached"
 
+    def _budget_extended(self) -> bool:
+        """A run stopped by its time budget, resumed with a larger one, goes on."""
+        s, budget = self.state, self.config.time_budget_s
+        return s.stop_reason.startswith("time budget") and (not budget or s.elapsed_s < budget)
+
     def _due_for_eval(self, end_of_epoch: bool) -> bool:
         every = self.config.eval_every
         return end_of_epoch if not every else (self.state.step % every == 0 or end_of_epoch)
@@ -159,8 +166,8 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainState:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.config.seed)
-        if resume:
-            self.load_state()
+        if resume and self.load_state() and self._budget_extended():
+            self.state.finished, self.state.stop_reason = False, ""
         s = self.state
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=s.step, desc=self.desc, unit="step", dynamic_ncols=True)

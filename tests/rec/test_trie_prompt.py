@@ -1,6 +1,6 @@
 import pytest
 
-from prunerec.rec.encode import Example, build_examples, response_ids
+from prunerec.rec.encode import build_examples, response_ids
 from prunerec.rec.prompt import PromptSettings, format_prompt, format_response, parse_response
 from prunerec.rec.trie import TitleTrie
 from prunerec.data.catalog import Catalog, Sample
