@@ -7,6 +7,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many tiny runs: one thread avoids contention on busy 2-core machines."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """A small demo data set written once per test session."""

@@ -17,7 +17,6 @@ so a resumed run computes exactly what an unbroken one does.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -34,7 +33,7 @@ from prunerec.compress.targets import Targets, base_shape, resolve_targets, targ
 from prunerec.data.catalog import load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.io import atomic_dir, write_json
-from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model
+from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
 from prunerec.rec.encode import build_examples
 from prunerec.rec.sft import subsample
@@ -125,20 +124,6 @@ class CompressOptions:
     @property
     def mode(self) -> str:
         return "one-shot" if self.one_shot else ("prune only" if not self.distill else "staged")
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """Hide transformers' per-load progress bars (the pipeline reloads every stage from disk)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def _say(message: str) -> None:
@@ -250,7 +235,7 @@ def _check_inputs(model_ref, data_dir, opts: CompressOptions, build: bool = True
 
 def plan_only(model_ref, data_dir, options: CompressOptions) -> dict:
     """The checks of a run and its target shape with parameter counts, without any work."""
-    with _quiet_loading():
+    with quiet_loading():
         inputs = _check_inputs(model_ref, data_dir, options, build=False)
     scoring = options.scoring()
     return {"method": scoring.method, "layer_method": scoring.layer_method, "mode": options.mode,
@@ -271,7 +256,7 @@ def run_compress(model_ref, data_dir, out, options: CompressOptions = CompressOp
     ``stop_after`` ("base" or a stage name) returns early once that step is saved: for tests
     of --resume and for running one stage at a time.
     """
-    with _quiet_loading():
+    with quiet_loading():
         return _run(model_ref, data_dir, Path(out), options, resume, stop_after)
 
 

@@ -2,7 +2,6 @@
 write OUT/export-report.json. Each folder is written atomically (io.atomic_dir)."""
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from prunerec.export.onnx_export import (
 )
 from prunerec.export.verify import raise_if_failed, verify_export
 from prunerec.io import atomic_dir, write_json, write_jsonl, write_text
-from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, load_rec_model
+from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
 
 FORMATS = ("hf", "onnx")
@@ -75,25 +74,11 @@ def _write_onnx_folder(rec, folder: Path, export_info: dict) -> None:
     write_json(folder / SETTINGS_FILE, {"prompt": rec.settings.to_json(), **rec.info, "export": export_info})
 
 
-@contextlib.contextmanager
-def _quiet_loading():
-    """Hide transformers' per-load progress bars (an export loads the model several times)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def run_export(model_ref: str, out: str | Path, options: ExportOptions = ExportOptions(), say=print) -> tuple[dict, str]:
     """Export, then verify (unless options.verify is False). Returns (report, table); raises
     VerificationFailed (a PrunerecError, carrying both) when a check fails."""
     options.check()
-    with _quiet_loading():
+    with quiet_loading():
         return _run_export(model_ref, out, options, say)
 
 

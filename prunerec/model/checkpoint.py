@@ -6,6 +6,7 @@ Files beside the usual config.json / model.safetensors / tokenizer files:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,3 +87,17 @@ def load_rec_model(ref: str, *, dtype: torch.dtype = torch.float32, need_catalog
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return RecModel(model, tokenizer, catalog, settings, info)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide transformers' per-load progress bars (pipelines reload models several times)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

@@ -5,12 +5,8 @@ import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests are tiny; one thread avoids contention on busy 2-core machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """These tests are tiny; see tests/conftest.py."""
 
 
 @pytest.fixture(scope="session")

@@ -20,12 +20,7 @@ SETTINGS = PromptSettings(template="compact", category="games", max_history=5, c
 EXPECTED_ONNX_CHECKS = {"onnx_logits", "onnx_decode", "onnx_greedy", "onnx_beam"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
