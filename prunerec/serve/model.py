@@ -1,0 +1,187 @@
+"""What every engine shares: the folder to serve, its tokenizer, catalog, prompt settings and
+title trie, and the mapping between request histories (ids or titles) and catalog items.
+
+Loading this is fast (no weights), so `prunerec serve` does it before the server starts and
+reports a bad folder as a plain error; the engine (weights) loads in the background.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prunerec.data.catalog import Catalog, DataError, clean_title, load_catalog
+from prunerec.errors import PrunerecError
+from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE
+from prunerec.rec.encode import prompt_ids, response_ids
+from prunerec.rec.prompt import PromptSettings
+from prunerec.rec.trie import TitleTrie
+
+ENGINES = ("vllm", "torch", "onnx")
+ONNX_FILE = "model.onnx"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in WEIGHT_FILES)
+
+
+def resolve_folder(model: str | Path, engine: str) -> Path:
+    """The folder an engine reads. DIR may be a checkpoint folder, an export folder (OUT, with
+    OUT/hf and OUT/onnx) or, for onnx, OUT/onnx itself."""
+    root = Path(model).expanduser()
+    if not root.is_dir():
+        raise PrunerecError(f"model folder not found: {model}")
+    if engine == "onnx":
+        for folder in (root, root / "onnx"):
+            if (folder / ONNX_FILE).is_file():
+                return folder
+        raise PrunerecError(f"{model} holds no {ONNX_FILE} (nor onnx/{ONNX_FILE}): write one with "
+                            f"`prunerec export --model CHECKPOINT --out OUT --format onnx` and serve OUT")
+    for folder in (root, root / "hf"):
+        if (folder / "config.json").is_file() and _has_weights(folder):
+            return folder
+    raise PrunerecError(f"{model} is not a Hugging Face checkpoint (no config.json with weights, nor hf/ "
+                        f"from `prunerec export`)")
+
+
+def torch_weights_folder(folder: Path) -> Path | None:
+    """A folder with the same model's PyTorch weights (for L2 grounding beside the onnx engine):
+    the folder itself, or the `hf` folder of the same export."""
+    for candidate in (folder, folder / "hf", folder.parent / "hf"):
+        if (candidate / "config.json").is_file() and _has_weights(candidate):
+            return candidate
+    return None
+
+
+class InputError(PrunerecError):
+    """A request the service cannot answer; `status` is the HTTP status to return."""
+
+    def __init__(self, message: str, status: int = 422, **extra):
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+@dataclass
+class ServeModel:
+    folder: Path
+    engine: str
+    tokenizer: object
+    config: object
+    catalog: Catalog
+    settings: PromptSettings
+    info: dict
+    titles: list[str]                 # unique titles in catalog order; index = trie title index
+    responses: list[list[int]]        # token ids each title is written as (quoted, newline, EOS)
+    trie: TitleTrie
+    torch_folder: Path | None         # PyTorch weights of the same model, if any
+    first_ids: list[int] = field(default_factory=list)  # title index -> first catalog id
+    # request threads share the tokenizer; a Rust tokenizer may refuse concurrent use ("Already borrowed")
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def max_history(self) -> int:
+        return self.settings.max_history
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def free_tokens(self) -> int:
+        """New tokens of a free generation (as `prunerec evaluate`'s L2 grounding)."""
+        return self.trie.max_len + 4
+
+    def resolve_history(self, history: Sequence[int | str]) -> list[int]:
+        """Item ids for ids or exact titles (a title maps to its first id); 422 naming unknown ones."""
+        ids, unknown = [], []
+        for entry in history:
+            if isinstance(entry, bool):
+                unknown.append(entry)
+            elif isinstance(entry, int):
+                if 0 <= entry < len(self.catalog):
+                    ids.append(entry)
+                else:
+                    unknown.append(entry)
+            else:
+                item = self.catalog.first_id(entry)
+                if item is None:
+                    item = self.catalog.first_id(clean_title(entry))
+                if item is None:
+                    unknown.append(entry)
+                else:
+                    ids.append(item)
+        if unknown:
+            shown = ", ".join(json.dumps(u) for u in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+            raise InputError(f"unknown item ids or titles in history: {shown} (ids are 0..{len(self.catalog) - 1}; "
+                             f"titles must match the catalog exactly)", unknown=unknown[:100])
+        return ids
+
+    def prompt(self, history_ids: Sequence[int]) -> list[int]:
+        """The prompt token ids for the most recent max_history items (exactly as evaluate builds them)."""
+        titles = [self.catalog.title(i) for i in history_ids[-self.max_history:]]
+        with self.lock:
+            return prompt_ids(self.tokenizer, [titles], self.settings)[0]
+
+    def item_of(self, title_index: int) -> tuple[int, str]:
+        return self.first_ids[title_index], self.titles[title_index]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        with self.lock:
+            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def describe(self) -> dict:
+        c = self.config
+        heads = int(c.num_attention_heads)
+        head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+        return {"folder": str(self.folder), "catalog_items": len(self.catalog), "catalog_titles": len(self.titles),
+                "max_history": self.max_history, "template": self.settings.template,
+                "shape": {"layers": int(c.num_hidden_layers), "hidden": int(c.hidden_size), "heads": heads,
+                          "kv_heads": int(getattr(c, "num_key_value_heads", None) or heads), "head_dim": head_dim,
+                          "vocab": int(c.vocab_size)}}
+
+
+def load_serve_model(model: str | Path, engine: str) -> ServeModel:
+    """Tokenizer, config, catalog, settings and trie of the folder `engine` serves (no weights)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if engine not in ENGINES:
+        raise PrunerecError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
+    folder = resolve_folder(model, engine)
+    if not (folder / CATALOG_FILE).is_file():
+        raise PrunerecError(f"{folder} has no {CATALOG_FILE}: serve a folder written by prunerec train, "
+                            f"compress or export")
+    try:
+        catalog = load_catalog(folder / CATALOG_FILE)
+    except DataError as err:
+        raise PrunerecError(f"the model's catalog is broken: {err}") from None
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise PrunerecError(f"cannot load the tokenizer or config of {folder}: {err}") from None
+    if config.model_type not in ("qwen2", "llama"):
+        raise PrunerecError(f"{folder} is a '{config.model_type}' model; prunerec serves Qwen2-family causal LMs")
+    if tokenizer.eos_token_id is None:
+        raise PrunerecError(f"the tokenizer of {folder} has no EOS token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    settings, info = PromptSettings(), {}
+    if (folder / SETTINGS_FILE).is_file():
+        info = json.loads((folder / SETTINGS_FILE).read_text())
+        try:
+            settings = PromptSettings.from_json(info.pop("prompt", {}))
+        except ValueError as err:
+            raise PrunerecError(f"{folder / SETTINGS_FILE}: {err}") from None
+    titles = catalog.unique_titles()
+    responses = response_ids(tokenizer, titles)
+    trie = TitleTrie(responses, tokenizer.eos_token_id)
+    first_ids = [catalog.first_id(t) for t in titles]
+    return ServeModel(folder, engine, tokenizer, config, catalog, settings, info, titles, responses, trie,
+                      torch_weights_folder(folder), first_ids)
