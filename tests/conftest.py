@@ -9,11 +9,11 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count(
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """For modules of many tiny runs: one thread avoids contention on busy 2-core machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """For modules of many tiny runs (see tests.helpers.one_thread)."""
+    from tests.helpers import one_thread as single_thread
+
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

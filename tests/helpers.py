@@ -1,4 +1,6 @@
 """Builders for tiny models and tokenizers used across tests."""
+from contextlib import contextmanager
+
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -22,3 +24,14 @@ def tiny_model(vocab_size, eos_id, seed=0, **overrides):
     config = Qwen2Config(vocab_size=vocab_size, eos_token_id=eos_id, pad_token_id=eos_id, bos_token_id=eos_id,
                          tie_word_embeddings=True, **shape)
     return Qwen2ForCausalLM(config).eval()
+
+
+@contextmanager
+def one_thread():
+    """For many tiny runs: one torch thread avoids contention on busy 2-core machines."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -79,6 +79,17 @@ class Engine:
         pass
 
 
+def unexpired(jobs):
+    """The jobs still within their deadline; each expired one gets Cancelled on its future."""
+    live = []
+    for job in jobs:
+        if job.deadline.expired():
+            job.future.set_exception(Cancelled("request deadline passed"))
+        else:
+            live.append(job)
+    return live
+
+
 def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
     tokens = list(tokens)
     return tokens[:tokens.index(eos)] if eos in tokens else tokens
@@ -213,12 +224,7 @@ class BatchingEngine(Engine):
             batch = self._take_batch()
             if batch is None:
                 return
-            live = []
-            for job in batch:
-                if job.deadline.expired():
-                    job.future.set_exception(Cancelled("request deadline passed"))
-                else:
-                    live.append(job)
+            live = unexpired(batch)
             if not live:
                 continue
             try:

@@ -27,7 +27,7 @@ import torch
 
 from prunerec.errors import PrunerecError
 from prunerec.rec.beam import constrained_beam_search
-from prunerec.serve.engines import Cancelled, Deadline, Engine, cut_at_eos
+from prunerec.serve.engines import Cancelled, Deadline, Engine, cut_at_eos, unexpired
 from prunerec.serve.model import ServeModel
 
 log = logging.getLogger("prunerec.serve")
@@ -255,12 +255,7 @@ class VllmEngine(Engine):
                 taken = self._take()
                 if taken is None:
                     return
-                live = []
-                for batch in taken:
-                    if batch.deadline.expired():
-                        batch.future.set_exception(Cancelled("request deadline passed"))
-                    else:
-                        live.append(batch)
+                live = unexpired(taken)
                 if not live:
                     continue
                 try:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import requests
-import torch
 
 from prunerec.data.catalog import Catalog, Sample, write_dataset
 from prunerec.model.checkpoint import RecModel
 from prunerec.rec.prompt import PromptSettings
-from tests.helpers import TITLES, tiny_model, tiny_tokenizer
+from tests.helpers import TITLES, one_thread, tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = PromptSettings(template="compact", category="games", max_history=5, cutoff_tokens=128)
@@ -31,10 +30,8 @@ DUPLICATE_ID, DUPLICATE_OF = len(CATALOG_TITLES) - 1, 5
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="package")
