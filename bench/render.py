@@ -24,13 +24,13 @@ def base_table(summary: dict) -> str:
     trie, pop = results["trie"]["metrics"], results["popularity"]["metrics"]
     facts = [
         f"- test users: {evaluation['users']} (catalog: {evaluation['catalog_titles']} distinct titles)",
-        f"- HR@10 model / popularity: {trie['HR@10'] / max(pop['HR@10'], 1e-12):.2f}x; "
-        f"NDCG@10: {trie['NDCG@10'] / max(pop['NDCG@10'], 1e-12):.2f}x",
-        f"- training: {training['train_rows']} rows available, {training['steps']} steps of 32 "
+        (f"- HR@10 model / popularity: {trie['HR@10'] / max(pop['HR@10'], 1e-12):.2f}x; "
+        f"NDCG@10: {trie['NDCG@10'] / max(pop['NDCG@10'], 1e-12):.2f}x"),
+        (f"- training: {training['train_rows']} rows available, {training['steps']} steps of 32 "
         f"(best at step {training['best_step']}, validation loss {training['best_valid_loss']:.3f}), "
-        f"{training['train_seconds'] / 60:.1f} min ({training['stop_reason']})",
-        f"- evaluation speed: {results['trie']['users_per_second']:.2f} users/s "
-        f"({results['trie']['seconds'] / 60:.1f} min for {evaluation['users']} users)",
+        f"{training['train_seconds'] / 60:.1f} min ({training['stop_reason']})"),
+        (f"- evaluation speed: {results['trie']['users_per_second']:.2f} users/s "
+        f"({results['trie']['seconds'] / 60:.1f} min for {evaluation['users']} users)"),
         f"- machine: {summary['machine']}",
     ]
     return "\n".join(lines + [""] + facts)

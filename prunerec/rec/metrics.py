@@ -47,12 +47,32 @@ def bootstrap_ci(rows: Sequence[dict[str, float]], *, samples: int = 1000, level
         for k in keys:
             col = columns[k]
             means[k].append(sum(col[i] for i in picks) / n)
+    return {k: _percentile_interval(means[k], level) for k in keys}
+
+
+def _percentile_interval(values: Sequence[float], level: float) -> tuple[float, float]:
+    ordered = sorted(values)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    out = {}
-    for k in keys:
-        ordered = sorted(means[k])
-        out[k] = (ordered[int(lo_q * (samples - 1))], ordered[int(round(hi_q * (samples - 1)))])
-    return out
+    return ordered[int(lo_q * (len(ordered) - 1))], ordered[int(round(hi_q * (len(ordered) - 1)))]
+
+
+def paired_ratio_ci(candidate: Sequence[dict[str, float]], base: Sequence[dict[str, float]], *,
+                    samples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float] | None]:
+    """Percentile bootstrap interval of mean(candidate) / mean(base) per metric, resampling the
+    same users for both (rows are aligned by user). None where the base mean of a resample is 0."""
+    if len(candidate) != len(base) or not base:
+        raise ValueError(f"need aligned, non-empty rows, got {len(candidate)} and {len(base)}")
+    rng = random.Random(seed)
+    n = len(base)
+    ratios = {k: [] for k in base[0]}
+    for _ in range(samples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        for k in ratios:
+            denominator = sum(base[i][k] for i in picks)
+            if denominator > 0:
+                ratios[k].append(sum(candidate[i][k] for i in picks) / denominator)
+    return {k: _percentile_interval(values, level) if len(values) >= samples // 2 else None
+            for k, values in ratios.items()}
 
 
 def popularity_ranking(targets: Sequence[int], n: int) -> list[int]:

@@ -39,3 +39,15 @@ def test_popularity_ranking_counts_and_breaks_ties_by_id():
     assert metrics.popularity_ranking([3, 1, 3, 2, 1, 3, 5], 3) == [3, 1, 2]
     with pytest.raises(ValueError):
         metrics.average([])
+
+
+def test_paired_ratio_interval_brackets_the_ratio_and_pairs_users():
+    base = [{"HR@1": float(i % 4 == 0)} for i in range(400)]
+    same = [dict(row) for row in base]
+    assert metrics.paired_ratio_ci(same, base, samples=300, seed=2)["HR@1"] == (1.0, 1.0)  # paired: no spread
+    noisy = [{"HR@1": float(i % 5 == 0)} for i in range(400)]
+    lo, hi = metrics.paired_ratio_ci(noisy, base, samples=300, seed=2)["HR@1"]
+    assert lo < 80 / 100 < hi
+    assert metrics.paired_ratio_ci([{"HR@1": 0.0}] * 5, [{"HR@1": 0.0}] * 5, samples=50)["HR@1"] is None
+    with pytest.raises(ValueError):
+        metrics.paired_ratio_ci(same[:3], base, samples=10)
