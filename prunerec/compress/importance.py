@@ -378,10 +378,11 @@ def calibration_perplexity(model, batches) -> float:
             labels = b.get("labels")
             if labels is None:
                 labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
-            logits = model.lm_head(_hidden(model, b)[:, :-1]).float()
-            tgt = labels[:, 1:]
-            nll += F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="sum").item()
-            n += int((tgt != -100).sum())
+            targets = labels[:, 1:]
+            labelled = targets != -100  # the LM head runs only where a label is predicted (most cost otherwise)
+            logits = model.lm_head(_hidden(model, b)[:, :-1][labelled]).float()
+            nll += F.cross_entropy(logits, targets[labelled], reduction="sum").item()
+            n += int(labelled.sum())
     return math.exp(nll / max(n, 1))
 
 
