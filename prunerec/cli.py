@@ -178,7 +178,7 @@ def _register_optional_commands():
     """Commands that live beside their modules (compress, analyze, ...), added when present."""
     import importlib
 
-    for module in ("prunerec.compress.cli", "prunerec.export.cli", "prunerec.serve.cli"):
+    for module in ("prunerec.compress.cli", "prunerec.export.cli", "prunerec.serve.cli", "prunerec.loadtest.cli"):
         try:
             commands = importlib.import_module(module)
         except ModuleNotFoundError as err:

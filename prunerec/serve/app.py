@@ -143,7 +143,8 @@ class Runtime:
             self.engine = engine
             if self.closing:
                 return
-            self.service = RecommendService(self.sm, engine, beams=self.options.beams)
+            self.service = RecommendService(self.sm, engine, beams=self.options.beams,
+                                            count_tokens=self.metrics.engine_tokens.inc)
             self.load_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
             self.service.warm_up()

@@ -46,6 +46,9 @@ class Metrics:
                                      registry=r)
         self.engine_seconds = Histogram("prunerec_engine_seconds", "Engine time of a recommendation (search + fallback)",
                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.engine_tokens = Counter("prunerec_engine_tokens",
+                                     "Tokens the engine generated: every token of each beam the constrained search "
+                                     "returned, plus free-generation tokens", registry=r)
         self.ready = Gauge("prunerec_ready", "1 once the engine has loaded and answered a warm-up request",
                            registry=r)
         self.info = Info("prunerec_server", "Engine and model served", registry=r)

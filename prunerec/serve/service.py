@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prunerec.rec.prompt import parse_response
 from prunerec.serve.engines import Deadline, Engine, L2Grounder, grounder_for
@@ -21,8 +21,10 @@ def _ms(seconds: float) -> float:
 
 
 class RecommendService:
-    def __init__(self, sm: ServeModel, engine: Engine, beams: int = 20, grounder: L2Grounder | None = None):
+    def __init__(self, sm: ServeModel, engine: Engine, beams: int = 20, grounder: L2Grounder | None = None,
+                 count_tokens: Callable[[int], None] | None = None):
         self.sm, self.engine, self.beams = sm, engine, int(beams)
+        self.count_tokens = count_tokens or (lambda n: None)  # e.g. the engine-tokens Prometheus counter's inc
         self.grounder = grounder if grounder is not None else grounder_for(sm, engine)
         self.max_k = min(MAX_K, len(sm.titles))
 
@@ -34,6 +36,7 @@ class RecommendService:
 
     def free_generation(self, prompt: Sequence[int], deadline: Deadline) -> dict:
         tokens = self.engine.generate(prompt, self.sm.free_tokens, deadline)
+        self.count_tokens(len(tokens))
         text = self.sm.decode(tokens)
         title = parse_response(text)
         return {"text": text, "title": title, "token_ids": tokens, "in_catalog": self.sm.catalog.first_id(title) is not None}
@@ -54,6 +57,7 @@ class RecommendService:
         t0 = time.perf_counter()
         ranked = self.engine.rank(prompt, num_beams, deadline)
         search_s = time.perf_counter() - t0
+        self.count_tokens(sum(len(self.sm.responses[index]) for index, _ in ranked if index is not None))
         items, seen = [], set()
         for index, score in ranked:
             if index is None or index in seen:

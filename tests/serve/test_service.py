@@ -64,6 +64,14 @@ def test_input_errors(sm, torch_engine):
         service.recommend([1], 0)
 
 
+def test_engine_tokens_are_counted(sm, torch_engine):
+    counted = []
+    service = RecommendService(sm, torch_engine, beams=4, count_tokens=counted.append)
+    body = service.recommend([1, 2], 3, free_generation=True)
+    beam_tokens = sum(len(sm.responses[sm.titles.index(i["title"])]) for i in body["items"])
+    assert counted[1] == len(body["free_generation"]["token_ids"]) and counted[0] >= beam_tokens > 0
+
+
 # ----------------------------------------------------------------------------- vLLM driver
 class FakeLLM:
     """`llm.generate(prompts, params)` answered by a transformers model, one prompt at a time

@@ -134,6 +134,7 @@ def test_metrics(server):
     assert "prunerec_http_requests_in_flight 1.0" in text  # this very request
     assert 'prunerec_recommended_items_total{method="trie"}' in text and "prunerec_ready 1.0" in text
     assert "prunerec_unauthorized_requests_total 0.0" in text
+    assert float(text.split("\nprunerec_engine_tokens_total ")[1].split()[0]) > 0  # beam + free tokens
 
 
 def test_sigterm_exits_cleanly(server):

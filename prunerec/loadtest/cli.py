@@ -1,0 +1,79 @@
+"""`prunerec loadtest` (registered by prunerec.cli through COMMANDS)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from prunerec.errors import PrunerecError, friendly_errors
+
+__all__ = ["COMMANDS", "loadtest"]
+
+
+@click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
+@click.option("--baseline", required=True, help="Model folder (served here) or http:// URL of a running `prunerec serve`.")
+@click.option("--candidate", required=True, help="Model folder or URL, compared with the baseline (e.g. the pruned model).")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Prepared data folder: request histories from its test split, answers checked against items.jsonl.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Report folder: report.json, report.md, latency.png, throughput.png, locust/ CSVs, logs/.")
+@click.option("--engine", type=click.Choice(["vllm", "torch", "onnx"]), default="vllm", show_default=True,
+              help="Engine of the servers started for model folders.")
+@click.option("--users", default="1,4,16,64", show_default=True,
+              help="Concurrency levels: simulated users, each sending its next request when the previous is answered.")
+@click.option("--duration", default="60s", show_default=True, help="Load per level and model: 90, 60s, 2m (at most 60m).")
+@click.option("--spawn-rate", type=click.FloatRange(min=0.01), default=None,
+              help="Users started per second. Default: all users of a level within 1 s.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 50), help="Items asked for per request.")
+@click.option("--beams", default=20, show_default=True, type=click.IntRange(1), help="Serve option (both models).")
+@click.option("--max-concurrency", default=16, show_default=True, type=click.IntRange(1), help="Serve option (both models).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0), help="Serve option (both models).")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1), help="Serve option, torch/onnx (both models).")
+@click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.001),
+              help="Serve option (both models); locust also lets requests in flight finish this long at a level's end.")
+@click.option("--enforce-eager", is_flag=True, help="Serve option, vllm only: no graph compilation (faster start).")
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Loopback port of the servers started (one at a time); 0: a free one.")
+@click.option("--ready-timeout", default=600.0, show_default=True, type=click.FloatRange(1),
+              help="Seconds a started server may take to answer GET /ready with 200.")
+@click.option("--allow-remote", is_flag=True, help="Allow URLs that are not loopback addresses.")
+@friendly_errors
+def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, spawn_rate, k, beams, max_concurrency,
+             max_queue, max_batch, request_timeout, enforce_eager, port, ready_timeout, allow_remote):
+    """Load-test two models in turn with the same real requests and compare them: requests/s,
+    p50/p90/p99 latency, failures and engine tokens/s at each concurrency level, and the
+    candidate/baseline ratios (printed at the end). Every answer is checked to hold only real
+    catalog items. Servers started here use identical settings on loopback and are stopped at
+    the end, on errors and on Ctrl-C.
+
+    \b
+    Examples:
+      prunerec loadtest --baseline runs/base --candidate runs/pruned/final --data data/Games --out runs/loadtest
+      prunerec loadtest --baseline http://127.0.0.1:8000 --candidate http://127.0.0.1:8001 \\
+          --data data/Games --out runs/lt --users 1,8 --duration 2m
+    """
+    from prunerec.loadtest.report import headline_table, parse_duration, parse_users
+    from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+
+    if enforce_eager and engine != "vllm":
+        raise PrunerecError("--enforce-eager applies to --engine vllm only")
+    options = LoadtestOptions(engine=engine, users=tuple(parse_users(users)), duration_s=parse_duration(duration),
+                              spawn_rate=spawn_rate, k=k, beams=beams, max_concurrency=max_concurrency,
+                              max_queue=max_queue, max_batch=max_batch, request_timeout=request_timeout,
+                              enforce_eager=enforce_eager, port=port, ready_timeout=ready_timeout,
+                              allow_remote=allow_remote)
+    try:
+        report = run_loadtest(baseline, candidate, data_dir, out_dir, options, say=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: every server and locust run started was stopped; finished levels (if any) are in "
+                   f"{out_dir}/report.json", err=True)
+        sys.exit(130)
+    click.echo("candidate / baseline (throughput, tokens/s: above 1 is better; latency: below 1 is better)")
+    click.echo(headline_table(report["ratios"]))
+    click.echo(f"report: {out_dir}/report.md")
+
+
+COMMANDS = [loadtest]
+
+if __name__ == "__main__":
+    loadtest()
