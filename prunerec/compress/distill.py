@@ -5,7 +5,9 @@ loss = lambda * CE(student, ground truth) + (1 - lambda) * tau^2 * KL(teacher_ta
 on the response tokens only, with the next-token shift (``batching.response_logits`` picks the
 positions whose next token is a response token, for teacher and student alike; padding never
 enters). Training is :class:`prunerec.rec.trainer.Trainer` (AdamW, warmup, early stopping on
-the validation distillation loss, best weights kept, resumable), with a loss closure.
+the validation distillation loss, best weights kept, resumable), with a loss closure; so it runs
+on the GPU when there is one and data parallel under torchrun like SFT. The teacher joins the
+student on the training device for the distillation and goes back where it was afterwards.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from prunerec import distributed
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json
 from prunerec.rec.batching import response_logits
@@ -83,17 +86,25 @@ def distill(student, teacher, train: Sequence[Example], valid: Sequence[Example]
     """
     loss_fn = make_loss_fn(teacher, settings)
     trainer = Trainer(student, train, valid, config, state_dir, loss_fn, pad_id, desc=desc)
+    teacher_home = next(teacher.parameters()).device
+    teacher.to(trainer.device)
     started = time.perf_counter()
     initial_file = Path(state_dir) / "initial_loss.json"
-    if initial_file.is_file():
-        initial = json.loads(initial_file.read_text())["valid_loss"]
-    else:  # the damage pruning did, before any training: step 0 of the loss curve
-        initial = validation_loss(student, valid, loss_fn, pad_id, config.batch_size)
-        write_json(initial_file, {"valid_loss": initial})
     try:
+        initial = None
+        if distributed.is_main():
+            if initial_file.is_file():
+                initial = json.loads(initial_file.read_text())["valid_loss"]
+            else:  # the damage pruning did, before any training: step 0 of the loss curve
+                initial = validation_loss(student, valid, loss_fn, pad_id, config.batch_size)
+                write_json(initial_file, {"valid_loss": initial})
+        initial = distributed.broadcast_object(initial)
         state = trainer.run(resume=resume)
     except ValueError as err:  # e.g. resumed with different settings
         raise PrunerecError(str(err)) from None
+    finally:
+        teacher.to(teacher_home)
+        student.to(trainer.home)
     student.load_state_dict(trainer.best_weights(), strict=False)
     student.eval()
     return {

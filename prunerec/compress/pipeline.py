@@ -14,6 +14,10 @@ Layout of OUT:
 Every folder is written atomically; a stage folder exists only once the stage finished. Each
 stage starts from the previous stage's folder as read back from disk (the pruned model too),
 so a resumed run computes exactly what an unbroken one does.
+
+Under torchrun (several GPUs, data parallel) every rank runs this recipe: rank 0 alone scores,
+prunes, evaluates and writes; every rank then reads the pruned model back from OUT and takes
+part in the distillation (see rec/trainer.py). OUT must be on storage all ranks see.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from prunerec import distributed
 from prunerec.compress.distill import DistillSettings, distill
 from prunerec.compress.report import write_report
 from prunerec.compress.stages import STAGES, Calibration, ScoringOptions, build_calibration, default_layer_method
@@ -127,7 +132,8 @@ class CompressOptions:
 
 
 def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+    if distributed.is_main():
+        tqdm.write(message, file=sys.stderr)
 
 
 def _ref_id(ref) -> str:
@@ -267,7 +273,11 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     scoring, train_config = opts.scoring(), opts.train_config()
     run_info = {"model": _ref_id(model_ref), "data": _ref_id(data_dir), "options": asdict(opts),
                 "targets": targets.to_json()}
-    _prepare_out(out, run_info, resume)
+    distributed.init()
+    main = distributed.is_main()  # under torchrun: rank 0 scores, prunes, evaluates and writes
+    if main:
+        _prepare_out(out, run_info, resume)
+    distributed.barrier()
     state = out / STATE
     plan = target_summary(base.model.config, targets)
     _say(f"compress {model_ref} -> {out}: method {opts.method} (layers: {scoring.layer_method}), {opts.mode}; "
@@ -279,13 +289,15 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
 
     # the base: counted and evaluated once (cached for --resume)
     base_file = state / "base_eval.json"
-    if base_file.is_file():
-        base_record = json.loads(base_file.read_text())
-    else:
+    base_record = None
+    if main and not base_file.is_file():
         _say("evaluating the base model on validation")
         base_record = {"path": str(model_ref), "shape": base_shape(base.model.config),
                        "parameters": count_parameters(base.model), "eval": _evaluate(base, data_dir, opts)}
         write_json(base_file, base_record)
+    distributed.barrier()
+    if base_record is None:
+        base_record = json.loads(base_file.read_text())
     if stop_after == "base":
         return {}
 
@@ -296,7 +308,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     dsettings = DistillSettings(opts.lam, opts.tau)
 
     records, prev = [], str(model_ref)
-    bar = tqdm(total=len(STAGES), desc="compress", unit="stage", dynamic_ncols=True)
+    bar = tqdm(total=len(STAGES), desc="compress", unit="stage", dynamic_ncols=True, disable=not main)
     for name, what, prune in STAGES:
         stage_dir, sdir = out / name, state / name
         if (stage_dir / STAGE_FILE).is_file():
@@ -309,7 +321,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
             continue
         bar.set_postfix_str(f"{name}: {what}")
         pruned_dir = sdir / "pruned"
-        if not (pruned_dir / PRUNE_FILE).is_file():
+        if main and not (pruned_dir / PRUNE_FILE).is_file():
             _say(f"{name}: scoring and pruning {what} ({opts.method if name != 'stage3' else scoring.layer_method})")
             rec = load_rec_model(prev)
             t0 = time.perf_counter()
@@ -317,6 +329,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
             prune_record["wall_seconds"] = round(time.perf_counter() - t0, 2)
             _save_rec(replace(rec, catalog=base.catalog, info=_stage_info(model_ref, base, name, opts, targets, False)),
                       pruned_dir, {PRUNE_FILE: prune_record})
+        distributed.barrier()
         prune_record = json.loads((pruned_dir / PRUNE_FILE).read_text())
         rec = load_rec_model(str(pruned_dir))
         distilled = opts.distills_after(name)
@@ -325,21 +338,25 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
             _say(f"{name}: distilling from the original model")
             summary = distill(rec.model, teacher, inputs.train, inputs.valid, train_config, sdir / "train",
                               base.tokenizer.pad_token_id, dsettings, resume=True, desc=f"{name} distill")
-        _say(f"{name}: evaluating on validation")
-        evaluation = _evaluate(rec, data_dir, opts)
-        distill_s = summary["train_seconds"] if summary else 0.0
-        eval_s = evaluation["seconds"] if evaluation else 0.0
-        record = {
-            "stage": name, "pruned": what, "method": opts.method, "layer_method": scoring.layer_method,
-            "mode": opts.mode, "distilled": distilled,
-            "shape": base_shape(rec.model.config), "parameters": count_parameters(rec.model),
-            "pruning": prune_record, "distill": summary, "eval": evaluation,
-            "wall_seconds": {"prune": prune_record["wall_seconds"], "distill": distill_s, "evaluate": eval_s,
-                             "total": round(prune_record["wall_seconds"] + distill_s + eval_s, 2)},
-        }
-        info = _stage_info(model_ref, base, name, opts, targets, distilled)
-        _save_rec(replace(rec, catalog=base.catalog, info=info), stage_dir, {STAGE_FILE: record})
-        records.append(record)
+        if main:
+            _say(f"{name}: evaluating on validation")
+            evaluation = _evaluate(rec, data_dir, opts)
+            distill_s = summary["train_seconds"] if summary else 0.0
+            eval_s = evaluation["seconds"] if evaluation else 0.0
+            record = {
+                "stage": name, "pruned": what, "method": opts.method, "layer_method": scoring.layer_method,
+                "mode": opts.mode, "distilled": distilled,
+                "shape": base_shape(rec.model.config), "parameters": count_parameters(rec.model),
+                "pruning": prune_record, "distill": summary, "eval": evaluation,
+                "wall_seconds": {"prune": prune_record["wall_seconds"], "distill": distill_s, "evaluate": eval_s,
+                                 "total": round(prune_record["wall_seconds"] + distill_s + eval_s, 2)},
+            }
+            if distributed.world_size() > 1 and summary:
+                record["distill"]["world_size"] = distributed.world_size()
+            info = _stage_info(model_ref, base, name, opts, targets, distilled)
+            _save_rec(replace(rec, catalog=base.catalog, info=info), stage_dir, {STAGE_FILE: record})
+        distributed.barrier()
+        records.append(record if main else json.loads((stage_dir / STAGE_FILE).read_text()))
         prev = str(stage_dir)
         bar.update(1)
         if stop_after == name:
@@ -348,15 +365,17 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     if len(records) < len(STAGES):
         return {}
 
-    with atomic_dir(out / "final") as tmp:
-        shutil.copytree(out / STAGES[-1][0], tmp, dirs_exist_ok=True)
-    report = build_report(model_ref, data_dir, out, opts, targets, plan, base_record, records,
-                          time.perf_counter() - started)
-    write_report(out, report)
-    for name, _, _ in STAGES:  # pruned copies and trainer states are only needed to resume
-        shutil.rmtree(state / name, ignore_errors=True)
-    _say(f"done: {out / 'final'}; report in {out / 'report.md'}")
-    return report
+    if main:
+        with atomic_dir(out / "final") as tmp:
+            shutil.copytree(out / STAGES[-1][0], tmp, dirs_exist_ok=True)
+        report = build_report(model_ref, data_dir, out, opts, targets, plan, base_record, records,
+                              time.perf_counter() - started)
+        write_report(out, report)
+        for name, _, _ in STAGES:  # pruned copies and trainer states are only needed to resume
+            shutil.rmtree(state / name, ignore_errors=True)
+        _say(f"done: {out / 'final'}; report in {out / 'report.md'}")
+    distributed.barrier()
+    return json.loads((out / "report.json").read_text()) if not main else report
 
 
 # ----------------------------------------------------------------------------- report

@@ -3,6 +3,9 @@
 Loss on response tokens only, prompts cut from the left, validation loss during training,
 early stopping, best weights kept, resumable. The result is a stock HF checkpoint folder
 plus the catalog it was trained for (see model/checkpoint.py).
+
+Under torchrun every rank runs this function: rank 0 prepares the state folder and the
+tokenizer first, all ranks train (data parallel, see rec/trainer.py), rank 0 writes the result.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
+from prunerec import distributed
 from prunerec.data.catalog import Catalog, Dataset, Sample, load_dataset
 from prunerec.io import publish_dir, write_json
 from prunerec.model.checkpoint import RecModel, load_rec_model
@@ -85,11 +89,15 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
                       resume: bool = False) -> dict:
     out_dir = Path(out_dir)
     state_dir = out_dir / STATE_DIR
-    if not resume and state_dir.exists():
-        shutil.rmtree(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(data_dir, splits=("train", "valid"))
-    rec = base_recommender(model_ref, data, settings, config.seed, state_dir)
+    distributed.init()
+    main = distributed.is_main()
+    with distributed.rank0_first():  # rank 0 clears the state and trains the tokenizer, the others load it
+        if main and not resume and state_dir.exists():
+            shutil.rmtree(state_dir)
+        if main:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        data = load_dataset(data_dir, splits=("train", "valid"))
+        rec = base_recommender(model_ref, data, settings, config.seed, state_dir)
     train_rows = subsample(data["train"], train_limit, config.seed)
     valid_rows = subsample(data["valid"], valid_limit, config.seed)
     train_examples = build_examples(rec.tokenizer, train_rows, data.catalog, settings)
@@ -108,12 +116,16 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
         "parameters": sum(p.numel() for p in rec.model.parameters()),
         "config": asdict(config), "log": state.log,
     }
+    if distributed.world_size() > 1:
+        summary["world_size"] = distributed.world_size()
     rec = replace(rec, info={**rec.info, "training": {k: v for k, v in summary.items() if k != "log"}})
-    staging = out_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    rec.save(staging)
-    write_json(staging / "training.json", summary)
-    if state.log:
-        plot_training(state.log, staging / "training.png")
-    publish_dir(staging, out_dir)
+    if main:
+        staging = out_dir / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        rec.save(staging)
+        write_json(staging / "training.json", summary)
+        if state.log:
+            plot_training(state.log, staging / "training.png")
+        publish_dir(staging, out_dir)
+    distributed.barrier()
     return summary

@@ -4,6 +4,18 @@ early stopping on validation loss, best weights kept; used by SFT and by distill
 State lives in `state_dir` (weights, optimizer, scheduler, position in the epoch, RNG, log)
 and is written atomically, so a killed run resumes where it stopped and ends where an
 unbroken run would.
+
+Device: the model trains on `prunerec.distributed.device()` (a GPU when there is one, else the
+CPU; `PRUNEREC_DEVICE` overrides) and is moved back to where it came from when `run` returns.
+
+Data parallel: under `torchrun --nproc_per_node N` (WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel and every global batch of `batch_size` examples is split over the N
+ranks. A loss function returns the mean over its batch's `targets` tokens; each rank's mean is
+weighted by its share of the global batch's tokens, so the averaged gradient, and so every
+step, equals a single process's with the same batch size (up to float rounding). Rank 0
+alone validates, writes the state and shows the progress bar; it sends its state (best loss,
+stop decision) to the others after each validation, so all ranks stop together. Resume reads
+the same files on every rank.
 """
 from __future__ import annotations
 
@@ -18,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from prunerec import distributed
 from prunerec.io import atomic_path, write_json
 from prunerec.rec.batching import collate, length_batches
 from prunerec.rec.encode import Example
@@ -63,12 +76,35 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / (total - warmup))
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def n_targets(example: Example) -> int:
+    """Tokens of `example` that `collate` turns into targets (response tokens after position 0)."""
+    length = len(example.input_ids)
+    return length - max(length - example.n_response, 1)
+
+
+class _WithLoss(torch.nn.Module):
+    """model + loss function as one module, so that DDP's forward (and its gradient hooks)
+    wraps whatever the loss function calls (e.g. `model.model` and `model.lm_head`)."""
+
+    def __init__(self, model, loss_fn: LossFn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
 @torch.no_grad()
 def validation_loss(model, examples: Sequence[Example], loss_fn: LossFn, pad_id: int, batch_size: int) -> float:
     model.eval()
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for batch_ids in length_batches([len(e.input_ids) for e in examples], batch_size, seed=0):
-        batch = collate([examples[i] for i in batch_ids], pad_id)
+        batch = to_device(collate([examples[i] for i in batch_ids], pad_id), device)
         n = len(batch["targets"])
         total += loss_fn(model, batch).item() * n
         count += n
@@ -78,11 +114,18 @@ def validation_loss(model, examples: Sequence[Example], loss_fn: LossFn, pad_id:
 
 class Trainer:
     def __init__(self, model, train: Sequence[Example], valid: Sequence[Example], config: TrainConfig,
-                 state_dir: str | Path, loss_fn: LossFn, pad_id: int, desc: str = "train"):
+                 state_dir: str | Path, loss_fn: LossFn, pad_id: int, desc: str = "train",
+                 device: str | torch.device | None = None):
         if not train:
             raise ValueError("no training examples")
         self.model, self.train, self.valid, self.config = model, train, valid, config
         self.state_dir, self.loss_fn, self.pad_id, self.desc = Path(state_dir), loss_fn, pad_id, desc
+        distributed.init()
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self.home = next(model.parameters()).device
+        self.device = torch.device(device) if device is not None else distributed.device()
+        model.to(self.device)
         self.lengths = [len(e.input_ids) for e in train]
         self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
         total = self.steps_per_epoch * config.epochs
@@ -95,6 +138,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config.warmup_steps, self.total_steps))
         self.state = TrainState()
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            # the constructor also copies rank 0's weights (and buffers) to every rank
+            self.ddp = DistributedDataParallel(_WithLoss(model, loss_fn), device_ids=ids, forward_sync_buffers=False)
 
     # --- state on disk -------------------------------------------------------------------
     def _paths(self):
@@ -110,6 +160,8 @@ class Trainer:
             save_file(self._weights(), str(tmp))
 
     def save_state(self) -> None:
+        if not self.is_main:
+            return
         last, optim, state, _ = self._paths()
         self._save_weights(last)
         with atomic_path(optim) as tmp:
@@ -129,7 +181,7 @@ class Trainer:
                              "rerun with the same options or without --resume")
         self.state = TrainState(**saved)
         self.model.load_state_dict(load_file(str(last)), strict=False)
-        blob = torch.load(optim, weights_only=False)
+        blob = torch.load(optim, weights_only=False, map_location="cpu")
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["rng"])
@@ -159,18 +211,34 @@ class Trainer:
         s, budget = self.state, self.config.time_budget_s
         return s.stop_reason.startswith("time budget") and (not budget or s.elapsed_s < budget)
 
+    def _sync_state(self) -> None:
+        """Every rank takes rank 0's state (its validation decides best step and stopping)."""
+        if self.world > 1:
+            self.state = TrainState(**distributed.broadcast_object(asdict(self.state)))
+
     def _due_for_eval(self, end_of_epoch: bool) -> bool:
         every = self.config.eval_every
         return end_of_epoch if not every else (self.state.step % every == 0 or end_of_epoch)
 
     def run(self, resume: bool = False) -> TrainState:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Train (or resume) to the end; the model ends on the device it came from."""
+        if self.is_main:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         torch.manual_seed(self.config.seed)
         if resume and self.load_state() and self._budget_extended():
             self.state.finished, self.state.stop_reason = False, ""
-        s = self.state
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=s.step, desc=self.desc, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc=self.desc, unit="step", dynamic_ncols=True,
+                   disable=not self.is_main)
+        try:
+            return self._loop(bar)
+        finally:
+            bar.close()
+            self.model.to(self.home)
+
+    def _loop(self, bar) -> TrainState:
+        s = self.state
         while not s.finished and s.epoch < self.config.epochs:
             batches = length_batches(self.lengths, self.config.batch_size, seed=self.config.seed * 1000 + s.epoch)
             while s.batch_in_epoch < len(batches) and not s.finished:
@@ -185,9 +253,12 @@ class Trainer:
                 if self.config.max_steps and s.step >= self.config.max_steps:
                     s.finished, s.stop_reason = True, f"max_steps {self.config.max_steps} reached"
                 if self._due_for_eval(end_of_epoch) or s.finished:
-                    started = time.perf_counter()
-                    self._evaluate()
-                    s.elapsed_s += time.perf_counter() - started  # the time budget is wall time
+                    if self.is_main:
+                        started = time.perf_counter()
+                        self._evaluate()
+                        s.elapsed_s += time.perf_counter() - started  # the time budget is wall time
+                    self._sync_state()
+                    s = self.state
                     self.save_state()
                 elif s.step % self.config.checkpoint_every == 0:
                     self.save_state()
@@ -197,11 +268,13 @@ class Trainer:
             s.stop_reason = f"{self.config.epochs} epochs done"
         s.finished = True
         self.save_state()
-        bar.close()
+        distributed.barrier()  # the files are complete before any rank reads them
         return s
 
     def _train_step(self, indices: list[int]) -> float:
-        batch = collate([self.train[i] for i in indices], self.pad_id)
+        if self.ddp is not None:
+            return self._train_step_ddp(indices)
+        batch = to_device(collate([self.train[i] for i in indices], self.pad_id), self.device)
         loss = self.loss_fn(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,3 +282,19 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return loss.item()
+
+    def _train_step_ddp(self, indices: list[int]) -> float:
+        """This rank's share of the global batch; DDP averages the gradients over the ranks."""
+        mine = indices[self.rank::self.world]
+        total = sum(n_targets(self.train[i]) for i in indices)
+        share = sum(n_targets(self.train[i]) for i in mine) / max(total, 1)
+        if not mine:  # fewer examples than ranks: take part in the gradient exchange with weight 0
+            mine = indices[:1]
+        batch = to_device(collate([self.train[i] for i in mine], self.pad_id), self.device)
+        local = self.ddp(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        (local * (share * self.world)).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return distributed.all_reduce_sum(local.item() * share)  # the global batch's mean loss
