@@ -282,8 +282,8 @@ def main(argv=None) -> int:
                                                                                         "serve_engine": serve_engine,
                                                                                         "loadtest": loadtest_mode},
         "work": str(work), "steps": {}, "seconds": {},
-        "notes": ["training and distillation run on the GPU; beam-search evaluation (evaluate, the evaluation "
-                  "inside compress) runs on the CPU in this version of prunerec"],
+        "notes": [("training and distillation run on the GPU; beam-search evaluation (evaluate, the evaluation "
+                   "inside compress) runs on the CPU in this version of prunerec")],
     }
     child_env = {}
     if dry:
