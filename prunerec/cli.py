@@ -5,7 +5,7 @@ import json
 
 import click
 
-from prunerec.errors import friendly_errors
+from prunerec.errors import PrunerecError, friendly_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -165,13 +165,34 @@ def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, limit, ou
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--minutes", default=5.0, show_default=True, help="Training budget in minutes.")
 @click.option("--users", "eval_users", default=300, show_default=True, help="Test users evaluated.")
+@click.option("--distill-steps", default=150, show_default=True, help="Distillation steps after each pruning stage.")
+@click.option("--engine", type=click.Choice(["vllm", "torch"]), default="vllm", show_default=True,
+              help="Serving engine of the load test.")
+@click.option("--load-users", default="1,4", show_default=True,
+              help="Concurrent users of the load test, one level after another.")
+@click.option("--load-seconds", default=15.0, show_default=True, help="Seconds of load per level and model.")
 @click.option("--resume", is_flag=True, help="Reuse finished steps in --out.")
 @friendly_errors
-def demo(out, minutes, eval_users, resume):
-    """End to end on built-in data: make data, train the tiny preset, evaluate, print the table."""
-    from prunerec.recipes import run_demo
+def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_seconds, resume):
+    """End to end on built-in data, base against pruned.
 
-    click.echo(run_demo(out, minutes=minutes, eval_users=eval_users, resume=resume))
+    Makes the demo data, trains the tiny preset, evaluates it, compresses it with PruneRec,
+    evaluates the pruned model, exports it (Hugging Face + ONNX, verified), serves each model
+    in turn and load-tests them, then prints one table: quality, size and speed, base vs pruned.
+    Everything lands in --out (summary.md at the end); --resume skips the finished steps.
+    """
+    from prunerec.recipes import DemoPlan, run_demo
+
+    plan = DemoPlan(minutes=minutes, eval_users=eval_users, distill_steps=distill_steps, engine=engine,
+                    load_users=_int_list("--load-users", load_users), load_seconds=load_seconds)
+    click.echo(run_demo(out, plan, resume=resume))
+
+
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise PrunerecError(f"{flag} takes comma-separated counts like 1,4,16; got {text!r}") from None
 
 
 def _register_optional_commands():

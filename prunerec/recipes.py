@@ -84,32 +84,76 @@ class Step:
     run: Callable[[], None]
 
 
-def demo_steps(out: Path, minutes: float, eval_users: int) -> list[Step]:
+@dataclass(frozen=True)
+class DemoPlan:
+    minutes: float = 5.0  # training budget
+    eval_users: int = 300
+    distill_steps: int = 150  # per compression stage
+    engine: str = "vllm"  # serving engine of the load test
+    load_users: tuple[int, ...] = (1, 4)
+    load_seconds: float = 15.0
+
+    def check(self) -> None:
+        _positive("minutes", self.minutes)
+        _positive("users", self.eval_users)
+        _positive("distill-steps", self.distill_steps)
+        _positive("load-seconds", self.load_seconds)
+        if not self.load_users or min(self.load_users) <= 0:
+            raise PrunerecError(f"--load-users must be positive counts, got {self.load_users}")
+
+
+def demo_steps(out: Path, plan: DemoPlan, resume: bool = False) -> list[Step]:
     from prunerec.data.demo import write_demo
 
-    data, model = out / "data", out / "model"
+    data, model, pruned = out / "data", out / "model", out / "pruned"
 
     def make_data():
         write_demo(data)
 
     def train():
         run_train(data, "tiny", model, epochs=20, batch_size=32, eval_every=100, patience=2,
-                  time_budget=minutes, max_history=10)
+                  time_budget=plan.minutes, max_history=10)
 
     def evaluate():
-        run_evaluate(model, data, split="test", grounding="both", limit=eval_users, out=out / "eval.json")
+        run_evaluate(model, data, split="test", grounding="both", limit=plan.eval_users, out=out / "eval.json")
+
+    def compress():
+        from prunerec.compress.pipeline import CompressOptions, run_compress
+
+        options = CompressOptions(max_steps=plan.distill_steps, lr=1e-3, eval_every=plan.distill_steps // 3 or 1,
+                                  eval_users=min(plan.eval_users, 100), valid_limit=300)
+        run_compress(model, data, pruned, options, resume=resume and pruned.exists())
+
+    def evaluate_pruned():
+        run_evaluate(pruned / "final", data, split="test", grounding="both", limit=plan.eval_users,
+                     out=out / "eval_pruned.json")
+
+    def export():
+        from prunerec.export.pipeline import ExportOptions, run_export
+
+        run_export(str(pruned / "final"), out / "export", ExportOptions(data_dir=str(data)))
+
+    def loadtest():
+        from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+
+        options = LoadtestOptions(engine=plan.engine, users=plan.load_users, duration_s=plan.load_seconds,
+                                  enforce_eager=plan.engine == "vllm")
+        run_loadtest(str(model), str(out / "export"), data, out / "loadtest", options)
 
     return [Step("data", "data/stats.json", make_data),
             Step("train", "model/training.json", train),
-            Step("evaluate", "eval.json", evaluate)]
+            Step("evaluate", "eval.json", evaluate),
+            Step("compress", "pruned/report.json", compress),
+            Step("evaluate pruned", "eval_pruned.json", evaluate_pruned),
+            Step("export", "export/export-report.json", export),
+            Step("serve + loadtest", "loadtest/report.json", loadtest)]
 
 
-def run_demo(out, *, minutes=5.0, eval_users=300, resume=False) -> str:
+def run_demo(out, plan: DemoPlan = DemoPlan(), *, resume=False) -> str:
     out = Path(out)
-    _positive("minutes", minutes)
-    _positive("users", eval_users)
+    plan.check()
     log = []
-    for step in demo_steps(out, minutes, eval_users):
+    for step in demo_steps(out, plan, resume):
         if resume and (out / step.marker).exists():
             log.append(f"{step.name}: already done")
             continue
@@ -117,7 +161,54 @@ def run_demo(out, *, minutes=5.0, eval_users=300, resume=False) -> str:
         print(f"== demo step: {step.name}", flush=True)
         step.run()
         log.append(f"{step.name}: {time.perf_counter() - started:.0f}s")
-    from prunerec.rec.evaluate import format_table
+    summary = demo_summary(out)
+    write_json(out / "summary.json", summary)
+    table = format_demo_summary(summary)
+    write_text(out / "summary.md", table + "\n")
+    return "\n".join(["", "demo finished (" + ", ".join(log) + ")", "", table, "", f"details: {out}/summary.md, "
+                      f"{out}/pruned/report.md, {out}/export/export-report.json, {out}/loadtest/report.md"])
 
-    table = format_table(json.loads((out / "eval.json").read_text()))
-    return "\n".join(["", "demo finished (" + ", ".join(log) + ")", "", table])
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def demo_summary(out: Path) -> dict:
+    """Base vs pruned: test quality, parameters, weights on disk, serving speed (from the step outputs)."""
+    compress = json.loads((out / "pruned" / "report.json").read_text())
+    rows = {}
+    for name, eval_file, params, folder in (
+            ("base", "eval.json", compress["base"]["parameters"], out / "model"),
+            ("pruned", "eval_pruned.json", compress["final"]["parameters"], out / "pruned" / "final")):
+        metrics = json.loads((out / eval_file).read_text())["results"]["trie"]["metrics"]
+        rows[name] = {"HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"], "parameters": params,
+                      "weights_bytes": _weights_bytes(folder)}
+    load = json.loads((out / "loadtest" / "report.json").read_text())
+    for name, role in (("base", "baseline"), ("pruned", "candidate")):
+        busiest = load["models"][role]["levels"][-1]
+        rows[name]["speed"] = {key: busiest[key] for key in ("rps", "p50_ms", "p99_ms")}
+    return {"rows": rows, "non_embedding_removed_share": compress["final"]["non_embedding_removed_share"],
+            "speed_level_users": busiest["users"], "engine": load["settings"]["engine"]}
+
+
+def _ratio(pruned: float, base: float) -> str:
+    return f"x{pruned / base:.2f}" if base else "-"
+
+
+def format_demo_summary(summary: dict) -> str:
+    base, pruned = summary["rows"]["base"], summary["rows"]["pruned"]
+    level = f"{summary['speed_level_users']} users, {summary['engine']}"
+    rows = [("test HR@10", "HR@10", "{:.4f}"), ("test NDCG@10", "NDCG@10", "{:.4f}")]
+    lines = ["| | base | pruned | pruned / base |", "| --- | --- | --- | --- |"]
+    lines += [f"| {label} | {fmt.format(base[key])} | {fmt.format(pruned[key])} | {_ratio(pruned[key], base[key])} |"
+              for label, key, fmt in rows]
+    for label, key in (("non-embedding parameters", "non_embedding"), ("all parameters", "total")):
+        b, p = base["parameters"][key], pruned["parameters"][key]
+        lines.append(f"| {label} | {b:,} | {p:,} | {_ratio(p, b)} |")
+    lines.append(f"| weights on disk | {base['weights_bytes'] / 2**20:.2f} MiB | {pruned['weights_bytes'] / 2**20:.2f} MiB "
+                 f"| {_ratio(pruned['weights_bytes'], base['weights_bytes'])} |")
+    for label, key, fmt in (("requests/s", "rps", "{:.1f}"), ("p50 latency ms", "p50_ms", "{:.0f}"),
+                            ("p99 latency ms", "p99_ms", "{:.0f}")):
+        b, p = base["speed"][key], pruned["speed"][key]
+        lines.append(f"| {label} ({level}) | {fmt.format(b)} | {fmt.format(p)} | {_ratio(p, b)} |")
+    return "\n".join(lines) + f"\n\n{summary['non_embedding_removed_share']:.1%} of non-embedding parameters removed"
