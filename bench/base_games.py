@@ -53,7 +53,8 @@ def run_variant(variant: str, args) -> dict:
     report, table = run_evaluate(model_dir, data_dir, split="test", grounding="trie", beams=20, batch_size=16,
                                  limit=args.users, out=root / "eval.json")
     training = json.loads((model_dir / "training.json").read_text())
-    summary = {"variant": variant, "data": str(data_dir), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    summary = {"variant": variant, "data": str(data_dir),
+               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "training": {k: v for k, v in training.items() if k != "log"}, "evaluation": {
                    k: v for k, v in report.items() if k != "rankings"}, "table": table}
     write_json(OUT / f"base_games_{variant}.json", summary)

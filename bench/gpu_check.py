@@ -236,7 +236,8 @@ def serve_probe(model: Path, data: Path, engine: str, log: Path, n_requests: int
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write (atomically).")
     p.add_argument("--work", type=Path, default=None, help="Folder for data, models and logs (default: beside --out).")
     p.add_argument("--allow-cpu", action="store_true",
@@ -246,7 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--loadtest", choices=["auto", "skip"], default=None,
                    help="auto: run `prunerec loadtest` where it exists (default on a GPU; skip in a dry run).")
     p.add_argument("--train-minutes", type=float, default=None, help="Training budget (GPU default 1.5).")
-    p.add_argument("--distill-minutes", type=float, default=None, help="Distillation budget per stage (GPU default 0.3).")
+    p.add_argument("--distill-minutes", type=float, default=None,
+                   help="Distillation budget per stage (GPU default 0.3).")
     p.add_argument("--eval-users", type=int, default=None, help="Test/validation users evaluated (GPU default 200).")
     p.add_argument("--load-users", default=None, help="Concurrent users levels of the load test (GPU default 1,4).")
     p.add_argument("--load-duration", default=None, help="Duration of each load level (GPU default 10s).")

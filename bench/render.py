@@ -20,7 +20,8 @@ def base_table(summary: dict) -> str:
     header = ["method"] + [f"{m}@{k}" for m in ("HR", "NDCG") for k in KS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, result in results.items():
-        lines.append("| " + " | ".join([NAMES.get(key, key)] + [cell(result, f"{m}@{k}") for m in ("HR", "NDCG") for k in KS]) + " |")
+        lines.append("| " + " | ".join([NAMES.get(key, key)]
+                                       + [cell(result, f"{m}@{k}") for m in ("HR", "NDCG") for k in KS]) + " |")
     trie, pop = results["trie"]["metrics"], results["popularity"]["metrics"]
     facts = [
         f"- test users: {evaluation['users']} (catalog: {evaluation['catalog_titles']} distinct titles)",

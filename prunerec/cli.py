@@ -29,11 +29,14 @@ def data_prepare():
 
 
 @data_prepare.command("amazon")
-@click.option("--reviews", required=True, type=click.Path(dir_okay=False), help="Raw reviews file (e.g. Video_Games.json.gz).")
-@click.option("--meta", required=True, type=click.Path(dir_okay=False), help="Raw metadata file (e.g. meta_Video_Games.json.gz).")
+@click.option("--reviews", required=True, type=click.Path(dir_okay=False),
+              help="Raw reviews file (e.g. Video_Games.json.gz).")
+@click.option("--meta", required=True, type=click.Path(dir_okay=False),
+              help="Raw metadata file (e.g. meta_Video_Games.json.gz).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--window-end", default="2018-11-01", show_default=True, help="End of the time window (exclusive).")
-@click.option("--min-items", default=10_000, show_default=True, help="Widen the window a year at a time until this many items remain.")
+@click.option("--min-items", default=10_000, show_default=True,
+              help="Widen the window a year at a time until this many items remain.")
 @click.option("--core", default=5, show_default=True, help="Iterative k-core on users and items.")
 @click.option("--max-history", default=10, show_default=True, help="History items kept per sample.")
 @friendly_errors
@@ -87,12 +90,16 @@ def _train_options(command):
         click.option("--batch-size", default=32, show_default=True),
         click.option("--lr", type=float, default=None, help="Default: 3e-4 for checkpoints, 1e-3 for scratch presets."),
         click.option("--warmup", default=20, show_default=True, help="Warm-up steps."),
-        click.option("--patience", default=1, show_default=True, help="Validations without improvement before stopping."),
+        click.option("--patience", default=1, show_default=True,
+                     help="Validations without improvement before stopping."),
         click.option("--eval-every", default=0, show_default=True, help="Steps between validations (0: each epoch)."),
         click.option("--max-steps", default=0, show_default=True, help="Stop after this many steps (0: no limit)."),
-        click.option("--time-budget", default=0.0, show_default=True, help="Minutes of training, then stop at the next validation (0: no limit)."),
-        click.option("--train-limit", type=int, default=None, help="Train on a seeded random subset of this many rows."),
-        click.option("--valid-limit", type=int, default=1000, show_default=True, help="Validation rows used for the loss."),
+        click.option("--time-budget", default=0.0, show_default=True,
+                     help="Minutes of training, then stop at the next validation (0: no limit)."),
+        click.option("--train-limit", type=int, default=None,
+                     help="Train on a seeded random subset of this many rows."),
+        click.option("--valid-limit", type=int, default=1000, show_default=True,
+                     help="Validation rows used for the loss."),
         click.option("--seed", default=0, show_default=True),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
     ]
@@ -105,8 +112,10 @@ def _prompt_options(command):
     options = [
         click.option("--template", type=click.Choice(["alpaca", "compact"]), default=None,
                      help="Prompt template. Default: alpaca for checkpoints, compact for scratch presets."),
-        click.option("--category", default=None, help="Item category named in the prompt (default: from the data's stats.json or 'catalog')."),
-        click.option("--max-history", default=10, show_default=True, help="History items in a prompt (most recent kept)."),
+        click.option("--category", default=None,
+                     help="Item category named in the prompt (default: from the data's stats.json or 'catalog')."),
+        click.option("--max-history", default=10, show_default=True,
+                     help="History items in a prompt (most recent kept)."),
         click.option("--cutoff", default=512, show_default=True, help="Tokens per example, cut from the left."),
     ]
     for option in reversed(options):
@@ -115,7 +124,8 @@ def _prompt_options(command):
 
 
 @main.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Prepared data folder.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Prepared data folder.")
 @click.option("--model", "model_ref", required=True,
               help="A scratch preset (tiny, small) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
@@ -139,7 +149,8 @@ def train(data_dir, model_ref, out, template, category, max_history, cutoff, **t
 
 # --- evaluate -----------------------------------------------------------------------------
 @main.command()
-@click.option("--model", "model_ref", required=True, help="Checkpoint folder written by train/compress (or any Qwen2 recommender).")
+@click.option("--model", "model_ref", required=True,
+              help="Checkpoint folder written by train/compress (or any Qwen2 recommender).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
 @click.option("--grounding", type=click.Choice(["trie", "l2", "both"]), default="both", show_default=True,

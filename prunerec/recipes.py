@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
@@ -205,7 +205,8 @@ def format_demo_summary(summary: dict) -> str:
     for label, key in (("non-embedding parameters", "non_embedding"), ("all parameters", "total")):
         b, p = base["parameters"][key], pruned["parameters"][key]
         lines.append(f"| {label} | {b:,} | {p:,} | {_ratio(p, b)} |")
-    lines.append(f"| weights on disk | {base['weights_bytes'] / 2**20:.2f} MiB | {pruned['weights_bytes'] / 2**20:.2f} MiB "
+    lines.append(f"| weights on disk | {base['weights_bytes'] / 2**20:.2f} MiB "
+                 f"| {pruned['weights_bytes'] / 2**20:.2f} MiB "
                  f"| {_ratio(pruned['weights_bytes'], base['weights_bytes'])} |")
     for label, key, fmt in (("requests/s", "rps", "{:.1f}"), ("p50 latency ms", "p50_ms", "{:.0f}"),
                             ("p99 latency ms", "p99_ms", "{:.0f}")):

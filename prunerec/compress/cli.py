@@ -26,9 +26,12 @@ _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
               show_default=True,
               help="Layer criterion. auto: greedy-ppl for prunerec, random for random, shortgpt otherwise.")
 @click.option("--heads", default=None, help=f"Query heads kept per layer: {_AMOUNT}. Default: 7/14 of the base.")
-@click.option("--kv-heads", default=None, help=f"KV heads kept per layer: {_AMOUNT}. Default: same share as the query heads, made to divide them.")
-@click.option("--hidden", default=None, help=f"Hidden size kept: {_AMOUNT}. Default: heads x head_dim (448/896 for Qwen2-0.5B).")
-@click.option("--mlp", default=None, help=f"MLP channels kept per layer: {_AMOUNT}. Default: 896/4864 of the base, to a multiple of 32/64.")
+@click.option("--kv-heads", default=None,
+              help=f"KV heads kept per layer: {_AMOUNT}. Default: same share as the query heads, made to divide them.")
+@click.option("--hidden", default=None,
+              help=f"Hidden size kept: {_AMOUNT}. Default: heads x head_dim (448/896 for Qwen2-0.5B).")
+@click.option("--mlp", default=None,
+              help=f"MLP channels kept per layer: {_AMOUNT}. Default: 896/4864 of the base, to a multiple of 32/64.")
 @click.option("--layers", default=None, help=f"Decoder layers kept: {_AMOUNT}. Default: 8/24 of the base.")
 @click.option("--config", "target_file", type=click.Path(dir_okay=False), default=None,
               help="JSON/YAML file with any of heads, kv_heads, hidden, mlp, layers (flags override it).")
@@ -56,7 +59,8 @@ _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
 @click.option("--time-budget", default=0.0, show_default=True,
               help="Minutes per distillation, then stop at the next validation (0: no limit).")
 @click.option("--train-limit", type=int, default=None, help="Distil on a seeded subset of this many training rows.")
-@click.option("--valid-limit", type=int, default=500, show_default=True, help="Validation rows for the distillation loss.")
+@click.option("--valid-limit", type=int, default=500, show_default=True,
+              help="Validation rows for the distillation loss.")
 @click.option("--eval-users", default=500, show_default=True,
               help="Validation users for HR/NDCG after each stage (0: skip the evaluation).")
 @click.option("--eval-batch-size", default=8, show_default=True)

@@ -14,8 +14,8 @@ and ``random`` for layers.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 
@@ -64,7 +64,8 @@ class ScoringOptions:
         if self.method not in METHODS:
             raise PrunerecError(f"unknown --method '{self.method}' (choose from {', '.join(METHODS)})")
         if self.layer_method not in LAYER_METHODS:
-            raise PrunerecError(f"unknown --layer-method '{self.layer_method}' (choose from {', '.join(LAYER_METHODS)})")
+            raise PrunerecError(f"unknown --layer-method '{self.layer_method}' "
+                                f"(choose from {', '.join(LAYER_METHODS)})")
         if self.mask_mode not in MASK_MODES:
             raise PrunerecError(f"unknown mask mode '{self.mask_mode}' (choose from {', '.join(MASK_MODES)})")
         if not 0.0 <= self.alpha <= 1.0:

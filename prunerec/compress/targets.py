@@ -27,7 +27,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
 
 from prunerec.errors import PrunerecError
 from prunerec.model.surgery import count_parameters_from_config
@@ -45,7 +44,7 @@ __all__ = [
     "target_summary",
 ]
 
-Amount = Union[int, float]
+Amount = int | float
 
 # Qwen2-0.5B -> PruneRec's compressed model (METHOD.md).
 PAPER_PROPORTIONS = {
@@ -220,7 +219,8 @@ def _kv_options(q: int, n_kv: int, group: int) -> list[int]:
 
 
 def _amount_text(amount: Amount | None) -> str:
-    return "paper proportion" if amount is None else (f"ratio {amount:g}" if isinstance(amount, float) else f"count {amount}")
+    return "paper proportion" if amount is None else (
+        f"ratio {amount:g}" if isinstance(amount, float) else f"count {amount}")
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -274,7 +274,8 @@ def resolve_targets(config, *, heads: Amount | None = None, kv_heads: Amount | N
         want = n_q * Fraction(a if a is not None else PAPER_PROPORTIONS["heads"])
         t_heads = min(options, key=lambda q: (abs(q - want), -q))
         if t_heads != want:
-            notes.append(f"heads: {float(want):g} ({_amount_text(a)}) rounded to {t_heads}, a count the KV groups hold evenly")
+            notes.append(f"heads: {float(want):g} ({_amount_text(a)}) rounded to {t_heads}, "
+                         "a count the KV groups hold evenly")
 
     # KV groups
     kv_ok = _kv_options(t_heads, n_kv, group)

@@ -27,9 +27,9 @@ import json
 import re
 import zlib
 from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Hashable, Iterable, Iterator, Sequence
 
 from prunerec.data.catalog import Catalog, DataError, Sample, clean_title, write_dataset
 from prunerec.errors import PrunerecError
@@ -88,7 +88,8 @@ def k_core(interactions: Sequence[Interaction], core: int) -> list[Interaction]:
         rows = kept
 
 
-def filter_interactions(interactions: Iterable[Interaction], start: int, end: int, core: int) -> tuple[list[Interaction], dict]:
+def filter_interactions(interactions: Iterable[Interaction], start: int, end: int,
+                        core: int) -> tuple[list[Interaction], dict]:
     """Window, deduplicate and k-core; returns the kept interactions and the counts at each step."""
     windowed = in_window(interactions, start, end)
     unique = deduplicate(windowed)
@@ -124,7 +125,8 @@ def parse_day(value) -> date:
         raise PrunerecError(f"window end {value!r} is not a date like 2018-11-01") from None
 
 
-def choose_window(interactions: Sequence[Interaction], window_end, min_items: int, core: int) -> tuple[date, list[Interaction], dict]:
+def choose_window(interactions: Sequence[Interaction], window_end, min_items: int,
+                  core: int) -> tuple[date, list[Interaction], dict]:
     """Start one year before `window_end`, step back a year while < min_items items survive and
     earlier data exists. Returns (start day, kept interactions, counts)."""
     end_day = parse_day(window_end)
@@ -156,7 +158,8 @@ def assign_ids(interactions: Sequence[Interaction]) -> tuple[list, list]:
     return users, items
 
 
-def build_samples(interactions: Sequence[Interaction], user_ids: dict, item_ids: dict, max_history: int) -> list[tuple[int, Sample]]:
+def build_samples(interactions: Sequence[Interaction], user_ids: dict, item_ids: dict,
+                  max_history: int) -> list[tuple[int, Sample]]:
     """(target time, Sample) for every interaction after each user's first."""
     by_user: dict = {}
     for user, item, time in interactions:
@@ -291,7 +294,8 @@ def read_titles(meta_path: str | Path, max_title_words: int, *, progress: bool =
     }
 
 
-def read_reviews(reviews_path: str | Path, titles: dict[str, str], end: int, *, progress: bool = True) -> tuple[list[Interaction], dict]:
+def read_reviews(reviews_path: str | Path, titles: dict[str, str], end: int, *,
+                 progress: bool = True) -> tuple[list[Interaction], dict]:
     """(reviewerID, asin, time) for reviews before `end` whose item has a usable title."""
     reviews_path = Path(reviews_path)
     interactions: list[Interaction] = []

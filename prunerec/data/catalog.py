@@ -37,7 +37,7 @@ class Catalog:
     ids_by_title: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_titles(cls, titles, asins=None) -> "Catalog":
+    def from_titles(cls, titles, asins=None) -> Catalog:
         titles = tuple(titles)
         grouped: dict[str, list[int]] = {}
         for item_id, title in enumerate(titles):
@@ -167,7 +167,8 @@ def load_dataset(root: str | Path, splits=SPLITS) -> Dataset:
     return Dataset(root, catalog, {name: load_split(root / f"{name}.jsonl", catalog) for name in splits})
 
 
-def write_dataset(root: str | Path, catalog: Catalog, splits: dict[str, list[Sample]], stats: dict | None = None) -> None:
+def write_dataset(root: str | Path, catalog: Catalog, splits: dict[str, list[Sample]],
+                  stats: dict | None = None) -> None:
     """Write a prepared folder; every file is written atomically."""
     root = Path(root)
     rows = ({"item_id": i, "title": t, **({"asin": catalog.asins[i]} if catalog.asins and catalog.asins[i] else {})}

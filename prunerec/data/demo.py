@@ -87,35 +87,55 @@ _COLORS = ("Black", "White", "Red", "Blue", "Camo")
 
 # genre: (share of users who like it, first words, second words)
 _GENRES = {
-    "Action": (0.12, ("Savage", "Rogue", "Night", "Steel", "Crimson", "Shadow", "Rapid", "Urban", "Ronin", "Outlaw"),
-               ("Assassin", "Justice", "Vendetta", "Hunter", "Revenge", "Rampage", "Blades", "Legacy", "Knight", "Riot")),
-    "Adventure": (0.08, ("Lost", "Hidden", "Ancient", "Forgotten", "Sunken", "Wild", "Distant", "Broken", "Golden", "Quiet"),
-                  ("Island", "Temple", "Voyage", "Odyssey", "Horizon", "Expedition", "Relic", "Compass", "Tides", "Ruins")),
-    "RPG": (0.12, ("Shadow", "Crystal", "Ember", "Elder", "Rune", "Dragon", "Mystic", "Storm", "Silver", "Arcane"),
+    "Action": (0.12,
+               ("Savage", "Rogue", "Night", "Steel", "Crimson", "Shadow", "Rapid", "Urban", "Ronin", "Outlaw"),
+               ("Assassin", "Justice", "Vendetta", "Hunter", "Revenge",
+                "Rampage", "Blades", "Legacy", "Knight", "Riot")),
+    "Adventure": (0.08,
+                  ("Lost", "Hidden", "Ancient", "Forgotten", "Sunken", "Wild", "Distant", "Broken", "Golden", "Quiet"),
+                  ("Island", "Temple", "Voyage", "Odyssey", "Horizon",
+                   "Expedition", "Relic", "Compass", "Tides", "Ruins")),
+    "RPG": (0.12,
+            ("Shadow", "Crystal", "Ember", "Elder", "Rune", "Dragon", "Mystic", "Storm", "Silver", "Arcane"),
             ("Legends", "Chronicles", "Saga", "Quest", "Tales", "Kingdoms", "Realms", "Throne", "Covenant", "Oath")),
-    "Shooter": (0.12, ("Iron", "Steel", "Ghost", "Black", "Delta", "Zero", "Titan", "Omega", "Venom", "Hazard"),
-                ("Frontier", "Protocol", "Squadron", "Warfare", "Ops", "Division", "Vanguard", "Strike", "Siege", "Recon")),
-    "Racing": (0.09, ("Galaxy", "Turbo", "Nitro", "Thunder", "Midnight", "Street", "Velocity", "Apex", "Redline", "Neon"),
+    "Shooter": (0.12,
+                ("Iron", "Steel", "Ghost", "Black", "Delta", "Zero", "Titan", "Omega", "Venom", "Hazard"),
+                ("Frontier", "Protocol", "Squadron", "Warfare", "Ops",
+                 "Division", "Vanguard", "Strike", "Siege", "Recon")),
+    "Racing": (0.09,
+               ("Galaxy", "Turbo", "Nitro", "Thunder", "Midnight", "Street", "Velocity", "Apex", "Redline", "Neon"),
                ("Racers", "Rally", "Drift", "Circuit", "Speedway", "Motors", "Grand Prix", "Rush", "Kart", "Riders")),
-    "Sports": (0.09, ("Pro", "Ultimate", "Premier", "All-Star", "Champion", "Elite", "Total", "World", "Major", "Super"),
-               ("Soccer", "Football", "Basketball", "Hockey", "Golf", "Tennis", "Baseball", "Boxing", "Skate", "Snowboard")),
-    "Fighting": (0.06, ("Fist", "Blade", "Savage", "Chaos", "Crimson", "Spirit", "Tiger", "Dragon", "Steel", "Street"),
-                 ("Fury", "Clash", "Brawl", "Showdown", "Fighters", "Warriors", "Tournament", "Rumble", "Duel", "Gauntlet")),
-    "Strategy": (0.07, ("Empire", "Kingdom", "Total", "Iron", "Star", "Grand", "Imperial", "Rising", "Ancient", "Fallen"),
-                 ("Conquest", "Dominion", "Tactics", "Command", "Dynasty", "Colonies", "Frontiers", "Legions", "Crusade", "Warlords")),
-    "Puzzle": (0.05, ("Block", "Brain", "Color", "Crystal", "Pixel", "Gem", "Word", "Bubble", "Tile", "Zen"),
+    "Sports": (0.09,
+               ("Pro", "Ultimate", "Premier", "All-Star", "Champion", "Elite", "Total", "World", "Major", "Super"),
+               ("Soccer", "Football", "Basketball", "Hockey", "Golf",
+                "Tennis", "Baseball", "Boxing", "Skate", "Snowboard")),
+    "Fighting": (0.06,
+                 ("Fist", "Blade", "Savage", "Chaos", "Crimson", "Spirit", "Tiger", "Dragon", "Steel", "Street"),
+                 ("Fury", "Clash", "Brawl", "Showdown", "Fighters",
+                  "Warriors", "Tournament", "Rumble", "Duel", "Gauntlet")),
+    "Strategy": (0.07,
+                 ("Empire", "Kingdom", "Total", "Iron", "Star", "Grand", "Imperial", "Rising", "Ancient", "Fallen"),
+                 ("Conquest", "Dominion", "Tactics", "Command", "Dynasty",
+                  "Colonies", "Frontiers", "Legions", "Crusade", "Warlords")),
+    "Puzzle": (0.05,
+               ("Block", "Brain", "Color", "Crystal", "Pixel", "Gem", "Word", "Bubble", "Tile", "Zen"),
                ("Puzzle", "Blocks", "Match", "Mania", "Drop", "Quest", "Party", "Twist", "Logic", "Garden")),
-    "Platformer": (0.07, ("Super", "Mega", "Pixel", "Rocket", "Captain", "Jumping", "Little", "Turbo", "Bouncy", "Cosmic"),
+    "Platformer": (0.07,
+                   ("Super", "Mega", "Pixel", "Rocket", "Captain", "Jumping", "Little", "Turbo", "Bouncy", "Cosmic"),
                    ("Hero", "Adventures", "Land", "World", "Jump", "Dash", "Bros", "Island", "Quest", "Kid")),
-    "Horror": (0.06, ("Dead", "Silent", "Hollow", "Grave", "Dark", "Black", "Blood", "Night", "Cursed", "Pale"),
+    "Horror": (0.06,
+               ("Dead", "Silent", "Hollow", "Grave", "Dark", "Black", "Blood", "Night", "Cursed", "Pale"),
                ("Asylum", "Echoes", "Harvest", "Manor", "Signal", "Woods", "Rites", "Dread", "Haunt", "Vigil")),
-    "Simulation": (0.07, ("Farm", "City", "Flight", "Truck", "Train", "Zoo", "Space", "Island", "Pizza", "Harbor"),
-                   ("Simulator", "Tycoon", "Life", "Builder", "Manager", "Story", "Empire", "Valley", "Station", "World")),
+    "Simulation": (0.07,
+                   ("Farm", "City", "Flight", "Truck", "Train", "Zoo", "Space", "Island", "Pizza", "Harbor"),
+                   ("Simulator", "Tycoon", "Life", "Builder", "Manager",
+                    "Story", "Empire", "Valley", "Station", "World")),
 }
 GENRES = tuple(_GENRES)
 
 _SUB_HEADS = ("Dawn", "Rise", "Fall", "Echoes", "Heart", "Wrath", "Curse", "Call", "Age", "Song", "Return", "Legacy")
-_SUB_TAILS = ("Ash", "Embers", "the Fallen", "Iron", "Kings", "Storms", "the Void", "the Deep", "Winter", "Ruin", "Fire")
+_SUB_TAILS = ("Ash", "Embers", "the Fallen", "Iron", "Kings", "Storms", "the Void", "the Deep", "Winter", "Ruin",
+              "Fire")
 _SUB_WORDS = ("Reckoning", "Awakening", "Revelations", "Origins", "Redemption", "Uprising", "Aftermath", "Ascension",
               "Resurrection", "Genesis", "Eclipse", "Requiem", "Exodus", "Vengeance")
 _ROMAN = ("I", "II", "III", "IV", "V", "VI", "VII")
@@ -232,7 +252,8 @@ def _hardware(rng: Random) -> list[DemoItem]:
         stores.setdefault(store, []).append(name)
     for store, platforms in stores.items():
         for rank, value in enumerate(_GIFT_VALUES):
-            items.append(DemoItem(f"{store} {value}", "gift_card", tuple(platforms), popularity=1.0 / (1 + abs(rank - 1))))
+            items.append(DemoItem(f"{store} {value}", "gift_card", tuple(platforms),
+                                  popularity=1.0 / (1 + abs(rank - 1))))
     return items
 
 
@@ -383,7 +404,8 @@ class _Store:
 
         self.items = items
         self.games = pool(lambda it: it.kind == "game")
-        self.by_genre_platform = {(g, p): pool(lambda it, g=g, p=p: it.kind == "game" and it.genre == g and p in it.platforms)
+        self.by_genre_platform = {(g, p): pool(lambda it, g=g, p=p: it.kind == "game" and it.genre == g
+                                               and p in it.platforms)
                                   for g in GENRES for p in PLATFORMS}
         self.consoles = {p: pool(lambda it, p=p: it.kind == "console" and p in it.platforms) for p in PLATFORMS}
         self.cards = {p: pool(lambda it, p=p: it.kind == "gift_card" and p in it.platforms) for p in PLATFORMS}

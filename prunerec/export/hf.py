@@ -86,7 +86,8 @@ def to_llama(model) -> LlamaForCausalLM:
     missing, unexpected = llama.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise PrunerecError(f"cannot map the Qwen2 weights onto Llama: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise PrunerecError(f"cannot map the Qwen2 weights onto Llama: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
     if config.tie_word_embeddings:
         llama.tie_weights()
     llama = llama.to(dtype)

@@ -85,7 +85,8 @@ def export_decoder(model, out_dir: str | Path, opset: int = OPSET) -> Path:
     """Write OUT_DIR/model.onnx (+ model.onnx.data) for `model` in its current dtype; returns the path."""
     model = model.eval()
     config = model.config
-    if getattr(config, "use_sliding_window", False) and "sliding_attention" in (getattr(config, "layer_types", None) or []):
+    if (getattr(config, "use_sliding_window", False)
+            and "sliding_attention" in (getattr(config, "layer_types", None) or [])):
         from prunerec.errors import PrunerecError
 
         raise PrunerecError("models with sliding-window attention layers cannot be exported to ONNX by prunerec")

@@ -39,7 +39,8 @@ class ExportOptions:
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
-            raise PrunerecError(f"unknown export format(s) {unknown or self.formats!r}; choose from {', '.join(FORMATS)}")
+            raise PrunerecError(f"unknown export format(s) {unknown or self.formats!r}; "
+                                f"choose from {', '.join(FORMATS)}")
         if self.dtype not in hf.DTYPES:
             raise PrunerecError(f"unknown dtype '{self.dtype}'; choose from {', '.join(hf.DTYPES)}")
         if self.users < 1:
@@ -74,7 +75,8 @@ def _write_onnx_folder(rec, folder: Path, export_info: dict) -> None:
     write_json(folder / SETTINGS_FILE, {"prompt": rec.settings.to_json(), **rec.info, "export": export_info})
 
 
-def run_export(model_ref: str, out: str | Path, options: ExportOptions = ExportOptions(), say=print) -> tuple[dict, str]:
+def run_export(model_ref: str, out: str | Path, options: ExportOptions = ExportOptions(),
+               say=print) -> tuple[dict, str]:
     """Export, then verify (unless options.verify is False). Returns (report, table); raises
     VerificationFailed (a PrunerecError, carrying both) when a check fails."""
     options.check()
@@ -140,7 +142,7 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
         seconds["onnx"] = round(time.perf_counter() - t0, 2)
         say(f"wrote {out / 'onnx'}")
 
-    for name, entry in folders.items():
+    for entry in folders.values():
         entry["bytes"] = folder_bytes(Path(entry["path"]))
     del rec
 

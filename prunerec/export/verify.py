@@ -289,7 +289,8 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
         loads["hf-llama"] = seconds
         arch = type(llama.model).__name__
         if arch != "LlamaForCausalLM":
-            checks.append(Check("llama_logits", False, None, None, f"OUT/hf-llama loads as {arch}, not LlamaForCausalLM"))
+            checks.append(Check("llama_logits", False, None, None,
+                                f"OUT/hf-llama loads as {arch}, not LlamaForCausalLM"))
         else:
             checks.append(_logits_check("llama_logits", "OUT/hf-llama (Llama) vs OUT/hf (Qwen2) in transformers",
                                         torch_fn(rec.model), torch_fn(llama.model), prompts, pad, vocab, precision))

@@ -11,8 +11,10 @@ __all__ = ["COMMANDS", "loadtest"]
 
 
 @click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
-@click.option("--baseline", required=True, help="Model folder (served here) or http:// URL of a running `prunerec serve`.")
-@click.option("--candidate", required=True, help="Model folder or URL, compared with the baseline (e.g. the pruned model).")
+@click.option("--baseline", required=True,
+              help="Model folder (served here) or http:// URL of a running `prunerec serve`.")
+@click.option("--candidate", required=True,
+              help="Model folder or URL, compared with the baseline (e.g. the pruned model).")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Prepared data folder: request histories from its test split, answers checked against items.jsonl.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -21,14 +23,17 @@ __all__ = ["COMMANDS", "loadtest"]
               help="Engine of the servers started for model folders.")
 @click.option("--users", default="1,4,16,64", show_default=True,
               help="Concurrency levels: simulated users, each sending its next request when the previous is answered.")
-@click.option("--duration", default="60s", show_default=True, help="Load per level and model: 90, 60s, 2m (at most 60m).")
+@click.option("--duration", default="60s", show_default=True,
+              help="Load per level and model: 90, 60s, 2m (at most 60m).")
 @click.option("--spawn-rate", type=click.FloatRange(min=0.01), default=None,
               help="Users started per second. Default: all users of a level within 1 s.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 50), help="Items asked for per request.")
 @click.option("--beams", default=20, show_default=True, type=click.IntRange(1), help="Serve option (both models).")
-@click.option("--max-concurrency", default=16, show_default=True, type=click.IntRange(1), help="Serve option (both models).")
+@click.option("--max-concurrency", default=16, show_default=True, type=click.IntRange(1),
+              help="Serve option (both models).")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0), help="Serve option (both models).")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1), help="Serve option, torch/onnx (both models).")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
+              help="Serve option, torch/onnx (both models).")
 @click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.001),
               help="Serve option (both models); locust also lets requests in flight finish this long at a level's end.")
 @click.option("--enforce-eager", is_flag=True, help="Serve option, vllm only: no graph compilation (faster start).")

@@ -232,8 +232,9 @@ def markdown_report(report: dict) -> str:
         lines += ["## candidate / baseline", "",
                   "throughput and tokens/s above 1: the candidate serves more; latency below 1: it answers faster.", ""]
         lines += _markdown_table(["users", "throughput", "p50 latency", "p99 latency", "tokens/s"],
-                                 [[str(r["users"]), _fmt(r["throughput"], ".2f", "x"), _fmt(r["p50_latency"], ".2f", "x"),
-                                   _fmt(r["p99_latency"], ".2f", "x"), _fmt(r["tokens_per_s"], ".2f", "x")]
+                                 [[str(r["users"]), _fmt(r["throughput"], ".2f", "x"),
+                                   _fmt(r["p50_latency"], ".2f", "x"), _fmt(r["p99_latency"], ".2f", "x"),
+                                   _fmt(r["tokens_per_s"], ".2f", "x")]
                                   for r in report["ratios"]])
         lines.append("")
     if report.get("complete") is False:

@@ -296,7 +296,8 @@ def run_loadtest(baseline: str, candidate: str, data_dir: str | Path, out_dir: s
     """Check every input, then measure baseline and candidate in turn; writes OUT/report.json,
     report.md and the plots (report.json also after each level, marked incomplete)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    targets = [resolve_target(role, value, options.allow_remote) for role, value in zip(rp.ROLES, (baseline, candidate))]
+    targets = [resolve_target(role, value, options.allow_remote)
+               for role, value in zip(rp.ROLES, (baseline, candidate))]
     bodies, _ = bodies_from_data(data_dir, options.k)
     for target in targets:
         if target.url is not None:

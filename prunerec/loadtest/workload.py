@@ -39,7 +39,8 @@ def check_answer(body, k: int, titles: tuple[str, ...] | None) -> str | None:
     return None
 
 
-def bodies_from_data(data_dir: str | Path, k: int = DEFAULT_K, split: str = "test") -> tuple[list[dict], tuple[str, ...]]:
+def bodies_from_data(data_dir: str | Path, k: int = DEFAULT_K,
+                     split: str = "test") -> tuple[list[dict], tuple[str, ...]]:
     """Request bodies (one per sample of `split`, history oldest first) and the catalog titles."""
     from prunerec.data.catalog import load_dataset
 

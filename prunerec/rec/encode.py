@@ -1,8 +1,8 @@
 """Token ids of prompts, responses and training examples; the single place that tokenizes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from prunerec.data.catalog import Catalog, Sample
 from prunerec.rec.prompt import PromptSettings, format_prompt, format_response

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -72,7 +72,8 @@ def _ranked_metrics(rankings: Sequence[Sequence[str]], targets: Sequence[str], k
 
 def _summary(rows: list[dict], options: EvalOptions, seconds: float | None) -> dict:
     out = {"metrics": metrics.average(rows),
-           "ci95": {k: list(v) for k, v in metrics.bootstrap_ci(rows, samples=options.bootstrap, seed=options.seed).items()}}
+           "ci95": {k: list(v)
+                    for k, v in metrics.bootstrap_ci(rows, samples=options.bootstrap, seed=options.seed).items()}}
     if seconds is not None:
         out["seconds"] = round(seconds, 2)
         out["users_per_second"] = round(len(rows) / max(seconds, 1e-9), 3)
@@ -129,7 +130,8 @@ def evaluate_model(rec: RecModel, data_dir: str | Path, options: EvalOptions,
     results["popularity"] = _summary(_ranked_metrics([popular] * len(users), targets, options.ks), options, None)
     report = {"split": options.split, "users": len(users), "num_beams": options.num_beams,
               "catalog_titles": len(recommender.titles), "results": results,
-              "rankings": [{"user": s.user, "target": s.target, **{g: rankings[g][i][:depth] for g in options.groundings}}
+              "rankings": [{"user": s.user, "target": s.target,
+                            **{g: rankings[g][i][:depth] for g in options.groundings}}
                            for i, s in enumerate(users)]}
     if generated:
         titles = set(recommender.titles)

@@ -1,7 +1,7 @@
 """BIGRec's L2 grounding: generate freely, embed the generated title, rank titles by L2 distance."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -34,7 +34,8 @@ def l2_rank(query: torch.Tensor, catalog_embeddings: torch.Tensor, k: int) -> li
 
 
 @torch.no_grad()
-def free_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int, num_beams: int = 4) -> list[str]:
+def free_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  num_beams: int = 4) -> list[str]:
     """Unconstrained beam search (best beam), parsed back to a title string."""
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 DEFAULT_KS = (1, 3, 5, 10, 20)
 

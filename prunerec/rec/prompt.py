@@ -34,7 +34,7 @@ class PromptSettings:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, row: dict) -> "PromptSettings":
+    def from_json(cls, row: dict) -> PromptSettings:
         known = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
         settings = cls(**known)
         if settings.template not in TEMPLATES:

@@ -1,7 +1,7 @@
 """A prefix trie over the token ids of every catalog title's response (quoted title, newline, EOS)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class TitleTrie:

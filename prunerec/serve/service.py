@@ -39,7 +39,8 @@ class RecommendService:
         self.count_tokens(len(tokens))
         text = self.sm.decode(tokens)
         title = parse_response(text)
-        return {"text": text, "title": title, "token_ids": tokens, "in_catalog": self.sm.catalog.first_id(title) is not None}
+        return {"text": text, "title": title, "token_ids": tokens,
+                "in_catalog": self.sm.catalog.first_id(title) is not None}
 
     def recommend(self, history: Sequence[int | str], k: int, free_generation: bool = False,
                   deadline: Deadline | None = None) -> dict:

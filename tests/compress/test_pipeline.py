@@ -74,7 +74,8 @@ def test_stage_folders_are_stock_checkpoints(full_run, tiny_base):
     prev_size = (base / "model.safetensors").stat().st_size
     for name in STAGES + ("final",):
         folder = full_run / name
-        for f in ("config.json", "model.safetensors", "tokenizer.json", "catalog.jsonl", "prunerec.json", "compress.json"):
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "catalog.jsonl", "prunerec.json",
+                  "compress.json"):
             assert (folder / f).is_file(), f"{name}/{f} missing"
         cfg = json.loads((folder / "config.json").read_text())
         assert cfg["architectures"] == ["Qwen2ForCausalLM"] and "auto_map" not in cfg

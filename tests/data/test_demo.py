@@ -78,7 +78,8 @@ def test_catalog_titles(demo, world):
 def test_some_titles_are_strict_prefixes_of_others(demo):
     titles = set(demo[0].titles)
     sequels = [t for t in titles if re.fullmatch(r".+ (2|II)", t) and t.rsplit(" ", 1)[0] in titles]
-    assert sequels, "need a title that is a strict prefix of its sequel's title (e.g. 'Galaxy Racers' / 'Galaxy Racers 2')"
+    assert sequels, ("need a title that is a strict prefix of its sequel's title "
+                     "(e.g. 'Galaxy Racers' / 'Galaxy Racers 2')")
     for n_items, seed in ((300, 5), (3000, 9)):  # also at the edges of the size range
         titles = set(generate_demo(seed=seed, n_items=n_items, n_users=5)[0].titles)
         assert len(titles) == n_items

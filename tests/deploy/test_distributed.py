@@ -95,7 +95,8 @@ def test_torchrun_compress_matches_one_process(tiny_data, single_base, tmp_path)
                        *COMPRESS, cwd=tmp_path)
     assert printed.count("final model:") == 1, printed
     for stage in ("stage1", "stage2", "stage3", "final"):
-        assert json.loads((one / stage / "config.json").read_text()) == json.loads((two / stage / "config.json").read_text())
+        assert (json.loads((one / stage / "config.json").read_text())
+                == json.loads((two / stage / "config.json").read_text()))
         assert_close_weights(one / stage, two / stage)
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
     for s1, s2 in zip(r1["stages"], r2["stages"]):

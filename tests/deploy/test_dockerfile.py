@@ -225,7 +225,8 @@ def test_entrypoint_and_default_command_are_real_cli():
     flags = [w for w in cmd[1:] if w.startswith("--")]
     assert flags
     for flag in flags:
-        assert re.search(rf"(^|[\s,]){re.escape(flag)}([\s,=]|$)", help_text, re.MULTILINE), f"{flag} is no option of serve"
+        assert re.search(rf"(^|[\s,]){re.escape(flag)}([\s,=]|$)", help_text, re.MULTILINE), \
+            f"{flag} is no option of serve"
     opts = dict(zip(cmd[1::2], cmd[2::2]))
     assert opts["--host"] == "0.0.0.0" and opts["--model"].startswith("/models/")
     volumes = [v for k, a in final if k == "VOLUME" for v in json.loads(a)]

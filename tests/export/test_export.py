@@ -130,12 +130,14 @@ def test_onnx_graph_and_stepper(tiny_export, tiny_dir):
     inputs = {i.name: i.shape for i in session.get_inputs()}
     outputs = {o.name: o.shape for o in session.get_outputs()}
     assert list(inputs)[:3] == ["input_ids", "attention_mask", "position_ids"]
-    assert inputs["past_key_values.1.value"][0] == "batch_size" and inputs["past_key_values.1.value"][2] == "past_sequence_length"
+    assert (inputs["past_key_values.1.value"][0] == "batch_size"
+            and inputs["past_key_values.1.value"][2] == "past_sequence_length")
     assert outputs["logits"][:2] == ["batch_size", "sequence_length"] and "present.1.key" in outputs
 
     rec = load_rec_model(str(tiny_dir))
     pad = rec.tokenizer.pad_token_id
-    prompts = [rec.tokenizer(t)["input_ids"] for t in ('"Halo" "Zelda"', '"Portal 2"', '"The Sims 4" "Minecraft - PC" "Halo"')]
+    prompts = [rec.tokenizer(t)["input_ids"]
+               for t in ('"Halo" "Zelda"', '"Portal 2"', '"The Sims 4" "Minecraft - PC" "Halo"')]
     for batch, max_logits in ((prompts[:1], 1 << 26), (prompts, 1)):  # max_logits=1: one row per prefill call
         ref, got = TorchStepper(rec.model, pad), OnnxStepper(session, pad, max_logits=max_logits)
         assert torch.allclose(ref.start(batch), got.start(batch), atol=1e-4)
@@ -162,7 +164,8 @@ def test_pruned_odd_head_dim_via_cli(odd_dir, data_dir, tmp_path):
     assert "llama_logits | pass" in result.output and "hf-llama" in result.output
     report = json.loads((out / "export-report.json").read_text())
     assert report["verification"]["passed"]
-    assert {c["name"] for c in report["verification"]["checks"]} == {"hf_roundtrip", "llama_logits"} | EXPECTED_ONNX_CHECKS
+    assert ({c["name"] for c in report["verification"]["checks"]}
+            == {"hf_roundtrip", "llama_logits"} | EXPECTED_ONNX_CHECKS)
     assert report["vllm"]["folder"] == "hf-llama"
     assert "users of" in report["verification"]["prompts"]
     config = json.loads((out / "hf-llama" / "config.json").read_text())

@@ -137,7 +137,8 @@ def _report():
     other = {**level, "users": 8, "rps": 40.0, "p50_ms": 80.0, "p99_ms": 150.0, "tokens_per_s": 4000.0}
     models = {"baseline": {"source": "runs/base", "started": True, "ready_seconds": 12.0,
                            "ready": {"engine": {"engine": "vllm"}}, "levels": [level, other], "catalog_share": 1.0},
-              "candidate": {"source": "http://127.0.0.1:8001", "started": False, "ready": {"engine": {"engine": "vllm"}},
+              "candidate": {"source": "http://127.0.0.1:8001", "started": False,
+                            "ready": {"engine": {"engine": "vllm"}},
                             "levels": [{**other, "users": 4}, {**level, "users": 8}], "catalog_share": 1.0}}
     settings = {"engine": "vllm", "users": [4, 8], "duration_s": 60, "spawn_rate": None, "k": 10,
                 "serve_args": "--beams 20", "data": "data/Games", "histories": 100, "machine": "2 CPU cores"}

@@ -20,7 +20,8 @@ def _hf_ranking(model, tokenizer, trie, prompt, num_beams):
     out = model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=num_beams,
                          num_return_sequences=num_beams, length_penalty=0.0, do_sample=False,
                          max_new_tokens=trie.max_len, early_stopping=False,
-                         prefix_allowed_tokens_fn=lambda _, seq: trie.allowed(seq[len(prompt):].tolist()) or [tokenizer.eos_token_id],
+                         prefix_allowed_tokens_fn=lambda _, seq: (trie.allowed(seq[len(prompt):].tolist())
+                                                                  or [tokenizer.eos_token_id]),
                          pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                          output_scores=True, return_dict_in_generate=True)
     sequences = [seq[len(prompt):].tolist() for seq in out.sequences]

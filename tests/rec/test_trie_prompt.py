@@ -1,9 +1,9 @@
 import pytest
 
+from prunerec.data.catalog import Catalog, Sample
 from prunerec.rec.encode import build_examples, response_ids
 from prunerec.rec.prompt import PromptSettings, format_prompt, format_response, parse_response
 from prunerec.rec.trie import TitleTrie
-from prunerec.data.catalog import Catalog, Sample
 from tests.helpers import TITLES, tiny_tokenizer
 
 
@@ -57,6 +57,7 @@ def test_examples_keep_the_response_and_cut_the_prompt_from_the_left():
     full = build_examples(tokenizer, [sample], catalog, PromptSettings(template="compact", max_history=8))[0]
     response = response_ids(tokenizer, [TITLES[9]])[0]
     assert full.input_ids[-len(response):] == response and full.n_response == len(response)
-    cut = build_examples(tokenizer, [sample], catalog, PromptSettings(template="compact", max_history=8, cutoff_tokens=20))[0]
+    cut = build_examples(tokenizer, [sample], catalog,
+                         PromptSettings(template="compact", max_history=8, cutoff_tokens=20))[0]
     assert len(cut.input_ids) == 20 and cut.input_ids == full.input_ids[-20:]
     assert cut.n_response == len(response)

@@ -163,10 +163,12 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as err:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.output()[-4000:]}")
+                raise AssertionError(
+                    f"server ignored SIGTERM for {timeout} s:\n{self.output()[-4000:]}"
+                ) from err
         self.log.close()
         return self.proc.returncode
 

@@ -114,7 +114,8 @@ def test_chunked_oversized_body_and_unknown_route(server):
 
 def test_32_concurrent_requests(server, reference):
     histories = [list(h) for _, h in USERS] * 5 + [[1], [2]]
-    expected = {tuple(h): _titles(server.post({"history": h, "k": 10})) for h in map(list, {tuple(h) for h in histories})}
+    expected = {tuple(h): _titles(server.post({"history": h, "k": 10}))
+                for h in map(list, {tuple(h) for h in histories})}
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda h: server.post({"history": h, "k": 10}), histories))
     assert len(responses) == 32
