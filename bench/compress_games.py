@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from prunerec.compress.pipeline import CompressOptions, run_compress
+from prunerec.data.catalog import load_dataset
 from prunerec.io import write_json
 from prunerec.rec.metrics import (
     average,
@@ -62,14 +63,21 @@ def options_for(variant: str, args) -> CompressOptions:
                            valid_limit=300, calib_samples=64, seed=0, **changes)
 
 
-def user_rows(report: dict) -> list[dict]:
-    return [user_metrics(hit_rank(r["trie"], r["target"])) for r in report["rankings"]]
+def _titles() -> tuple[str, ...]:
+    return load_dataset(DATA, splits=()).catalog.titles
+
+
+def user_rows(report: dict, titles=None) -> list[dict]:
+    """Per-user metrics from an eval.json's rankings (titles; the target is an item id, hits count on titles)."""
+    titles = titles or _titles()
+    return [user_metrics(hit_rank(r["trie"], titles[r["target"]])) for r in report["rankings"]]
 
 
 def quality_rows(report: dict, base_eval: dict) -> dict:
     if [r["user"] for r in report["rankings"]] != [r["user"] for r in base_eval["rankings"]]:
         raise SystemExit("the variant was evaluated on other users than the base")
-    rows, base_rows = user_rows(report), user_rows(base_eval)
+    titles = _titles()
+    rows, base_rows = user_rows(report, titles), user_rows(base_eval, titles)
     means, cis = average(rows), bootstrap_ci(rows)
     kept = {k: means[k] / b if (b := average(base_rows)[k]) else None for k in METRICS}
     return {"metrics": {k: means[k] for k in METRICS}, "ci95": {k: cis[k] for k in METRICS},
@@ -109,8 +117,11 @@ def _kept_cell(value, ci) -> str:
 def summarize() -> str:
     base_eval = json.loads((BASE / "eval.json").read_text())
     base_rows = user_rows(base_eval)
+    assert average(base_rows)["HR@10"] == base_eval["results"]["trie"]["metrics"]["HR@10"]
     results = {v: json.loads(p.read_text()) for v in VARIANTS
                if (p := HERE / "out" / f"compress_games_{v}.json").is_file()}
+    for variant, result in results.items():  # recomputed from the saved rankings
+        result["test"] = quality_rows(json.loads((OUT / variant / "eval.json").read_text()), base_eval)
     popularity = base_eval["results"]["popularity"]
     header = ["variant", "removed", *METRICS, "kept HR@10", "kept NDCG@10", "kept (mean of 6)"]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
