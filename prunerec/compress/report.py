@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunerec.io import atomic_path, write_json, write_text
+from prunerec.io import write_json, write_text
+from prunerec.plots import pyplot, save_png
 
 __all__ = ["write_report", "format_report", "PLOTS", "plot_long_tail"]
 
@@ -108,22 +109,10 @@ def format_report(report: dict) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
 
 
 def plot_parameters(report: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     names = ["base"] + [s["stage"] for s in report["stages"]]
     params = [report["base"]["parameters"]] + [s["parameters"] for s in report["stages"]]
     x = range(len(names))
@@ -139,12 +128,12 @@ def plot_parameters(report: dict, path: Path) -> None:
     ax.set_title("Parameters per stage")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
 def plot_quality(report: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     names = [s["stage"] for s in report["stages"]]
     base_ev = report["base"].get("eval")
@@ -159,12 +148,12 @@ def plot_quality(report: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
 def plot_distill_loss(report: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     drawn = False
     for s in report["stages"]:
@@ -181,7 +170,7 @@ def plot_distill_loss(report: dict, path: Path) -> None:
     ax.set_title("Distillation from the original model")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -196,7 +185,7 @@ def write_report(out: str | Path, report: dict) -> None:
 
 def plot_long_tail(shares, percents, path: str | Path, title: str = "") -> None:
     """Per layer, the share of |up_proj activation| held by the top k% channels."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     layers = list(range(len(shares)))
     for j, p in enumerate(percents):
@@ -209,5 +198,5 @@ def plot_long_tail(shares, percents, path: str | Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_png(fig, Path(path))
     plt.close(fig)

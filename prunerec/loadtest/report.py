@@ -10,12 +10,12 @@ import re
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
-from prunerec.io import atomic_path
 from prunerec.loadtest.workload import (
     ANSWER_MALFORMED,
     ANSWER_NOT_CATALOG,
     ANSWER_WRONG_COUNT,
 )
+from prunerec.plots import pyplot, save_png
 
 MAX_USERS = 256             # simulated users (= requests in flight) per level
 MAX_DURATION_S = 3600       # seconds of load per level
@@ -253,18 +253,6 @@ def markdown_report(report: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
 
 
 def _series(model: dict, key: str) -> tuple[list[int], list[float]]:
@@ -283,7 +271,7 @@ COLORS = {"baseline": "tab:blue", "candidate": "tab:orange"}
 
 
 def plot_latency(report: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for role, model in report["models"].items():
         for key, style in (("p50_ms", "-"), ("p99_ms", "--")):
@@ -294,12 +282,12 @@ def plot_latency(report: dict, path: Path) -> None:
     ax.set_title("Latency vs concurrency (solid p50, dashed p99)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
 def plot_throughput(report: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, key, label in ((axes[0], "rps", "requests/s"), (axes[1], "tokens_per_s", "engine tokens/s")):
         for role, model in report["models"].items():
@@ -311,7 +299,7 @@ def plot_throughput(report: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Throughput vs concurrency")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 

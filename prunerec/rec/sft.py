@@ -24,6 +24,7 @@ from prunerec.io import publish_dir, write_json
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.presets import PRESETS, Preset
 from prunerec.model.tokenizer import train_tokenizer
+from prunerec.plots import pyplot, save_png
 from prunerec.rec.batching import response_ce
 from prunerec.rec.encode import build_examples, history_titles
 from prunerec.rec.prompt import PromptSettings, format_prompt, format_response
@@ -68,11 +69,7 @@ def base_recommender(model_ref: str, data: Dataset, settings: PromptSettings, se
 
 
 def plot_training(log: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in log], [r["valid_loss"] for r in log], marker="o")
     ax.set_xlabel("step")
@@ -80,7 +77,7 @@ def plot_training(log: list[dict], path: Path) -> None:
     ax.set_title("SFT validation loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
     plt.close(fig)
 
 
