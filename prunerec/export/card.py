@@ -70,7 +70,7 @@ def _metrics_rows(prov: dict) -> list[str]:
 
 
 def model_card(*, name: str, shape: dict, parameters: dict, dtype: str, prov: dict, vllm_folder: str,
-               path: str = "PATH", llama: bool = False) -> str:
+               path: str = "PATH", llama: bool = False, genai_path: str | None = None) -> str:
     info = prov.get("prunerec") or {}
     prompt = info.get("prompt") or {}
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
@@ -126,4 +126,22 @@ def model_card(*, name: str, shape: dict, parameters: dict, dtype: str, prov: di
               + f"the `{vllm_folder}/` folder of the export"
               + ("; this model has heads x head_dim != hidden size, which vLLM's native Qwen2 gets wrong, so use "
                  "the Llama copy (or `--model-impl transformers`)." if vllm_folder != "hf" else "."), ""]
+    if genai_path:
+        lines += _genai_rows(genai_path)
     return "\n".join(lines)
+
+
+def _genai_rows(genai_path: str) -> list[str]:
+    return ["## onnxruntime-genai", "",
+            f"`{genai_path}` holds the model built by onnxruntime-genai's model builder (fp32, CPU provider) "
+            "with its `genai_config.json`, the tokenizer, `catalog.jsonl` and `prunerec.json`. Greedy decoding:", "",
+            "```python", "import onnxruntime_genai as og", "",
+            f"model = og.Model(\"{genai_path}\")", "tokenizer = og.Tokenizer(model)",
+            "params = og.GeneratorParams(model)",
+            "params.set_search_options(do_sample=False, max_length=256)",
+            "generator = og.Generator(model, params)",
+            "generator.append_tokens(tokenizer.encode(prompt))  # the prompt prunerec builds (prunerec.json)",
+            "while not generator.is_done():", "    generator.generate_next_token()",
+            "print(tokenizer.decode(generator.get_sequence(0)))", "```", "",
+            "Its search is not restricted to catalog titles; for ranked recommendations use `prunerec evaluate`/"
+            "`prunerec serve` on this folder or the export's `onnx/` folder.", ""]

@@ -13,7 +13,8 @@ __all__ = ["COMMANDS", "export"]
               help="Recommender checkpoint folder (from train or compress, with catalog.jsonl).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--format", "formats", default="hf,onnx", show_default=True,
-              help="Comma-separated: hf (safetensors + model card), onnx (decoder with KV cache).")
+              help="Comma-separated: hf (safetensors + model card), onnx (decoder with KV cache), genai "
+                   "(onnxruntime-genai's model builder; fp32 or bf16, head_dim a multiple of 16).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Weights dtype (bf16: the ONNX graph stays fp32 over bf16-rounded weights).")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the exports with PyTorch.")
@@ -25,16 +26,18 @@ __all__ = ["COMMANDS", "export"]
 @friendly_errors
 def export(model_ref, out, formats, dtype, no_verify, users, data_dir, beams, seed):
     """Export a recommender for serving: OUT/hf (stock Qwen2 folder + model card; OUT/hf-llama too
-    when heads x head_dim != hidden, for vLLM) and OUT/onnx (onnxruntime decoder with KV cache).
+    when heads x head_dim != hidden, for vLLM), OUT/onnx (onnxruntime decoder with KV cache) and,
+    with --format ...,genai, OUT/genai (onnxruntime-genai's model builder, genai_config.json).
 
     By default the exports are then checked against PyTorch on real prompts (logits, 32 greedy
-    tokens, constrained beam-search recommendations); the table goes to stdout and
-    OUT/export-report.json. A failed check exits with status 1 and names the check.
+    tokens, constrained beam-search recommendations; onnxruntime-genai's greedy search); the table
+    goes to stdout and OUT/export-report.json. A failed check exits with status 1 and names the check.
 
     \b
     Example:
       prunerec export --model runs/pruned/final --out runs/export
       prunerec export --model runs/base --out runs/base-onnx --format onnx --data data/Games
+      prunerec export --model runs/pruned/final --out runs/export --format hf,onnx,genai
     """
     from prunerec.export.pipeline import ExportOptions, parse_formats, run_export
     from prunerec.export.verify import VerificationFailed

@@ -1,5 +1,6 @@
-"""`prunerec export`: write OUT/hf (+ OUT/hf-llama when needed) and OUT/onnx, verify them,
-write OUT/export-report.json. Each folder is written atomically (io.atomic_dir)."""
+"""`prunerec export`: write OUT/hf (+ OUT/hf-llama when needed), OUT/onnx and, on request,
+OUT/genai (onnxruntime-genai's builder), verify them, write OUT/export-report.json. Each folder
+is written atomically (io.atomic_dir)."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
-from prunerec.export import card, hf
+from prunerec.export import card, genai, hf
 from prunerec.export.onnx_export import (
     MODEL_FILE,
     OPSET,
@@ -21,13 +22,14 @@ from prunerec.io import atomic_dir, write_json, write_jsonl, write_text
 from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
 
-FORMATS = ("hf", "onnx")
+FORMATS = ("hf", "onnx", "genai")
+DEFAULT_FORMATS = ("hf", "onnx")
 REPORT_FILE = "export-report.json"
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     dtype: str = "fp32"
     verify: bool = True
     users: int = 4
@@ -47,6 +49,8 @@ class ExportOptions:
             raise PrunerecError("--users must be at least 1")
         if self.beams < 1:
             raise PrunerecError("--beams must be at least 1")
+        if "genai" in self.formats:
+            genai.check(self.dtype)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -92,6 +96,8 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
     shape, params = hf.shape(config), count_parameters(rec.model)
     prov = card.provenance(model_ref)
     llama_needed = hf.needs_llama_copy(config)
+    if "genai" in options.formats:
+        genai.check(options.dtype, config)  # refused before anything is written
     base_info = {"source": str(model_ref), "dtype": options.dtype}
     folders: dict[str, dict] = {}
     notes: list[str] = []
@@ -100,12 +106,13 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
     if "hf" in options.formats:
         t0 = time.perf_counter()
         vllm_folder = "hf-llama" if llama_needed else "hf"
+        genai_path = str(out / "genai") if "genai" in options.formats else None
         with atomic_dir(out / "hf") as tmp:
             hf.write_hf(rec, tmp, {**base_info, "format": "hf"})
             write_text(tmp / "README.md", card.model_card(name=f"{Path(str(model_ref)).name} (prunerec export)",
                                                           shape=shape, parameters=params, dtype=options.dtype,
                                                           prov=prov, vllm_folder=vllm_folder,
-                                                          path=str(out / "hf")))
+                                                          path=str(out / "hf"), genai_path=genai_path))
         folders["hf"] = {"path": str(out / "hf")}
         if llama_needed:
             with atomic_dir(out / "hf-llama") as tmp:
@@ -113,7 +120,7 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
                 write_text(tmp / "README.md", card.model_card(
                     name=f"{Path(str(model_ref)).name} (prunerec export, Llama layout)", shape=shape,
                     parameters=params, dtype=options.dtype, prov=prov, vllm_folder=vllm_folder,
-                    path=str(out / "hf-llama"), llama=True))
+                    path=str(out / "hf-llama"), llama=True, genai_path=genai_path))
             folders["hf-llama"] = {"path": str(out / "hf-llama")}
             notes.append(f"heads x head_dim = {shape['heads'] * shape['head_dim']} != hidden {shape['hidden']}: "
                          "vLLM's native Qwen2 would ignore head_dim; serve OUT/hf-llama with vLLM "
@@ -142,6 +149,21 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
         seconds["onnx"] = round(time.perf_counter() - t0, 2)
         say(f"wrote {out / 'onnx'}")
 
+    if "genai" in options.formats:
+        t0 = time.perf_counter()
+        if options.dtype == "bf16":
+            rec.model.float()  # as for ONNX: fp32 over the bf16-rounded weights
+            notes.append("bf16: the genai model computes in fp32 over the bf16-rounded weights "
+                         "(onnxruntime-genai's builder makes bf16 models for CUDA only)")
+        say(f"building {out / 'genai'} with onnxruntime-genai's model builder (fp32, CPU) ...")
+        with atomic_dir(out / "genai") as tmp:
+            record = genai.write_genai(rec, tmp, {**base_info, "format": "genai"})
+        folders["genai"] = {"path": str(out / "genai"), "dtype": record["graph_dtype"],
+                            "execution_provider": record["execution_provider"],
+                            "onnxruntime_genai": record["onnxruntime_genai"]}
+        seconds["genai"] = round(time.perf_counter() - t0, 2)
+        say(f"wrote {out / 'genai'}")
+
     for entry in folders.values():
         entry["bytes"] = folder_bytes(Path(entry["path"]))
     del rec
@@ -151,7 +173,8 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
         say("verifying ...")
         t0 = time.perf_counter()
         verification = verify_export(out, source=model_ref, data_dir=options.data_dir, users=options.users,
-                                     beams=options.beams, seed=options.seed, threads=options.threads)
+                                     beams=options.beams, seed=options.seed, threads=options.threads,
+                                     formats=options.formats)
         seconds["verify"] = round(time.perf_counter() - t0, 2)
         for name, value in verification["load_seconds"].items():
             if name in folders:

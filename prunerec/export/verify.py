@@ -10,6 +10,8 @@ tolerance in OUT/export-report.json):
   onnx_decode    ONNX Runtime vs PyTorch: next-token log-probabilities over 32 KV-cached steps
   onnx_greedy    the same 32 greedy tokens from both engines
   onnx_beam      trie-constrained beam search (TorchStepper vs OnnxStepper): same titles, same order
+  genai_decode   onnxruntime-genai (OUT/genai) vs PyTorch: log-probabilities of 32 greedy steps
+  genai_greedy   onnxruntime-genai's own greedy search (do_sample=False) gives PyTorch's 32 tokens
 
 Tolerances: fp32 logits within 1e-4 (absolute). Reduced precision is compared like with like
 (fp16 ONNX against fp16 PyTorch) with a tolerance scaled to the logits, and a greedy token or a
@@ -161,6 +163,14 @@ def greedy(stepper, prompts, steps: int = GREEDY_STEPS) -> tuple[torch.Tensor, t
 def _greedy_checks(torch_stepper, onnx_stepper, prompts, precision: str, logit_scale: float) -> list[Check]:
     ref_tokens, ref_lp = greedy(torch_stepper, prompts)
     got_tokens, got_lp = greedy(onnx_stepper, prompts)
+    return _compare_greedy("onnx", ref_tokens, ref_lp, got_tokens, got_lp, precision, logit_scale)
+
+
+def _compare_greedy(engine: str, ref_tokens, ref_lp, got_tokens, got_lp, precision: str, logit_scale: float,
+                    what: str = "KV-cached greedy steps") -> list[Check]:
+    """`{engine}_decode` (log-probabilities up to the first differing token) and `{engine}_greedy`
+    (identical tokens; with reduced precision a difference on a near-tie is tolerated)."""
+    prompts = range(len(ref_tokens))
     # a log-probability moves by up to twice the logits' error (the logit and the normaliser)
     tol = 2 * tolerance(precision, logit_scale)
     worst_lp, diverged, ties = 0.0, [], []
@@ -175,18 +185,17 @@ def _greedy_checks(torch_stepper, onnx_stepper, prompts, precision: str, logit_s
         if first < GREEDY_STEPS:
             a, b = int(ref_tokens[row, first]), int(got_tokens[row, first])
             margin = float(ref_lp[row, first, a] - ref_lp[row, first, b])
-            entry = {"prompt": row, "step": first, "reference_token": a, "onnx_token": b, "margin": margin}
+            entry = {"prompt": row, "step": first, "reference_token": a, f"{engine}_token": b, "margin": margin}
             (ties if precision != "fp32" and margin <= tol else diverged).append(entry)
-    decode = Check("onnx_decode", bool(worst_lp <= tol), worst_lp, tol,
-                   f"max abs log-prob diff over {GREEDY_STEPS} KV-cached greedy steps x {len(prompts)} prompts "
-                   f"({precision})")
+    decode = Check(f"{engine}_decode", bool(worst_lp <= tol), worst_lp, tol,
+                   f"max abs log-prob diff over {GREEDY_STEPS} {what} x {len(prompts)} prompts ({precision})")
     detail = (f"{GREEDY_STEPS} greedy tokens x {len(prompts)} prompts: "
               + ("identical" if not diverged and not ties else
                  f"{len(diverged)} prompt(s) diverge" + (f", {len(ties)} only on near-ties" if ties else "")))
     if diverged:
         d = diverged[0]
         detail += f" (first: prompt {d['prompt']} at step {d['step']}, margin {d['margin']:.3g})"
-    tokens = Check("onnx_greedy", not diverged, float(len(diverged)), 0.0, detail,
+    tokens = Check(f"{engine}_greedy", not diverged, float(len(diverged)), 0.0, detail,
                    {"diverged": diverged, "near_ties": ties})
     return [decode, tokens]
 
@@ -246,9 +255,12 @@ def _load(ref, dtype) -> tuple[object, float]:
 
 
 def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir=None, users: int = 4,
-                  beams: int = 20, seed: int = 0, providers=None, threads: int | None = None) -> dict:
-    """Run every check that applies to the folders present in OUT; returns the verification record
-    (`passed`, `checks`, `load_seconds`, `prompts`). Raises nothing for a failed check: see raise_if_failed."""
+                  beams: int = 20, seed: int = 0, providers=None, threads: int | None = None,
+                  formats: Sequence[str] | None = None) -> dict:
+    """Run every check that applies to the folders present in OUT (only those of `formats` when
+    given: hf covers hf-llama, a folder left by an earlier export is then ignored); returns the
+    verification record (`passed`, `checks`, `load_seconds`, `prompts`). Raises nothing for a
+    failed check: see raise_if_failed."""
     from prunerec.export.hf import DTYPES
     from prunerec.export.onnx_stepper import OnnxStepper, make_session
     from prunerec.rec.beam import TorchStepper
@@ -256,16 +268,21 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
     from prunerec.rec.trie import TitleTrie
 
     out = Path(out)
-    hf_dir, llama_dir, onnx_dir = out / "hf", out / "hf-llama", out / "onnx"
-    has_hf, has_llama, has_onnx = hf_dir.is_dir(), llama_dir.is_dir(), onnx_dir.is_dir()
-    if not (has_hf or has_onnx):
-        raise PrunerecError(f"{out} holds no export (no hf/ or onnx/ folder)")
-    info = _export_info(hf_dir if has_hf else onnx_dir)
+    hf_dir, llama_dir, onnx_dir, genai_dir = out / "hf", out / "hf-llama", out / "onnx", out / "genai"
+
+    def wanted(folder: Path, fmt: str) -> bool:
+        return folder.is_dir() and (formats is None or fmt in formats)
+
+    has_hf, has_llama, has_onnx = wanted(hf_dir, "hf"), wanted(llama_dir, "hf"), wanted(onnx_dir, "onnx")
+    has_genai = wanted(genai_dir, "genai")
+    if not (has_hf or has_onnx or has_genai):
+        raise PrunerecError(f"{out} holds no export (no hf/, onnx/ or genai/ folder)")
+    info = _export_info(hf_dir if has_hf else onnx_dir if has_onnx else genai_dir)
     precision = info.get("dtype", "fp32")
     onnx_precision = _export_info(onnx_dir).get("onnx_dtype", "fp32") if has_onnx else precision
     reference_ref = hf_dir if has_hf else (source or info.get("source"))
     if reference_ref is None:
-        raise PrunerecError("an ONNX-only export needs its source checkpoint to verify against")
+        raise PrunerecError("an export without hf/ needs its source checkpoint to verify against")
     checks: list[Check] = []
     loads: dict[str, float] = {}
 
@@ -278,6 +295,17 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
 
     def torch_fn(model):
         return lambda ids, mask, pos: _torch_logits(model, ids, mask, pos)
+
+    widened = {}
+
+    def graph_reference(graph_precision: str):
+        """PyTorch in the precision a graph computes in (bf16: fp32 over the same bf16 weights)."""
+        if DTYPES[graph_precision] == DTYPES[precision]:
+            return rec
+        if graph_precision not in widened:
+            widened[graph_precision], _ = _load(reference_ref, DTYPES[precision])
+            widened[graph_precision].model.to(DTYPES[graph_precision])
+        return widened[graph_precision]
 
     if has_hf and source is not None and Path(source).expanduser().resolve() != hf_dir.resolve():
         src, _ = _load(source, DTYPES[precision])
@@ -296,11 +324,8 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
                                         torch_fn(rec.model), torch_fn(llama.model), prompts, pad, vocab, precision))
         del llama
     if has_onnx:
-        reference = rec
-        if DTYPES[onnx_precision] != DTYPES[precision]:
-            # bf16: the graph holds the bf16-rounded weights in fp32; compare like with like
-            reference, _ = _load(reference_ref, DTYPES[precision])
-            reference.model.to(DTYPES[onnx_precision])
+        # bf16: the graph holds the bf16-rounded weights in fp32; compare like with like
+        reference = graph_reference(onnx_precision)
         t0 = time.perf_counter()
         session = make_session(onnx_dir, providers=providers, threads=threads, exact=True)
         loads["onnx"] = time.perf_counter() - t0
@@ -321,9 +346,42 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
         provider = session.get_providers()[0]
     else:
         provider = None
+    genai_precision = None
+    if has_genai:
+        genai_precision = _export_info(genai_dir).get("graph_dtype", "fp32")
+        checks += _genai_checks(genai_dir, graph_reference(genai_precision).model, pad, prompts, genai_precision,
+                                threads, loads)
     return {"passed": all(c.passed for c in checks), "precision": precision, "onnx_precision": onnx_precision,
-            "onnx_provider": provider, "prompts": described, "prompt_tokens": [len(p) for p in prompts],
-            "checks": [asdict(c) for c in checks], "load_seconds": loads}
+            "onnx_provider": provider, "genai_precision": genai_precision, "prompts": described,
+            "prompt_tokens": [len(p) for p in prompts], "checks": [asdict(c) for c in checks], "load_seconds": loads}
+
+
+def _genai_checks(folder: Path, reference_model, pad: int, prompts, precision: str, threads,
+                  loads: dict) -> list[Check]:
+    """onnxruntime-genai's greedy search on OUT/genai vs PyTorch's greedy: genai_decode, genai_greedy."""
+    from prunerec.export import genai
+    from prunerec.rec.beam import TorchStepper
+
+    t0 = time.perf_counter()
+    try:
+        model = genai.load_model(folder, threads=threads)
+    except Exception as error:  # any load failure is a failed check, with its message
+        return [Check("genai_greedy", False, None, None, f"onnxruntime-genai cannot load {folder}: {error}")]
+    loads["genai"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref_tokens, ref_lp = greedy(TorchStepper(reference_model, pad), prompts)
+    t1 = time.perf_counter()
+    try:
+        got_tokens, got_lp, scale = genai.greedy(model, prompts, GREEDY_STEPS)
+    except Exception as error:
+        return [Check("genai_greedy", False, None, None, f"onnxruntime-genai failed to generate: {error}")]
+    t2 = time.perf_counter()
+    checks = _compare_greedy("genai", ref_tokens, ref_lp, got_tokens, got_lp, precision, scale,
+                             what="greedy steps of onnxruntime-genai's search")
+    timing = {"torch": round(t1 - t0, 3), "onnxruntime_genai": round(t2 - t1, 3)}
+    checks[1].detail += f"; torch {timing['torch']:.2f}s, onnxruntime-genai {timing['onnxruntime_genai']:.2f}s"
+    checks[1].extra["seconds"] = timing
+    return checks
 
 
 def failure_message(verification: dict) -> str:
@@ -332,7 +390,8 @@ def failure_message(verification: dict) -> str:
         if c["passed"]:
             continue
         if c["value"] is not None and c["tolerance"] is not None and c["name"] in ("hf_roundtrip", "llama_logits",
-                                                                                     "onnx_logits", "onnx_decode"):
+                                                                                     "onnx_logits", "onnx_decode",
+                                                                                     "genai_decode"):
             parts.append(f"{c['name']}: {c['value']:.3g} > tolerance {c['tolerance']:.3g} ({c['detail']})")
         else:
             parts.append(f"{c['name']}: {c['detail']}")
