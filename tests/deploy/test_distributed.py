@@ -88,6 +88,22 @@ def test_torchrun_training_matches_one_process_and_resumes(tiny_data, single_bas
     assert (single_base / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
 
 
+def assert_same_choices(one, two):
+    """Indices exactly; scores and perplexities to float tolerance (thread counts may differ)."""
+    if isinstance(one, dict):
+        assert one.keys() == two.keys()
+        for key in one:
+            assert_same_choices(one[key], two[key])
+    elif isinstance(one, list):
+        assert len(one) == len(two)
+        for a, b in zip(one, two):
+            assert_same_choices(a, b)
+    elif isinstance(one, float):
+        assert one == pytest.approx(two, rel=1e-4, abs=1e-6)
+    else:
+        assert one == two
+
+
 def test_torchrun_compress_matches_one_process(tiny_data, single_base, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     cli("compress", "--model", single_base, "--data", tiny_data, "--out", one, *COMPRESS)
@@ -100,7 +116,7 @@ def test_torchrun_compress_matches_one_process(tiny_data, single_base, tmp_path)
         assert_close_weights(one / stage, two / stage)
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
     for s1, s2 in zip(r1["stages"], r2["stages"]):
-        assert s1["pruning"]["kept"] == s2["pruning"]["kept"]
+        assert_same_choices(s1["pruning"]["kept"], s2["pruning"]["kept"])
         assert s1["distill"]["steps"] == s2["distill"]["steps"] == 3
         assert s2["distill"]["world_size"] == 2
         assert s1["distill"]["best_valid_loss"] == pytest.approx(s2["distill"]["best_valid_loss"], rel=1e-4)
