@@ -114,6 +114,15 @@ def _kept_cell(value, ci) -> str:
     return f"{value:.0%} [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else f"{value:.0%}"
 
 
+def _versus(variant: str, prunerec_rows: list[dict] | None, titles) -> str:
+    """NDCG@10 of the variant over PruneRec's on the same users, with its paired 95% interval."""
+    if variant == "prunerec" or prunerec_rows is None:
+        return "-"
+    rows = user_rows(json.loads((OUT / variant / "eval.json").read_text()), titles)
+    mean, baseline = average(rows)["NDCG@10"], average(prunerec_rows)["NDCG@10"]
+    return _kept_cell(mean / baseline if baseline else None, paired_ratio_ci(rows, prunerec_rows)["NDCG@10"])
+
+
 def summarize() -> str:
     base_eval = json.loads((BASE / "eval.json").read_text())
     base_rows = user_rows(base_eval)
@@ -123,11 +132,14 @@ def summarize() -> str:
     for variant, result in results.items():  # recomputed from the saved rankings
         result["test"] = quality_rows(json.loads((OUT / variant / "eval.json").read_text()), base_eval)
     popularity = base_eval["results"]["popularity"]
-    header = ["variant", "removed", *METRICS, "kept HR@10", "kept NDCG@10", "kept (mean of 6)"]
+    titles = _titles()
+    prunerec_rows = user_rows(json.loads((OUT / "prunerec" / "eval.json").read_text()), titles) \
+        if "prunerec" in results else None
+    header = ["variant", "removed", *METRICS, "kept HR@10", "kept NDCG@10", "kept (mean of 6)", "NDCG@10 / PruneRec's"]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     base_ci = bootstrap_ci(base_rows)
     lines.append(" | ".join(["base (small)", "0%", *(_cell(average(base_rows)[k], base_ci[k]) for k in METRICS),
-                             "100%", "100%", "100%"]))
+                             "100%", "100%", "100%", "-"]))
     for variant, result in results.items():
         test = result["test"]
         mean_kept = [test["kept"][k] for k in METRICS if test["kept"][k] is not None]
@@ -135,9 +147,10 @@ def summarize() -> str:
                                  *(_cell(test["metrics"][k], test["ci95"][k]) for k in METRICS),
                                  _kept_cell(test["kept"]["HR@10"], test["kept_ci95"]["HR@10"]),
                                  _kept_cell(test["kept"]["NDCG@10"], test["kept_ci95"]["NDCG@10"]),
-                                 f"{sum(mean_kept) / len(mean_kept):.0%}"]))
+                                 f"{sum(mean_kept) / len(mean_kept):.0%}",
+                                 _versus(variant, prunerec_rows, titles)]))
     lines.append(" | ".join(["popularity", "-", *(_cell(popularity["metrics"][k], popularity["ci95"][k])
-                                                  for k in METRICS), "-", "-", "-"]))
+                                                  for k in METRICS), "-", "-", "-", "-"]))
     table = "| " + " |\n| ".join(lines) + " |"
     write_json(HERE / "out" / "compress_games.json", {"users": base_eval["users"], "variants": results,
                                                        "table": table})
