@@ -131,6 +131,7 @@ def summarize() -> str:
                if (p := HERE / "out" / f"compress_games_{v}.json").is_file()}
     for variant, result in results.items():  # recomputed from the saved rankings
         result["test"] = quality_rows(json.loads((OUT / variant / "eval.json").read_text()), base_eval)
+        write_json(HERE / "out" / f"compress_games_{variant}.json", result)
     popularity = base_eval["results"]["popularity"]
     titles = _titles()
     prunerec_rows = user_rows(json.loads((OUT / "prunerec" / "eval.json").read_text()), titles) \
