@@ -16,5 +16,8 @@ def pyplot():
 
 
 def save_png(fig, path: Path, dpi: int = 110) -> None:
+    """Lay out, write atomically, and free the figure."""
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)

@@ -35,3 +35,18 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def scale_biggest_initializer(folder, factor: float) -> None:
+    """Multiply the largest float initializer of folder/model.onnx (external data) by factor."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    path = folder / "model.onnx"
+    graph = onnx.load(str(path))
+    biggest = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)) if t.data_type == 1 else 0)
+    biggest.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(biggest) * factor).astype(np.float32),
+                                             biggest.name))
+    (folder / "model.onnx.data").unlink()
+    onnx.save_model(graph, str(path), save_as_external_data=True, location="model.onnx.data")

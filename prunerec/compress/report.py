@@ -127,9 +127,7 @@ def plot_parameters(report: dict, path: Path) -> None:
     ax.set_ylabel("parameters (millions)")
     ax.set_title("Parameters per stage")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_png(fig, path)
-    plt.close(fig)
 
 
 def plot_quality(report: dict, path: Path) -> None:
@@ -147,9 +145,7 @@ def plot_quality(report: dict, path: Path) -> None:
     ax.set_title("Validation quality per stage (dashed: base)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_png(fig, path)
-    plt.close(fig)
 
 
 def plot_distill_loss(report: dict, path: Path) -> None:
@@ -169,9 +165,7 @@ def plot_distill_loss(report: dict, path: Path) -> None:
     ax.set_ylabel("validation distillation loss")
     ax.set_title("Distillation from the original model")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     save_png(fig, path)
-    plt.close(fig)
 
 
 def write_report(out: str | Path, report: dict) -> None:
@@ -197,6 +191,4 @@ def plot_long_tail(shares, percents, path: str | Path, title: str = "") -> None:
     ax.set_title(title or "MLP activation long tail (up_proj output)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_png(fig, Path(path))
-    plt.close(fig)

@@ -281,9 +281,7 @@ def plot_latency(report: dict, path: Path) -> None:
     ax.set_ylabel("latency (ms)")
     ax.set_title("Latency vs concurrency (solid p50, dashed p99)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_png(fig, path)
-    plt.close(fig)
 
 
 def plot_throughput(report: dict, path: Path) -> None:
@@ -298,9 +296,7 @@ def plot_throughput(report: dict, path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     fig.suptitle("Throughput vs concurrency")
-    fig.tight_layout()
     save_png(fig, path)
-    plt.close(fig)
 
 
 def write_plots(report: dict, out_dir: Path) -> None:

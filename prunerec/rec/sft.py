@@ -76,9 +76,7 @@ def plot_training(log: list[dict], path: Path) -> None:
     ax.set_ylabel("validation loss (response tokens)")
     ax.set_title("SFT validation loss")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     save_png(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path, *, settings: PromptSettings,

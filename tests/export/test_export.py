@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -11,7 +10,7 @@ from click.testing import CliRunner
 from prunerec.data.catalog import Catalog, Sample, write_dataset
 from prunerec.model.checkpoint import RecModel
 from prunerec.rec.prompt import PromptSettings
-from tests.helpers import TITLES, tiny_model, tiny_tokenizer
+from tests.helpers import TITLES, scale_biggest_initializer, tiny_model, tiny_tokenizer
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -224,9 +223,6 @@ def test_bf16_and_stale_llama_copy_removed(tiny_dir, tmp_path):
 
 
 def test_corrupted_onnx_weights_fail_verification(tiny_export, tmp_path):
-    import onnx
-    from onnx import numpy_helper
-
     from prunerec.export.verify import (
         VerificationFailed,
         raise_if_failed,
@@ -236,13 +232,7 @@ def test_corrupted_onnx_weights_fail_verification(tiny_export, tmp_path):
     src, _, _ = tiny_export
     out = tmp_path / "corrupt"
     shutil.copytree(src, out)
-    path = out / "onnx" / "model.onnx"
-    model = onnx.load(str(path))
-    biggest = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)) if t.data_type == 1 else 0)
-    corrupted = numpy_helper.to_array(biggest) * 1.01
-    biggest.CopyFrom(numpy_helper.from_array(corrupted.astype(np.float32), biggest.name))
-    (out / "onnx" / "model.onnx.data").unlink()
-    onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+    scale_biggest_initializer(out / "onnx", 1.01)
 
     verification = verify_export(out, users=2, beams=4, threads=1)
     assert not verification["passed"]

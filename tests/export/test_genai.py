@@ -4,7 +4,6 @@ builds of ~5 s each (the builder runs in a subprocess); the rest is tiny."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,7 +13,7 @@ from prunerec.data.catalog import Catalog
 from prunerec.model.checkpoint import RecModel
 from prunerec.model.presets import PRESETS
 from prunerec.rec.prompt import PromptSettings
-from tests.helpers import TITLES, tiny_model, tiny_tokenizer
+from tests.helpers import TITLES, scale_biggest_initializer, tiny_model, tiny_tokenizer
 
 og = pytest.importorskip("onnxruntime_genai")
 
@@ -139,21 +138,12 @@ def test_head_pruned_model_builds_and_verifies(tokenizer, tmp_path):
 
 
 def test_corrupted_genai_model_fails_verification(genai_export, tmp_path):
-    import onnx
-    from onnx import numpy_helper
-
     from prunerec.export.verify import verify_export
 
     _, src, _ = genai_export
     out = tmp_path / "corrupt"
     shutil.copytree(src, out)
-    path = out / "genai" / "model.onnx"
-    graph = onnx.load(str(path))
-    biggest = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)) if t.data_type == 1 else 0)
-    biggest.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(biggest) * 1.05).astype(np.float32),
-                                             biggest.name))
-    (out / "genai" / "model.onnx.data").unlink()
-    onnx.save_model(graph, str(path), save_as_external_data=True, location="model.onnx.data")
+    scale_biggest_initializer(out / "genai", 1.05)
     verification = verify_export(out, users=2, threads=1, formats=("genai",))
     assert not verification["passed"]
     assert "genai_decode" in {c["name"] for c in verification["checks"] if not c["passed"]}
