@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import platform
 import time
@@ -63,21 +64,21 @@ def options_for(variant: str, args) -> CompressOptions:
                            valid_limit=300, calib_samples=64, seed=0, **changes)
 
 
+@functools.cache
 def _titles() -> tuple[str, ...]:
     return load_dataset(DATA, splits=()).catalog.titles
 
 
-def user_rows(report: dict, titles=None) -> list[dict]:
+def user_rows(report: dict) -> list[dict]:
     """Per-user metrics from an eval.json's rankings (titles; the target is an item id, hits count on titles)."""
-    titles = titles or _titles()
+    titles = _titles()
     return [user_metrics(hit_rank(r["trie"], titles[r["target"]])) for r in report["rankings"]]
 
 
 def quality_rows(report: dict, base_eval: dict) -> dict:
     if [r["user"] for r in report["rankings"]] != [r["user"] for r in base_eval["rankings"]]:
         raise SystemExit("the variant was evaluated on other users than the base")
-    titles = _titles()
-    rows, base_rows = user_rows(report, titles), user_rows(base_eval, titles)
+    rows, base_rows = user_rows(report), user_rows(base_eval)
     means, cis = average(rows), bootstrap_ci(rows)
     kept = {k: means[k] / b if (b := average(base_rows)[k]) else None for k in METRICS}
     return {"metrics": {k: means[k] for k in METRICS}, "ci95": {k: cis[k] for k in METRICS},
@@ -114,11 +115,10 @@ def _kept_cell(value, ci) -> str:
     return f"{value:.0%} [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else f"{value:.0%}"
 
 
-def _versus(variant: str, prunerec_rows: list[dict] | None, titles) -> str:
-    """NDCG@10 of the variant over PruneRec's on the same users, with its paired 95% interval."""
-    if variant == "prunerec" or prunerec_rows is None:
+def _versus(rows: list[dict], prunerec_rows: list[dict] | None) -> str:
+    """NDCG@10 of a variant over PruneRec's on the same users, with its paired 95% interval."""
+    if prunerec_rows is None or rows is prunerec_rows:
         return "-"
-    rows = user_rows(json.loads((OUT / variant / "eval.json").read_text()), titles)
     mean, baseline = average(rows)["NDCG@10"], average(prunerec_rows)["NDCG@10"]
     return _kept_cell(mean / baseline if baseline else None, paired_ratio_ci(rows, prunerec_rows)["NDCG@10"])
 
@@ -129,13 +129,9 @@ def summarize() -> str:
     assert average(base_rows)["HR@10"] == base_eval["results"]["trie"]["metrics"]["HR@10"]
     results = {v: json.loads(p.read_text()) for v in VARIANTS
                if (p := HERE / "out" / f"compress_games_{v}.json").is_file()}
-    for variant, result in results.items():  # recomputed from the saved rankings
-        result["test"] = quality_rows(json.loads((OUT / variant / "eval.json").read_text()), base_eval)
-        write_json(HERE / "out" / f"compress_games_{variant}.json", result)
+    variant_rows = {v: user_rows(json.loads((OUT / v / "eval.json").read_text())) for v in results}
+    prunerec_rows = variant_rows.get("prunerec")
     popularity = base_eval["results"]["popularity"]
-    titles = _titles()
-    prunerec_rows = user_rows(json.loads((OUT / "prunerec" / "eval.json").read_text()), titles) \
-        if "prunerec" in results else None
     header = ["variant", "removed", *METRICS, "kept HR@10", "kept NDCG@10", "kept (mean of 6)", "NDCG@10 / PruneRec's"]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     base_ci = bootstrap_ci(base_rows)
@@ -149,7 +145,7 @@ def summarize() -> str:
                                  _kept_cell(test["kept"]["HR@10"], test["kept_ci95"]["HR@10"]),
                                  _kept_cell(test["kept"]["NDCG@10"], test["kept_ci95"]["NDCG@10"]),
                                  f"{sum(mean_kept) / len(mean_kept):.0%}",
-                                 _versus(variant, prunerec_rows, titles)]))
+                                 _versus(variant_rows[variant], prunerec_rows)]))
     lines.append(" | ".join(["popularity", "-", *(_cell(popularity["metrics"][k], popularity["ci95"][k])
                                                   for k in METRICS), "-", "-", "-", "-"]))
     table = "| " + " |\n| ".join(lines) + " |"

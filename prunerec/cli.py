@@ -5,7 +5,7 @@ import json
 
 import click
 
-from prunerec.errors import PrunerecError, friendly_errors
+from prunerec.errors import friendly_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -192,18 +192,12 @@ def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_secon
     in turn and load-tests them, then prints one table: quality, size and speed, base vs pruned.
     Everything lands in --out (summary.md at the end); --resume skips the finished steps.
     """
+    from prunerec.loadtest.report import parse_users
     from prunerec.recipes import DemoPlan, run_demo
 
     plan = DemoPlan(minutes=minutes, eval_users=eval_users, distill_steps=distill_steps, engine=engine,
-                    load_users=_int_list("--load-users", load_users), load_seconds=load_seconds)
+                    load_users=tuple(parse_users(load_users, flag="--load-users")), load_seconds=load_seconds)
     click.echo(run_demo(out, plan, resume=resume))
-
-
-def _int_list(flag: str, text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise PrunerecError(f"{flag} takes comma-separated counts like 1,4,16; got {text!r}") from None
 
 
 def _register_optional_commands():

@@ -38,16 +38,16 @@ def parse_duration(text: str) -> int:
     return total
 
 
-def parse_users(text: str) -> list[int]:
+def parse_users(text: str, flag: str = "--users") -> list[int]:
     """Concurrency levels from "1,4,16,64": distinct integers 1..MAX_USERS, run in ascending order."""
     parts = [p.strip() for p in str(text).split(",")]
     if not parts or any(not p.isdigit() for p in parts):
-        raise PrunerecError(f"--users {text!r}: write a comma-separated list of positive integers, like 1,4,16,64")
+        raise PrunerecError(f"{flag} {text!r}: write a comma-separated list of positive integers, like 1,4,16,64")
     levels = [int(p) for p in parts]
     if any(not 1 <= n <= MAX_USERS for n in levels):
-        raise PrunerecError(f"--users {text!r}: each level must be between 1 and {MAX_USERS}")
+        raise PrunerecError(f"{flag} {text!r}: each level must be between 1 and {MAX_USERS}")
     if len(set(levels)) != len(levels):
-        raise PrunerecError(f"--users {text!r}: a level is repeated")
+        raise PrunerecError(f"{flag} {text!r}: a level is repeated")
     return sorted(levels)
 
 
