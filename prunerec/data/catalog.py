@@ -84,7 +84,8 @@ class Dataset:
         return self.splits[split]
 
 
-def _json_lines(path: Path):
+def json_lines(path: Path):
+    """(line number, object) of each non-blank line of a JSONL file; DataError naming file:line."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with open(path, encoding="utf-8") as lines:
@@ -108,7 +109,7 @@ def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
     titles: dict[int, str] = {}
     asins: dict[int, str | None] = {}
-    for number, row in _json_lines(path):
+    for number, row in json_lines(path):
         item_id, title = row.get("item_id"), row.get("title")
         if not _is_int(item_id) or item_id < 0:
             raise DataError(f"{path}:{number}: 'item_id' must be a non-negative integer, got {item_id!r}")
@@ -141,7 +142,7 @@ def _item_ids(value, name: str, where: str, n_items: int) -> tuple[int, ...]:
 def load_split(path: str | Path, catalog: Catalog) -> list[Sample]:
     path = Path(path)
     samples = []
-    for number, row in _json_lines(path):
+    for number, row in json_lines(path):
         where = f"{path}:{number}"
         user, target = row.get("user"), row.get("target")
         if not _is_int(user):

@@ -30,6 +30,7 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 from prunerec.errors import PrunerecError
 from prunerec.loadtest.workload import (
     DEFAULT_K,
+    auth_headers,
     bodies_from_data,
     bodies_from_jsonl,
     catalog_titles,
@@ -54,7 +55,7 @@ try:
 except (PrunerecError, ValueError) as err:
     sys.exit(f"prunerec locustfile: {err}")
 NEXT_BODY = itertools.cycle(shuffled(BODIES, int(os.environ.get("PRUNEREC_LOADTEST_SEED", "0"))))
-HEADERS = {"Authorization": f"Bearer {os.environ['PRUNEREC_API_KEY']}"} if os.environ.get("PRUNEREC_API_KEY") else {}
+HEADERS = auth_headers()
 
 
 @events.test_stop.add_listener

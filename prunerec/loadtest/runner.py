@@ -24,7 +24,7 @@ import requests
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
 from prunerec.loadtest import report as rp
-from prunerec.loadtest.workload import bodies_from_data
+from prunerec.loadtest.workload import auth_headers, bodies_from_data
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `prunerec`
@@ -72,13 +72,13 @@ def is_url(value: str) -> bool:
 
 def resolve_target(role: str, value: str, allow_remote: bool = False) -> Target:
     """A URL (loopback unless allow_remote) or an existing model folder."""
-    from prunerec.serve.cli import _is_loopback
+    from prunerec.serve.cli import is_loopback
 
     if is_url(value):
         parts = urlsplit(value)
         if not parts.hostname:
             raise PrunerecError(f"--{role} {value}: no host in this URL")
-        if not allow_remote and not _is_loopback(parts.hostname):
+        if not allow_remote and not is_loopback(parts.hostname):
             raise PrunerecError(f"--{role} {value}: not a loopback address; pass --allow-remote to load a "
                                 f"server on another machine")
         return Target(role, value, url=value.rstrip("/"))
@@ -87,11 +87,6 @@ def resolve_target(role: str, value: str, allow_remote: bool = False) -> Target:
         raise PrunerecError(f"--{role} {value}: no such model folder (give a folder from train/compress/export, "
                             f"or the http:// URL of a running `prunerec serve`)")
     return Target(role, value, folder=folder)
-
-
-def auth_headers() -> dict:
-    key = os.environ.get("PRUNEREC_API_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def probe(url: str) -> None:

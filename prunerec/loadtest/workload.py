@@ -7,7 +7,7 @@ split (prunerec.data.catalog), or read from a JSONL file of bodies. An answer pa
 """
 from __future__ import annotations
 
-import json
+import os
 import random
 from pathlib import Path
 
@@ -17,9 +17,14 @@ from prunerec.errors import PrunerecError
 ANSWER_MALFORMED = "answer check: the body is not a JSON object with an items list"
 ANSWER_NOT_CATALOG = "answer check: an item is not a catalog item (unknown id or title mismatch)"
 ANSWER_WRONG_COUNT = "answer check: not k items"
-NOT_ALL_CATALOG = (ANSWER_MALFORMED, ANSWER_NOT_CATALOG)  # answers whose items were not all real catalog items
 
 DEFAULT_K = 10
+
+
+def auth_headers() -> dict:
+    """The bearer token of PRUNEREC_API_KEY, when set (as `prunerec serve` reads it)."""
+    key = os.environ.get("PRUNEREC_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def check_answer(body, k: int, titles: tuple[str, ...] | None) -> str | None:
@@ -54,18 +59,12 @@ def bodies_from_data(data_dir: str | Path, k: int = DEFAULT_K,
 def bodies_from_jsonl(path: str | Path, k: int = DEFAULT_K) -> list[dict]:
     """Request bodies from a JSONL file, one JSON object with a non-empty "history" a line
     (a missing "k" becomes `k`)."""
+    from prunerec.data.catalog import json_lines
+
     path = Path(path)
-    if not path.is_file():
-        raise PrunerecError(f"{path}: request file not found")
     bodies = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            body = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PrunerecError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-        if not isinstance(body, dict) or not isinstance(body.get("history"), list) or not body["history"]:
+    for number, body in json_lines(path):
+        if not isinstance(body.get("history"), list) or not body["history"]:
             raise PrunerecError(f'{path}:{number}: expected a JSON object with a non-empty "history" list')
         bodies.append({"k": k, **body})
     if not bodies:

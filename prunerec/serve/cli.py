@@ -11,10 +11,10 @@ import click
 
 from prunerec.errors import PrunerecError, friendly_errors
 
-__all__ = ["COMMANDS", "serve"]
+__all__ = ["COMMANDS", "is_loopback", "serve"]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -84,7 +84,7 @@ def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, ma
         raise PrunerecError("--api-key / PRUNEREC_API_KEY is empty")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("prunerec.serve")
-    if not _is_loopback(host) and not api_key:
+    if not is_loopback(host) and not api_key:
         log.warning("binding %s without --api-key: anyone who reaches this port can use the model", host)
 
     sm = load_serve_model(model_dir, engine)

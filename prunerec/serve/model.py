@@ -72,12 +72,12 @@ class ServeModel:
     config: object
     catalog: Catalog
     settings: PromptSettings
-    info: dict
     titles: list[str]                 # unique titles in catalog order; index = trie title index
     responses: list[list[int]]        # token ids each title is written as (quoted, newline, EOS)
     trie: TitleTrie
     torch_folder: Path | None         # PyTorch weights of the same model, if any
     first_ids: list[int] = field(default_factory=list)  # title index -> first catalog id
+    generations: list[str] = field(default_factory=list)  # title index -> its response as text
     # request threads share the tokenizer; a Rust tokenizer may refuse concurrent use ("Already borrowed")
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -95,7 +95,8 @@ class ServeModel:
 
     @property
     def free_tokens(self) -> int:
-        """New tokens of a free generation (as `prunerec evaluate`'s L2 grounding)."""
+        """New tokens of a free generation: the token budget of `prunerec evaluate`'s L2 grounding
+        (which writes with 4 beams; the service writes greedily)."""
         return self.trie.max_len + 4
 
     def resolve_history(self, history: Sequence[int | str]) -> list[int]:
@@ -183,5 +184,6 @@ def load_serve_model(model: str | Path, engine: str) -> ServeModel:
     responses = response_ids(tokenizer, titles)
     trie = TitleTrie(responses, tokenizer.eos_token_id)
     first_ids = [catalog.first_id(t) for t in titles]
-    return ServeModel(folder, engine, tokenizer, config, catalog, settings, info, titles, responses, trie,
-                      torch_weights_folder(folder), first_ids)
+    generations = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return ServeModel(folder, engine, tokenizer, config, catalog, settings, titles, responses, trie,
+                      torch_weights_folder(folder), first_ids, generations)

@@ -26,7 +26,6 @@ class RecommendService:
         self.sm, self.engine, self.beams = sm, engine, int(beams)
         self.count_tokens = count_tokens or (lambda n: None)  # e.g. the engine-tokens Prometheus counter's inc
         self.grounder = grounder if grounder is not None else grounder_for(sm, engine)
-        self.max_k = min(MAX_K, len(sm.titles))
 
     def check_k(self, k: int) -> None:
         if not 1 <= k <= MAX_K:
@@ -66,7 +65,7 @@ class RecommendService:
             seen.add(index)
             item_id, title = self.sm.item_of(index)
             items.append({"id": item_id, "title": title, "score": float(score), "method": "trie",
-                          "generation": self.sm.decode(self.sm.responses[index])})
+                          "generation": self.sm.generations[index]})
             if len(items) == k:
                 break
 
