@@ -37,17 +37,24 @@ def bootstrap_ci(rows: Sequence[dict[str, float]], *, samples: int = 1000, level
     """Percentile bootstrap interval of each metric's mean over users."""
     if not rows:
         raise ValueError("no users to bootstrap")
-    rng = random.Random(seed)
     n = len(rows)
-    keys = list(rows[0])
-    columns = {k: [r[k] for r in rows] for k in keys}
-    means = {k: [] for k in keys}
-    for _ in range(samples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        for k in keys:
-            col = columns[k]
+    columns = _columns(rows)
+    means = {k: [] for k in columns}
+    for picks in _resamples(n, samples, seed):
+        for k, col in columns.items():
             means[k].append(sum(col[i] for i in picks) / n)
-    return {k: _percentile_interval(means[k], level) for k in keys}
+    return {k: _percentile_interval(means[k], level) for k in columns}
+
+
+def _columns(rows: Sequence[dict[str, float]]) -> dict[str, list[float]]:
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def _resamples(n: int, samples: int, seed: int):
+    """`samples` lists of n user indices drawn with replacement (seeded)."""
+    rng = random.Random(seed)
+    for _ in range(samples):
+        yield [rng.randrange(n) for _ in range(n)]
 
 
 def _percentile_interval(values: Sequence[float], level: float) -> tuple[float, float]:
@@ -62,15 +69,13 @@ def paired_ratio_ci(candidate: Sequence[dict[str, float]], base: Sequence[dict[s
     same users for both (rows are aligned by user). None where the base mean of a resample is 0."""
     if len(candidate) != len(base) or not base:
         raise ValueError(f"need aligned, non-empty rows, got {len(candidate)} and {len(base)}")
-    rng = random.Random(seed)
-    n = len(base)
-    ratios = {k: [] for k in base[0]}
-    for _ in range(samples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        for k in ratios:
-            denominator = sum(base[i][k] for i in picks)
+    base_columns, candidate_columns = _columns(base), _columns(candidate)
+    ratios = {k: [] for k in base_columns}
+    for picks in _resamples(len(base), samples, seed):
+        for k, base_col in base_columns.items():
+            denominator = sum(base_col[i] for i in picks)
             if denominator > 0:
-                ratios[k].append(sum(candidate[i][k] for i in picks) / denominator)
+                ratios[k].append(sum(candidate_columns[k][i] for i in picks) / denominator)
     return {k: _percentile_interval(values, level) if len(values) >= samples // 2 else None
             for k, values in ratios.items()}
 
