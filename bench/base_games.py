@@ -5,14 +5,17 @@ Variants (run in this order, each: prepare data -> train with a time budget -> e
            targets in the sub-catalog, history items outside it dropped, rows left empty dropped
   full     the whole 17,332-item catalog, training on a seeded random subset of rows
 
-Writes bench/out/base_games_<variant>/{data,model,eval.json} and bench/out/base_games_<variant>.json.
-Usage: python bench/base_games.py [--variants top2000,full] [--minutes 40] [--users 2000]
+Writes bench/out/base_games_<variant><tag>/{data,model,eval.json} and bench/out/base_games_<variant><tag>.json.
+`--continue-from TAG` starts from the training state of the run with that tag (copied, the original
+stays as it is) and trains on until the new budget, which counts the time already spent.
+Usage: python bench/base_games.py [--variants top2000,full] [--minutes 40] [--users 2000] [--tag _long]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -40,15 +43,19 @@ def prepare(variant: str, root: Path) -> Path:
 
 
 def run_variant(variant: str, args) -> dict:
-    root = OUT / f"base_games_{variant}"
+    root = OUT / f"base_games_{variant}{args.tag}"
     data_dir = prepare(variant, root)
     model_dir = root / "model"
+    if args.continue_from is not None and not (model_dir / ".train-state").is_dir():
+        source = OUT / f"base_games_{variant}{args.continue_from}" / "model" / ".train-state"
+        shutil.copytree(source, model_dir / ".train-state")
     train_limit = args.full_train_limit if variant == "full" else None
     minutes = args.minutes_full if variant == "full" else args.minutes
     if not (model_dir / "training.json").is_file():
         run_train(data_dir, "small", model_dir, category="video games", max_history=args.max_history,
                   epochs=args.epochs, batch_size=32, lr=args.lr, warmup=100, patience=3, eval_every=400,
-                  time_budget=minutes, train_limit=train_limit, valid_limit=1000, seed=0,
+                  time_budget=minutes, decay_to_budget=args.decay_to_budget, train_limit=train_limit,
+                  valid_limit=1000, seed=0,
                   resume=(model_dir / ".train-state" / "state.json").is_file())
     report, table = run_evaluate(model_dir, data_dir, split="test", grounding="trie", beams=20, batch_size=16,
                                  limit=args.users, out=root / "eval.json")
@@ -57,7 +64,7 @@ def run_variant(variant: str, args) -> dict:
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "training": {k: v for k, v in training.items() if k != "log"}, "evaluation": {
                    k: v for k, v in report.items() if k != "rankings"}, "table": table}
-    write_json(OUT / f"base_games_{variant}.json", summary)
+    write_json(OUT / f"base_games_{variant}{args.tag}.json", summary)
     print(table, flush=True)
     return summary
 
@@ -72,6 +79,11 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--max-history", type=int, default=5)
     parser.add_argument("--full-train-limit", type=int, default=None)
+    parser.add_argument("--decay-to-budget", action="store_true",
+                        help="learning rate falls to zero at the end of the time budget (see the trainer)")
+    parser.add_argument("--tag", default="", help="suffix of the output names, to keep earlier runs")
+    parser.add_argument("--continue-from", default=None, metavar="TAG",
+                        help="copy the training state of the run with this tag ('' = untagged) and go on")
     args = parser.parse_args()
     started = time.time()
     for variant in args.variants.split(","):

@@ -96,6 +96,9 @@ def _train_options(command):
         click.option("--max-steps", default=0, show_default=True, help="Stop after this many steps (0: no limit)."),
         click.option("--time-budget", default=0.0, show_default=True,
                      help="Minutes of training, then stop at the next validation (0: no limit)."),
+        click.option("--decay-to-budget", is_flag=True,
+                     help="Let the learning rate fall linearly to zero when --time-budget ends, and stop there "
+                          "(for runs the budget, not the epochs, will end)."),
         click.option("--train-limit", type=int, default=None,
                      help="Train on a seeded random subset of this many rows."),
         click.option("--valid-limit", type=int, default=1000, show_default=True,

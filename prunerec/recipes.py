@@ -35,7 +35,8 @@ def _positive(name: str, value, allow_zero: bool = False):
 
 def run_train(data_dir, model_ref, out, *, template=None, category=None, max_history=10, cutoff=512,
               epochs=3, batch_size=32, lr=None, warmup=20, patience=1, eval_every=0, max_steps=0,
-              time_budget=0.0, train_limit=None, valid_limit=1000, seed=0, resume=False) -> dict:
+              time_budget=0.0, decay_to_budget=False, train_limit=None, valid_limit=1000, seed=0,
+              resume=False) -> dict:
     from prunerec.model.checkpoint import check_checkpoint
     from prunerec.rec.sft import train_recommender
 
@@ -45,6 +46,8 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
     for name, value in [("warmup", warmup), ("patience", patience), ("eval-every", eval_every),
                         ("max-steps", max_steps), ("time-budget", time_budget)]:
         _positive(name, value, allow_zero=True)
+    if decay_to_budget and not time_budget:
+        raise PrunerecError("--decay-to-budget needs a --time-budget to decay to")
     scratch = model_ref in PRESETS
     if not scratch:
         check_checkpoint(model_ref)
@@ -53,7 +56,7 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
                               cutoff_tokens=cutoff)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr or (SCRATCH_LR if scratch else CHECKPOINT_LR),
                          warmup_steps=warmup, patience=patience, eval_every=eval_every, max_steps=max_steps,
-                         time_budget_s=time_budget * 60, seed=seed)
+                         time_budget_s=time_budget * 60, decay_to_budget=decay_to_budget, seed=seed)
     return train_recommender(data_dir, model_ref, out, settings=settings, config=config,
                              train_limit=train_limit, valid_limit=valid_limit, resume=resume)
 

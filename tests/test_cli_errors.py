@@ -49,6 +49,9 @@ def test_bad_numbers_are_refused(runner, demo_data, tmp_path):
     result = runner.invoke(main, ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(tmp_path / "m"),
                                   "--batch-size", "0"])
     _assert_clean_failure(result, "--batch-size must be > 0")
+    result = runner.invoke(main, ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(tmp_path / "m"),
+                                  "--decay-to-budget"])
+    _assert_clean_failure(result, "--decay-to-budget needs a --time-budget")
 
 
 def test_download_offline_gives_a_clear_message(runner, tmp_path):

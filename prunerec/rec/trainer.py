@@ -1,6 +1,12 @@
 """A small resumable training recipe: AdamW, warmup + linear decay, periodic validation,
 early stopping on validation loss, best weights kept; used by SFT and by distillation.
 
+The learning rate decays linearly to zero at the last step of the epochs or `max_steps`. With
+`decay_to_budget` it also reaches zero when the time budget ends (whichever comes first), and
+the run validates and stops there: a run stopped by a budget of hours would otherwise end at its
+peak rate, where the weights are noisiest. Resuming with a larger budget lowers the rate to where
+the new budget puts it.
+
 State lives in `state_dir` (weights, optimizer, scheduler, position in the epoch, RNG, log)
 and is written atomically, so a killed run resumes where it stopped and ends where an
 unbroken run would.
@@ -51,6 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     max_steps: int = 0  # 0 = no limit
     time_budget_s: float = 0.0  # 0 = no limit; stops at the next validation after the budget
+    decay_to_budget: bool = False  # the learning rate reaches zero when the time budget ends
     seed: int = 0
 
 
@@ -68,12 +75,12 @@ class TrainState:
     log: list = field(default_factory=list)
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
+def lr_factor(step: int, warmup: int, total: int, elapsed_s: float = 0.0, budget_s: float = 0.0) -> float:
     if step < warmup:
         return (step + 1) / warmup
-    if total <= warmup:
-        return 1.0
-    return max(0.0, (total - step) / (total - warmup))
+    by_steps = 1.0 if total <= warmup else (total - step) / (total - warmup)
+    by_time = (budget_s - elapsed_s) / budget_s if budget_s else 1.0
+    return max(0.0, min(by_steps, by_time))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -130,14 +137,15 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
         total = self.steps_per_epoch * config.epochs
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        self.state = TrainState()  # before the scheduler: the learning rate reads its clock
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=(0.9, 0.95))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, self.total_steps))
-        self.state = TrainState()
+            self.optimizer, lambda step: lr_factor(step, config.warmup_steps, self.total_steps,
+                                                   self.state.elapsed_s, self._decay_budget_s()))
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -174,9 +182,12 @@ class Trainer:
         if not (last.is_file() and optim.is_file() and state.is_file()):
             return False
         saved = json.loads(state.read_text())
-        # the time budget only decides when to stop, so a resumed run may extend it
-        same = {k: v for k, v in asdict(self.config).items() if k != "time_budget_s"}
-        if {k: v for k, v in saved.pop("config").items() if k != "time_budget_s"} != same:
+        # the time budget and how the rate meets it only decide how the run ends, so a resumed run
+        # may change them; settings added since the state was written take their defaults
+        ending = ("time_budget_s", "decay_to_budget")
+        same = {k: v for k, v in asdict(self.config).items() if k not in ending}
+        written = {**asdict(TrainConfig()), **saved.pop("config")}
+        if {k: v for k, v in written.items() if k not in ending} != same:
             raise ValueError(f"{self.state_dir} was written with different training settings; "
                              "rerun with the same options or without --resume")
         self.state = TrainState(**saved)
@@ -216,8 +227,13 @@ class Trainer:
         if self.world > 1:
             self.state = TrainState(**distributed.broadcast_object(asdict(self.state)))
 
+    def _decay_budget_s(self) -> float:
+        return self.config.time_budget_s if self.config.decay_to_budget else 0.0
+
     def _due_for_eval(self, end_of_epoch: bool) -> bool:
-        every = self.config.eval_every
+        every, budget = self.config.eval_every, self._decay_budget_s()
+        if budget and self.state.elapsed_s >= budget:
+            return True  # the learning rate is now zero: validate, keep the best, stop
         return end_of_epoch if not every else (self.state.step % every == 0 or end_of_epoch)
 
     def run(self, resume: bool = False) -> TrainState:

@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -84,3 +85,46 @@ def test_early_stopping_and_schedule():
     assert lr_factor(0, 4, 100) == 0.25 and lr_factor(3, 4, 100) == 1.0
     assert lr_factor(52, 4, 100) == pytest.approx(0.5)
     assert lr_factor(100, 4, 100) == 0.0
+
+
+def test_schedule_decays_to_zero_at_the_time_budget():
+    assert lr_factor(10, 4, 100, elapsed_s=30.0, budget_s=60.0) == pytest.approx(0.5)
+    assert lr_factor(90, 4, 100, elapsed_s=30.0, budget_s=60.0) == pytest.approx(10 / 96)  # steps end first
+    assert lr_factor(10, 4, 100, elapsed_s=75.0, budget_s=60.0) == 0.0
+    assert lr_factor(1, 4, 100, elapsed_s=75.0, budget_s=60.0) == 0.5  # warmup is by steps
+
+
+def test_time_budget_run_validates_and_stops_when_its_rate_reaches_zero(tmp_path, monkeypatch):
+    clock = iter(range(10_000))  # every perf_counter call is one second later: one step = 1 s
+    monkeypatch.setattr("prunerec.rec.trainer.time.perf_counter", lambda: float(next(clock)))
+    rates = []
+    original_step = Trainer._train_step
+
+    def recording_step(self, indices):
+        rates.append(self.optimizer.param_groups[0]["lr"])
+        return original_step(self, indices)
+
+    monkeypatch.setattr(Trainer, "_train_step", recording_step)
+    _, trainer = _trainer(tmp_path, epochs=20, eval_every=1000, time_budget_s=12.0, decay_to_budget=True)
+    state = trainer.run()
+    assert state.stop_reason == "time budget of 12s reached"
+    # 6 steps an epoch, validation at its end (1 s), then the budget ends after step 11 (12 s): validated
+    # there, without waiting for eval_every
+    assert state.step == 11 and [r["step"] for r in state.log] == [6, 11]
+    assert rates[:2] == pytest.approx([1.5e-3, 3e-3])  # warmup, by steps
+    # the rate set after step k uses the clock after step k-1: 3e-3 * (12 - elapsed) / 12
+    assert rates[2:] == pytest.approx([3e-3 * (12 - e) / 12 for e in [1, 2, 3, 4, 5, 7, 8, 9, 10]])
+
+
+def test_resume_reads_state_written_before_a_setting_existed(tmp_path):
+    _, trainer = _trainer(tmp_path, max_steps=2)
+    trainer.run()
+    state_file = tmp_path / "state.json"
+    written = json.loads(state_file.read_text())
+    del written["config"]["decay_to_budget"]  # as an older version wrote it
+    state_file.write_text(json.dumps(written))
+    _, resumed = _trainer(tmp_path, max_steps=4)
+    with pytest.raises(ValueError, match="different training settings"):
+        resumed.run(resume=True)  # max_steps changed: still refused
+    _, resumed = _trainer(tmp_path, max_steps=2, time_budget_s=60.0, decay_to_budget=True)
+    assert resumed.load_state() and resumed.state.step == 2  # how the run ends may change
