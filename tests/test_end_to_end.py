@@ -28,5 +28,9 @@ def test_tiny_preset_learns_demo_data_and_beats_popularity(tmp_path):
     trie, popularity = results["trie"]["metrics"], results["popularity"]["metrics"]
     assert trie["HR@10"] > popularity["HR@10"]
     assert trie["NDCG@10"] > popularity["NDCG@10"]
+    over = results["trie"]["over_popularity"]["HR@10"]
+    assert over["ratio"] == trie["HR@10"] / popularity["HR@10"]
+    assert over["ci95"][0] <= over["ratio"] <= over["ci95"][1]
+    assert f"constrained beam / popularity: HR@10 {over['ratio']:.2f}x" in result.output
     assert 0.0 <= json.loads(report.read_text())["out_of_catalog_rate"] <= 1.0
     assert (tmp_path / "eval.md").is_file()

@@ -80,6 +80,15 @@ def _summary(rows: list[dict], options: EvalOptions, seconds: float | None) -> d
     return out
 
 
+def _over(rows: list[dict], base_rows: list[dict], options: EvalOptions) -> dict:
+    """mean(rows) / mean(base_rows) per metric, with a paired bootstrap interval (the same
+    resampled users on both sides); metrics where the base scores 0 are left out."""
+    mean, base_mean = metrics.average(rows), metrics.average(base_rows)
+    intervals = metrics.paired_ratio_ci(rows, base_rows, samples=options.bootstrap, seed=options.seed)
+    return {k: {"ratio": mean[k] / base_mean[k], "ci95": list(intervals[k])}
+            for k in mean if base_mean[k] > 0 and intervals[k] is not None}
+
+
 def popularity_titles(catalog: Catalog, train: Sequence[Sample], k: int) -> list[str]:
     ranked, seen = [], set()
     for item in metrics.popularity_ranking([s.target for s in train], len(catalog)):
@@ -124,10 +133,13 @@ def evaluate_model(rec: RecModel, data_dir: str | Path, options: EvalOptions,
         if on_batch:
             on_batch(start + len(batch))
     bar.close()
-    results = {g: _summary(_ranked_metrics(rankings[g], targets, options.ks), options, seconds[g])
-               for g in options.groundings}
     popular = popularity_titles(data.catalog, data["train"], depth)
-    results["popularity"] = _summary(_ranked_metrics([popular] * len(users), targets, options.ks), options, None)
+    popular_rows = _ranked_metrics([popular] * len(users), targets, options.ks)
+    results = {}
+    for g in options.groundings:
+        rows = _ranked_metrics(rankings[g], targets, options.ks)
+        results[g] = {**_summary(rows, options, seconds[g]), "over_popularity": _over(rows, popular_rows, options)}
+    results["popularity"] = _summary(popular_rows, options, None)
     report = {"split": options.split, "users": len(users), "num_beams": options.num_beams,
               "catalog_titles": len(recommender.titles), "results": results,
               "rankings": [{"user": s.user, "target": s.target,
@@ -152,6 +164,12 @@ def format_table(report: dict, ks=(1, 3, 5, 10, 20)) -> str:
     lines = ["| " + line + " |" for line in lines]
     tail = [f"{report['users']} users of split '{report['split']}', {report['num_beams']} beams, "
             f"{report['catalog_titles']} catalog titles"]
+    for key, result in report["results"].items():
+        over = result.get("over_popularity", {})
+        if "HR@10" in over and "NDCG@10" in over:
+            tail.append(f"{names.get(key, key)} / popularity: " + ", ".join(
+                f"{k} {over[k]['ratio']:.2f}x [{over[k]['ci95'][0]:.2f}, {over[k]['ci95'][1]:.2f}]"
+                for k in ("HR@10", "NDCG@10")))
     if "out_of_catalog_rate" in report:
         tail.append(f"free generation out-of-catalog rate: {report['out_of_catalog_rate']:.3f}")
     return "\n".join(lines + [""] + tail)
