@@ -27,10 +27,17 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -
     return torch.cat(rows)
 
 
+def l2_nearest(query: torch.Tensor, catalog_embeddings: torch.Tensor, k: int) -> tuple[list[list[int]],
+                                                                                      list[list[float]]]:
+    """Indices of the k nearest catalog embeddings to each query, nearest first, and their distances."""
+    distances = torch.cdist(query.float(), catalog_embeddings.float())
+    nearest = distances.topk(min(k, catalog_embeddings.shape[0]), largest=False)
+    return nearest.indices.tolist(), nearest.values.tolist()
+
+
 def l2_rank(query: torch.Tensor, catalog_embeddings: torch.Tensor, k: int) -> list[list[int]]:
     """Indices of the k nearest catalog embeddings to each query, nearest first."""
-    distances = torch.cdist(query.float(), catalog_embeddings.float())
-    return distances.topk(min(k, catalog_embeddings.shape[0]), largest=False).indices.tolist()
+    return l2_nearest(query, catalog_embeddings, k)[0]
 
 
 @torch.no_grad()

@@ -316,14 +316,12 @@ class L2Grounder:
 
     def rank(self, text: str, k: int) -> list[tuple[int, float]]:
         """(title index, L2 distance) of the k nearest titles, nearest first."""
-        from prunerec.rec.grounding import embed_texts, l2_rank
+        from prunerec.rec.grounding import embed_texts, l2_nearest
 
         model, embeddings = self._ready()
         with self._lock, torch.inference_mode():
-            query = embed_texts(model, self.tokenizer, [text or " "])
-            order = l2_rank(query, embeddings, k)[0]
-            distances = torch.cdist(query.float(), embeddings[order].float())[0].tolist()
-        return list(zip(order, distances))
+            order, distances = l2_nearest(embed_texts(model, self.tokenizer, [text or " "]), embeddings, k)
+        return list(zip(order[0], distances[0]))
 
 
 def grounder_for(sm: ServeModel, engine: Engine) -> L2Grounder:
