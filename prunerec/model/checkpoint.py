@@ -70,23 +70,37 @@ def load_rec_model(ref: str, *, dtype: torch.dtype = torch.float32, need_catalog
     except (OSError, ValueError) as err:
         raise PrunerecError(f"cannot load model from '{ref}': {err}") from None
     model.eval()
-    settings, info, catalog = PromptSettings(), {}, None
-    path = Path(ref).expanduser()
-    if (path / SETTINGS_FILE).is_file():
-        info = json.loads((path / SETTINGS_FILE).read_text())
-        settings = PromptSettings.from_json(info.pop("prompt", {}))
-    if (path / CATALOG_FILE).is_file():
-        try:
-            catalog = load_catalog(path / CATALOG_FILE)
-        except DataError as err:
-            raise PrunerecError(f"the model's catalog is broken: {err}") from None
+    settings, info, catalog = read_model_files(Path(ref).expanduser())
     if need_catalog and catalog is None:
         raise PrunerecError(f"{ref} has no {CATALOG_FILE}: pass --data with the catalog it recommends from")
+    return RecModel(model, ready_tokenizer(tokenizer, ref), catalog, settings, info)
+
+
+def read_model_files(folder: Path) -> tuple[PromptSettings, dict, Catalog | None]:
+    """The prompt settings (and the rest) of prunerec.json and the catalog of a model folder,
+    defaults and None where a file is absent (a hub id, a plain HF checkpoint)."""
+    settings, info, catalog = PromptSettings(), {}, None
+    if (folder / SETTINGS_FILE).is_file():
+        try:
+            info = json.loads((folder / SETTINGS_FILE).read_text())
+            settings = PromptSettings.from_json(info.pop("prompt", {}))
+        except ValueError as err:  # json.JSONDecodeError is one
+            raise PrunerecError(f"{folder / SETTINGS_FILE}: {err}") from None
+    if (folder / CATALOG_FILE).is_file():
+        try:
+            catalog = load_catalog(folder / CATALOG_FILE)
+        except DataError as err:
+            raise PrunerecError(f"the model's catalog is broken: {err}") from None
+    return settings, info, catalog
+
+
+def ready_tokenizer(tokenizer, where) -> PreTrainedTokenizerBase:
+    """Refuse a tokenizer without EOS (responses could not end); pad with EOS where it has no pad."""
     if tokenizer.eos_token_id is None:
-        raise PrunerecError(f"the tokenizer of {ref} has no EOS token; responses cannot be terminated")
+        raise PrunerecError(f"the tokenizer of {where} has no EOS token; responses cannot be terminated")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return RecModel(model, tokenizer, catalog, settings, info)
+    return tokenizer
 
 
 @contextlib.contextmanager

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunerec.data.catalog import Catalog, DataError, clean_title, load_catalog
+from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
-from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE
+from prunerec.model.checkpoint import CATALOG_FILE, read_model_files, ready_tokenizer
 from prunerec.rec.encode import prompt_ids, response_ids
 from prunerec.rec.prompt import PromptSettings
 from prunerec.rec.trie import TitleTrie
@@ -158,10 +158,7 @@ def load_serve_model(model: str | Path, engine: str) -> ServeModel:
     if not (folder / CATALOG_FILE).is_file():
         raise PrunerecError(f"{folder} has no {CATALOG_FILE}: serve a folder written by prunerec train, "
                             f"compress or export")
-    try:
-        catalog = load_catalog(folder / CATALOG_FILE)
-    except DataError as err:
-        raise PrunerecError(f"the model's catalog is broken: {err}") from None
+    settings, _, catalog = read_model_files(folder)
     try:
         config = AutoConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -169,17 +166,7 @@ def load_serve_model(model: str | Path, engine: str) -> ServeModel:
         raise PrunerecError(f"cannot load the tokenizer or config of {folder}: {err}") from None
     if config.model_type not in ("qwen2", "llama"):
         raise PrunerecError(f"{folder} is a '{config.model_type}' model; prunerec serves Qwen2-family causal LMs")
-    if tokenizer.eos_token_id is None:
-        raise PrunerecError(f"the tokenizer of {folder} has no EOS token")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    settings, info = PromptSettings(), {}
-    if (folder / SETTINGS_FILE).is_file():
-        info = json.loads((folder / SETTINGS_FILE).read_text())
-        try:
-            settings = PromptSettings.from_json(info.pop("prompt", {}))
-        except ValueError as err:
-            raise PrunerecError(f"{folder / SETTINGS_FILE}: {err}") from None
+    ready_tokenizer(tokenizer, folder)
     titles = catalog.unique_titles()
     responses = response_ids(tokenizer, titles)
     trie = TitleTrie(responses, tokenizer.eos_token_id)

@@ -150,3 +150,24 @@ def test_vllm_settings_for_odd_heads(odd_dir):
     odd = load_serve_model(odd_dir, "vllm")
     assert vllm_engine.needs_transformers_impl(odd.config)
     assert vllm_engine.checkpoint_dtype(odd.config) == "float32"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({"catalog.jsonl": '{"id": 0, "title": "A"}\nnot json\n'}, "the model's catalog is broken"),
+    ({"prunerec.json": "{not json"}, "prunerec.json: "),
+    ({"prunerec.json": '{"prompt": {"template": "nope"}}'}, "unknown prompt template 'nope'"),
+])
+def test_broken_model_files_are_reported_by_both_loaders(model_dir, tmp_path, damage, message):
+    import shutil
+
+    from prunerec.errors import PrunerecError
+    from prunerec.model.checkpoint import load_rec_model
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    for name, text in damage.items():
+        (broken / name).write_text(text)
+    with pytest.raises(PrunerecError, match=message):
+        load_serve_model(broken, "torch")
+    with pytest.raises(PrunerecError, match=message):
+        load_rec_model(str(broken))
