@@ -288,29 +288,27 @@ class Trainer:
         return s
 
     def _train_step(self, indices: list[int]) -> float:
-        if self.ddp is not None:
-            return self._train_step_ddp(indices)
-        batch = to_device(collate([self.train[i] for i in indices], self.pad_id), self.device)
-        loss = self.loss_fn(self.model, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return loss.item()
-
-    def _train_step_ddp(self, indices: list[int]) -> float:
-        """This rank's share of the global batch; DDP averages the gradients over the ranks."""
+        """One optimizer step on the global batch `indices`; returns its mean loss. Under DDP this
+        rank computes its share and DDP averages the gradients over the ranks."""
+        if self.ddp is None:
+            loss = self.loss_fn(self.model, self._batch(indices))
+            self._optimize(loss)
+            return loss.item()
         mine = indices[self.rank::self.world]
         total = sum(n_targets(self.train[i]) for i in indices)
         share = sum(n_targets(self.train[i]) for i in mine) / max(total, 1)
         if not mine:  # fewer examples than ranks: take part in the gradient exchange with weight 0
             mine = indices[:1]
-        batch = to_device(collate([self.train[i] for i in mine], self.pad_id), self.device)
-        local = self.ddp(batch)
+        local = self.ddp(self._batch(mine))
+        self._optimize(local * (share * self.world))
+        return distributed.all_reduce_sum(local.item() * share)  # the global batch's mean loss
+
+    def _batch(self, indices: list[int]) -> dict:
+        return to_device(collate([self.train[i] for i in indices], self.pad_id), self.device)
+
+    def _optimize(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        (local * (share * self.world)).backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return distributed.all_reduce_sum(local.item() * share)  # the global batch's mean loss
