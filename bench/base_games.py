@@ -24,6 +24,8 @@ import torch
 from prunerec.data.catalog import load_dataset, write_dataset
 from prunerec.data.subcatalog import restrict_to_top
 from prunerec.io import write_json
+from prunerec.rec.evaluate import report_user_rows
+from prunerec.rec.metrics import ratios
 from prunerec.recipes import run_evaluate, run_train
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-games"
@@ -40,6 +42,17 @@ def prepare(variant: str, root: Path) -> Path:
     catalog, splits = restrict_to_top(load_dataset(SOURCE), n_items)
     write_dataset(data_dir, catalog, splits, {"source": str(SOURCE), "variant": variant, "category": "video games"})
     return data_dir
+
+
+def versus_earlier(report: dict, variant: str, tag: str, data_dir: Path) -> dict:
+    """This run over the run it continued, on the same test users, with paired intervals."""
+    path = OUT / f"base_games_{variant}{tag}" / "eval.json"
+    earlier = json.loads(path.read_text())
+    if [r["user"] for r in earlier["rankings"]] != [r["user"] for r in report["rankings"]]:
+        raise SystemExit(f"{path} was evaluated on other test users")
+    titles = load_dataset(data_dir, splits=()).catalog.titles
+    return {"earlier": str(path), "ratios": ratios(report_user_rows(report, titles),
+                                                   report_user_rows(earlier, titles))}
 
 
 def run_variant(variant: str, args) -> dict:
@@ -59,11 +72,15 @@ def run_variant(variant: str, args) -> dict:
                   resume=(model_dir / ".train-state" / "state.json").is_file())
     report, table = run_evaluate(model_dir, data_dir, split="test", grounding="trie", beams=20, batch_size=16,
                                  limit=args.users, out=root / "eval.json")
+    if args.continue_from is not None:
+        summary_extra = {"versus_continued_from": versus_earlier(report, variant, args.continue_from, data_dir)}
+    else:
+        summary_extra = {}
     training = json.loads((model_dir / "training.json").read_text())
     summary = {"variant": variant, "data": str(data_dir),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "training": {k: v for k, v in training.items() if k != "log"}, "evaluation": {
-                   k: v for k, v in report.items() if k != "rankings"}, "table": table}
+                   k: v for k, v in report.items() if k != "rankings"}, "table": table, **summary_extra}
     write_json(OUT / f"base_games_{variant}{args.tag}.json", summary)
     print(table, flush=True)
     return summary

@@ -32,12 +32,11 @@ import torch
 from prunerec.compress.pipeline import CompressOptions, run_compress
 from prunerec.data.catalog import load_dataset
 from prunerec.io import write_json
+from prunerec.rec.evaluate import report_user_rows
 from prunerec.rec.metrics import (
     average,
     bootstrap_ci,
-    hit_rank,
     paired_ratio_ci,
-    user_metrics,
 )
 from prunerec.recipes import run_evaluate
 
@@ -70,9 +69,7 @@ def _titles() -> tuple[str, ...]:
 
 
 def user_rows(report: dict) -> list[dict]:
-    """Per-user metrics from an eval.json's rankings (titles; the target is an item id, hits count on titles)."""
-    titles = _titles()
-    return [user_metrics(hit_rank(r["trie"], titles[r["target"]])) for r in report["rankings"]]
+    return report_user_rows(report, _titles())
 
 
 def quality_rows(report: dict, base_eval: dict) -> dict:

@@ -80,13 +80,10 @@ def _summary(rows: list[dict], options: EvalOptions, seconds: float | None) -> d
     return out
 
 
-def _over(rows: list[dict], base_rows: list[dict], options: EvalOptions) -> dict:
-    """mean(rows) / mean(base_rows) per metric, with a paired bootstrap interval (the same
-    resampled users on both sides); metrics where the base scores 0 are left out."""
-    mean, base_mean = metrics.average(rows), metrics.average(base_rows)
-    intervals = metrics.paired_ratio_ci(rows, base_rows, samples=options.bootstrap, seed=options.seed)
-    return {k: {"ratio": mean[k] / base_mean[k], "ci95": list(intervals[k])}
-            for k in mean if base_mean[k] > 0 and intervals[k] is not None}
+def report_user_rows(report: dict, titles: Sequence[str], grounding: str = "trie") -> list[dict]:
+    """Per-user metrics recomputed from a report's stored rankings (targets are item ids, hits
+    count on titles), for paired comparisons of two reports on the same users."""
+    return [metrics.user_metrics(metrics.hit_rank(r[grounding], titles[r["target"]])) for r in report["rankings"]]
 
 
 def popularity_titles(catalog: Catalog, train: Sequence[Sample], k: int) -> list[str]:
@@ -138,7 +135,8 @@ def evaluate_model(rec: RecModel, data_dir: str | Path, options: EvalOptions,
     results = {}
     for g in options.groundings:
         rows = _ranked_metrics(rankings[g], targets, options.ks)
-        results[g] = {**_summary(rows, options, seconds[g]), "over_popularity": _over(rows, popular_rows, options)}
+        results[g] = {**_summary(rows, options, seconds[g]), "over_popularity": metrics.ratios(
+            rows, popular_rows, samples=options.bootstrap, seed=options.seed)}
     results["popularity"] = _summary(popular_rows, options, None)
     report = {"split": options.split, "users": len(users), "num_beams": options.num_beams,
               "catalog_titles": len(recommender.titles), "results": results,

@@ -80,6 +80,16 @@ def paired_ratio_ci(candidate: Sequence[dict[str, float]], base: Sequence[dict[s
             for k, values in ratios.items()}
 
 
+def ratios(candidate: Sequence[dict[str, float]], base: Sequence[dict[str, float]], *,
+           samples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """mean(candidate) / mean(base) per metric with its paired 95% interval (paired_ratio_ci);
+    metrics where the base scores 0 are left out."""
+    mean, base_mean = average(candidate), average(base)
+    intervals = paired_ratio_ci(candidate, base, samples=samples, seed=seed)
+    return {k: {"ratio": mean[k] / base_mean[k], "ci95": list(intervals[k])}
+            for k in mean if base_mean[k] > 0 and intervals[k] is not None}
+
+
 def popularity_ranking(targets: Sequence[int], n: int) -> list[int]:
     """Item ids ordered by how often they are a training target (ties: lower id first)."""
     counts: dict[int, int] = {}

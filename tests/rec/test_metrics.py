@@ -51,3 +51,12 @@ def test_paired_ratio_interval_brackets_the_ratio_and_pairs_users():
     assert metrics.paired_ratio_ci([{"HR@1": 0.0}] * 5, [{"HR@1": 0.0}] * 5, samples=50)["HR@1"] is None
     with pytest.raises(ValueError):
         metrics.paired_ratio_ci(same[:3], base, samples=10)
+
+
+def test_ratios_hold_the_point_ratio_and_its_paired_interval():
+    base = [{"HR@1": float(i % 4 == 0), "NDCG@1": 0.0} for i in range(400)]
+    candidate = [{"HR@1": float(i % 5 == 0), "NDCG@1": 1.0} for i in range(400)]
+    out = metrics.ratios(candidate, base, samples=300, seed=2)
+    assert set(out) == {"HR@1"}  # the base scores 0 on NDCG@1: no ratio
+    assert out["HR@1"]["ratio"] == pytest.approx(80 / 100)
+    assert tuple(out["HR@1"]["ci95"]) == metrics.paired_ratio_ci(candidate, base, samples=300, seed=2)["HR@1"]
