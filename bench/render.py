@@ -14,6 +14,17 @@ def cell(result: dict, key: str) -> str:
     return f"{result['metrics'][key]:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
+def _ratio(ratios: dict, key: str) -> str:
+    r = ratios[key]
+    return f"{key} {r['ratio']:.2f}x [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+
+
+def _paired(ratios: dict | None) -> str:
+    if not ratios:
+        return ""
+    return " (paired 95% intervals: " + ", ".join(_ratio(ratios, k) for k in ("HR@10", "NDCG@10")) + ")"
+
+
 def base_table(summary: dict) -> str:
     evaluation, training = summary["evaluation"], summary["training"]
     results = evaluation["results"]
@@ -26,7 +37,8 @@ def base_table(summary: dict) -> str:
     facts = [
         f"- test users: {evaluation['users']} (catalog: {evaluation['catalog_titles']} distinct titles)",
         (f"- HR@10 model / popularity: {trie['HR@10'] / max(pop['HR@10'], 1e-12):.2f}x; "
-        f"NDCG@10: {trie['NDCG@10'] / max(pop['NDCG@10'], 1e-12):.2f}x"),
+        f"NDCG@10: {trie['NDCG@10'] / max(pop['NDCG@10'], 1e-12):.2f}x"
+        + _paired(results["trie"].get("over_popularity"))),
         (f"- training: {training['train_rows']} rows available, {training['steps']} steps of 32 "
         f"(best at step {training['best_step']}, validation loss {training['best_valid_loss']:.3f}), "
         f"{training['train_seconds'] / 60:.1f} min ({training['stop_reason']})"),
@@ -34,6 +46,10 @@ def base_table(summary: dict) -> str:
         f"({results['trie']['seconds'] / 60:.1f} min for {evaluation['users']} users)"),
         f"- machine: {summary['machine']}",
     ]
+    if "versus_continued_from" in summary:
+        versus = summary["versus_continued_from"]
+        facts.append(f"- over the run it continued ({Path(versus['earlier']).parent.name}), same users: "
+                     + ", ".join(_ratio(versus["ratios"], k) for k in ("HR@10", "NDCG@10")))
     return "\n".join(lines + [""] + facts)
 
 
