@@ -72,15 +72,13 @@ def run_variant(variant: str, args) -> dict:
                   resume=(model_dir / ".train-state" / "state.json").is_file())
     report, table = run_evaluate(model_dir, data_dir, split="test", grounding="trie", beams=20, batch_size=16,
                                  limit=args.users, out=root / "eval.json")
-    if args.continue_from is not None:
-        summary_extra = {"versus_continued_from": versus_earlier(report, variant, args.continue_from, data_dir)}
-    else:
-        summary_extra = {}
+    versus = ({} if args.continue_from is None else
+              {"versus_continued_from": versus_earlier(report, variant, args.continue_from, data_dir)})
     training = json.loads((model_dir / "training.json").read_text())
     summary = {"variant": variant, "data": str(data_dir),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "training": {k: v for k, v in training.items() if k != "log"}, "evaluation": {
-                   k: v for k, v in report.items() if k != "rankings"}, "table": table, **summary_extra}
+                   k: v for k, v in report.items() if k != "rankings"}, "table": table, **versus}
     write_json(OUT / f"base_games_{variant}{args.tag}.json", summary)
     print(table, flush=True)
     return summary

@@ -16,7 +16,7 @@ from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.rec import metrics
 from prunerec.rec.beam import TorchStepper, constrained_beam_search
 from prunerec.rec.encode import history_titles, prompt_ids, response_ids
-from prunerec.rec.grounding import embed_texts, free_generate, l2_rank
+from prunerec.rec.grounding import embed_texts, free_generate, free_token_budget, l2_rank
 from prunerec.rec.trie import TitleTrie
 
 GROUNDINGS = ("trie", "l2")
@@ -55,7 +55,8 @@ class Recommender:
     def rank_l2(self, prompts, k: int) -> tuple[list[str], list[list[str]]]:
         if self._title_embeddings is None:
             self._title_embeddings = embed_texts(self.rec.model, self.rec.tokenizer, self.titles)
-        generated = free_generate(self.rec.model, self.rec.tokenizer, prompts, self.trie.max_len + 4)
+        generated = free_generate(self.rec.model, self.rec.tokenizer, prompts,
+                                  free_token_budget(self.trie.max_len))
         query = embed_texts(self.rec.model, self.rec.tokenizer, [g or " " for g in generated])
         return generated, [[self.titles[i] for i in row] for row in l2_rank(query, self._title_embeddings, k)]
 

@@ -40,6 +40,12 @@ def l2_rank(query: torch.Tensor, catalog_embeddings: torch.Tensor, k: int) -> li
     return l2_nearest(query, catalog_embeddings, k)[0]
 
 
+def free_token_budget(longest_response_tokens: int) -> int:
+    """New tokens a free generation may write: the longest catalog response plus a little room,
+    so a title a few tokens longer than any real one still ends (and can be grounded)."""
+    return longest_response_tokens + 4
+
+
 @torch.no_grad()
 def free_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                   num_beams: int = 4) -> list[str]:

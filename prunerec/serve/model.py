@@ -16,6 +16,7 @@ from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import CATALOG_FILE, read_model_files, ready_tokenizer
 from prunerec.rec.encode import prompt_ids, response_ids
+from prunerec.rec.grounding import free_token_budget
 from prunerec.rec.prompt import PromptSettings
 from prunerec.rec.trie import TitleTrie
 
@@ -97,7 +98,7 @@ class ServeModel:
     def free_tokens(self) -> int:
         """New tokens of a free generation: the token budget of `prunerec evaluate`'s L2 grounding
         (which writes with 4 beams; the service writes greedily)."""
-        return self.trie.max_len + 4
+        return free_token_budget(self.trie.max_len)
 
     def resolve_history(self, history: Sequence[int | str]) -> list[int]:
         """Item ids for ids or exact titles (a title maps to its first id); 422 naming unknown ones."""
