@@ -10,7 +10,7 @@ Protocol (METHOD.md, "Data protocol of the paper's data"):
   * each user's reviews sorted by (time, asin); every review after the first is a sample whose
     history is the previous <= `max_history` items, oldest first;
   * global chronological split by the target's time: samples sorted by (target time, user),
-    first 80% train, next 10% valid, last 10% test.
+    first 80% train, next 10% valid, last 10% test (a cut never splits one timestamp; data/split.py).
 
 Ids: items 0..N-1 and users 0..U-1 in order of (first interaction time, asin / reviewerID)
 inside the chosen, filtered data.
@@ -32,6 +32,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from prunerec.data.catalog import Catalog, DataError, Sample, clean_title, write_dataset
+from prunerec.data.split import check_fractions, chronological_bounds
 from prunerec.errors import PrunerecError
 
 DEFAULT_BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
@@ -175,24 +176,11 @@ def build_samples(interactions: Sequence[Interaction], user_ids: dict, item_ids:
 
 
 def chronological_split(timed: Sequence[tuple[int, Sample]], split=(0.8, 0.1, 0.1)) -> dict[str, list[Sample]]:
-    """Sort by (target time, user) and cut into train/valid/test by the given fractions."""
-    fractions = _check_split(split)
-    ordered = [s for _, s in sorted(timed, key=lambda ts: (ts[0], ts[1].user))]  # stable: keeps user order
-    n = len(ordered)
-    n_train = int(n * fractions[0])
-    n_valid_end = int(n * (fractions[0] + fractions[1]))
-    return {"train": ordered[:n_train], "valid": ordered[n_train:n_valid_end], "test": ordered[n_valid_end:]}
-
-
-def _check_split(split) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in split)
-    except (TypeError, ValueError):
-        raise PrunerecError(f"split must be three fractions like (0.8, 0.1, 0.1), got {split!r}") from None
-    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise PrunerecError(f"split must be three non-negative fractions like (0.8, 0.1, 0.1), got {split!r}")
-    total = sum(values)
-    return tuple(v / total for v in values)  # type: ignore[return-value]
+    """Sort by (target time, user) and cut into train/valid/test by the given fractions, never
+    splitting one timestamp across two splits."""
+    ordered = sorted(timed, key=lambda ts: (ts[0], ts[1].user))  # stable: keeps user order
+    bounds = chronological_bounds([t for t, _ in ordered], split)
+    return {name: [s for _, s in ordered[lo:hi]] for name, (lo, hi) in bounds.items()}
 
 
 # --------------------------------------------------------------------------- reading
@@ -336,7 +324,7 @@ def prepare_amazon(reviews_path, meta_path, out_dir, *, window_end="2018-11-01",
                              ("max_title_words", max_title_words, 1), ("min_items", min_items, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise PrunerecError(f"{name} must be an integer >= {low}, got {value!r}")
-    _check_split(split)
+    check_fractions(split)
     end_day = parse_day(window_end)
     reviews_path, meta_path, out_dir = Path(reviews_path), Path(meta_path), Path(out_dir)
     for path in (reviews_path, meta_path):

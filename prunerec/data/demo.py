@@ -30,6 +30,7 @@ from prunerec.data.demo_catalog import (
     weighted,
 )
 from prunerec.data.demo_vocab import GENRE_TABLE, GENRES, PLATFORM_WEIGHT, PLATFORMS
+from prunerec.data.split import chronological_bounds
 
 __all__ = ["DemoItem", "DemoUser", "DemoWorld", "DemoParameterError", "generate_demo", "simulate_demo", "write_demo"]
 
@@ -222,15 +223,7 @@ def _split(world: DemoWorld, max_history: int) -> tuple[dict[str, list[Sample]],
     for u in world.users:
         rows += [(u.timestamps[pos], u.user, pos) for pos in range(1, len(u.items))]
     rows.sort()
-    n = len(rows)
-
-    def cut(fraction):  # never split one timestamp across two splits
-        i = round(fraction * n)
-        while 0 < i < n and rows[i][0] == rows[i - 1][0]:
-            i += 1
-        return i
-
-    bounds = {"train": (0, cut(0.8)), "valid": (cut(0.8), cut(0.9)), "test": (cut(0.9), n)}
+    bounds = chronological_bounds([r[0] for r in rows])
     splits = {}
     for name, (lo, hi) in bounds.items():
         chosen = sorted(rows[lo:hi], key=lambda r: (r[1], r[2]))

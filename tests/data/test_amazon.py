@@ -161,7 +161,7 @@ def test_chronological_split(tmp_path):
 
     n = stats["samples"]
     assert n == 20 * 5 == stats["interactions"] - 20
-    assert len(data["train"]) == int(n * 0.8) and len(data["valid"]) == int(n * 0.9) - int(n * 0.8)
+    assert abs(len(data["train"]) - 0.8 * n) <= 3 and abs(len(data["valid"]) - 0.1 * n) <= 3  # 3: cuts move past ties
     assert len(data["train"]) + len(data["valid"]) + len(data["test"]) == n
     # users are numbered by (first interaction time, reviewerID)
     first = {u: min(t for (v, _), t in when.items() if v == u) for u in {u for u, _ in when}}
@@ -172,7 +172,7 @@ def test_chronological_split(tmp_path):
         return when[user_names[s.user], asin[s.target]]
 
     times = {k: [target_time(s) for s in data[k]] for k in ("train", "valid", "test")}
-    assert max(times["train"]) <= min(times["valid"]) and max(times["valid"]) <= min(times["test"])
+    assert max(times["train"]) < min(times["valid"]) and max(times["valid"]) < min(times["test"])
     for k in times:
         assert times[k] == sorted(times[k])
     for s in all_samples(data):  # history = the user's previous items, oldest first
