@@ -52,12 +52,19 @@ class ServeOptions:
     max_queue: int = 64
     max_body_bytes: int = 64 * 1024
     request_timeout: float = 60.0
+    queue_timeout: float | None = None  # None: half of request_timeout
     beams: int = 20
     max_batch: int = 8
     tensor_parallel_size: int = 1
     dtype: str = "auto"
     enforce_eager: bool = False
     step_delay: float = 0.0
+
+    @property
+    def queue_wait(self) -> float:
+        """Seconds a request may wait for a slot before 503: less than request_timeout, so that
+        the engine keeps time to answer every request it admits."""
+        return self.queue_timeout if self.queue_timeout is not None else self.request_timeout / 2
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -283,10 +290,11 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
         runtime.waiting += 1
         m.recommend_queue.inc()
         try:
-            await asyncio.wait_for(sem.acquire(), timeout=deadline.remaining())
+            await asyncio.wait_for(sem.acquire(), timeout=min(options.queue_wait, deadline.remaining()))
         except (TimeoutError, asyncio.TimeoutError):
-            m.rejected.labels("timeout").inc()
-            return _error(504, f"no free slot within --request-timeout {options.request_timeout:g} s")
+            m.rejected.labels("queue_timeout").inc()
+            return _error(503, f"server busy: no free slot within {options.queue_wait:g} s (--queue-timeout); "
+                               f"retry shortly", headers={"Retry-After": "1"})
         finally:
             runtime.waiting -= 1
             m.recommend_queue.dec()
