@@ -225,9 +225,11 @@ def markdown(report: dict) -> str:
 
 def run(args) -> dict:
     out = Path(args.out)
-    for folder, flag in ((args.model, "--model"), (args.data, "--data")):
-        if not Path(folder).is_dir():
-            raise PrunerecError(f"{flag} {folder}: no such folder")
+    if not Path(args.model).is_dir():
+        hint = " (bench/compress_games.py writes the pruned Games model there)" if args.model == str(PRUNED) else ""
+        raise PrunerecError(f"--model {args.model}: no such folder{hint}")
+    if not Path(args.data).is_dir():
+        raise PrunerecError(f"--data {args.data}: no such folder")
     histories = len(bodies_from_data(args.data, args.k)[0])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -268,6 +270,9 @@ def main(argv=None) -> int:
     except PrunerecError as err:
         print(f"overload: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"overload: interrupted; the phases done so far are in {args.out}.json", file=sys.stderr)
+        return 130
     print(markdown(report))
     return 0 if report["verdict"]["passed"] else 3
 
