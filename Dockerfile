@@ -3,11 +3,15 @@
 #
 #   docker build -t prunerec:cpu .                           # CPU image (default)
 #   docker build --build-arg TARGET=gpu -t prunerec:gpu .    # GPU image
-#   docker run --rm -p 8000:8000 -v "$PWD/runs/pruned/final:/models/model:ro" prunerec:cpu
-#   docker run --rm --gpus all -p 8000:8000 -v "$PWD/runs/pruned/final:/models/model:ro" prunerec:gpu
+#   docker run --rm -p 8000:8000 -e PRUNEREC_API_KEY=change-me \
+#       -v "$PWD/runs/pruned/final:/models/model:ro" prunerec:cpu
+#   docker run --rm --gpus all -p 8000:8000 -e PRUNEREC_API_KEY=change-me \
+#       -v "$PWD/runs/pruned/final:/models/model:ro" prunerec:gpu
 #
 # Models are never baked in or downloaded: mount a recommender folder (train/compress output,
 # or an export's hf/ folder) at /models/model, or pass another --model under /models.
+# The default command binds 0.0.0.0, so it refuses to start without PRUNEREC_API_KEY; serving
+# without a key is a choice made explicit with -e PRUNEREC_ALLOW_UNAUTHENTICATED=1.
 # See docs/deploy.md.
 
 # cpu or gpu: which runtime stage becomes the image
@@ -99,4 +103,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 ENTRYPOINT ["prunerec"]
+# on 0.0.0.0, serve needs PRUNEREC_API_KEY (or PRUNEREC_ALLOW_UNAUTHENTICATED=1): neither is set here
 CMD ["serve", "--model", "/models/model", "--host", "0.0.0.0", "--port", "8000"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import threading
 import time
@@ -19,19 +18,26 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from prunerec.errors import PrunerecError
 from prunerec.serve.engines import Cancelled, Deadline, Engine, build_engine
 from prunerec.serve.metrics import Metrics, route_label
 from prunerec.serve.model import InputError, ServeModel
-from prunerec.serve.service import MAX_K, RecommendService
+from prunerec.serve.schema import (
+    ERRORS,
+    ErrorBody,
+    RecommendRequest,
+    RecommendResponse,
+    error_response,
+    parse_request,
+    validation_message,
+)
+from prunerec.serve.service import RecommendService
 
 log = logging.getLogger("prunerec.serve")
 
@@ -46,6 +52,7 @@ class ServeOptions:
     max_queue: int = 64
     max_body_bytes: int = 64 * 1024
     request_timeout: float = 60.0
+    queue_timeout: float | None = None  # None: half of request_timeout
     beams: int = 20
     max_batch: int = 8
     tensor_parallel_size: int = 1
@@ -53,59 +60,11 @@ class ServeOptions:
     enforce_eager: bool = False
     step_delay: float = 0.0
 
-
-# ----------------------------------------------------------------------------- API schema
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"history": [12, "Halo 2", 40], "k": 5}]})
-
-    history: list[StrictInt | StrictStr] = Field(
-        min_length=1, description="Items the user interacted with, oldest first: catalog item ids or exact titles. "
-                                  "Only the model's most recent max_history items are used.")
-    k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many distinct catalog items to return.")
-    free_generation: bool = Field(False, description="Also return the model's unconstrained (greedy) generation.")
-
-
-class Item(BaseModel):
-    id: int = Field(description="Catalog item id (the first id of items sharing this title).")
-    title: str
-    score: float = Field(description="trie: summed log-probability of the title's tokens; l2: minus the L2 distance "
-                                     "between the free generation's and the title's embeddings.")
-    method: Literal["trie", "l2"] = Field(description="trie: constrained beam search; l2: BIGRec L2 grounding.")
-    generation: str = Field(description="The raw text the model wrote for this item.")
-
-
-class FreeGeneration(BaseModel):
-    text: str
-    title: str = Field(description="The text parsed back to a title (quotes and later lines removed).")
-    token_ids: list[int]
-    in_catalog: bool
-
-
-class RecommendResponse(BaseModel):
-    items: list[Item]
-    k: int
-    num_beams: int
-    methods: dict[str, int] = Field(description="How many items each method produced.")
-    fallback: str | None = Field(description="null: the constrained search found k titles; 'l2': L2 grounding "
-                                             "filled the rest; otherwise why no fallback was possible.")
-    history_used: list[int] = Field(description="Item ids in the prompt (the most recent max_history).")
-    history_truncated: bool
-    free_generation: FreeGeneration | None
-    engine: str
-    timing: dict[str, float] = Field(description="Milliseconds: queue_ms, search_ms, fallback_ms, total_ms.")
-
-
-class ErrorBody(BaseModel):
-    detail: str
-
-
-ERRORS = {400: {"model": ErrorBody, "description": "Malformed JSON or no body"},
-          401: {"model": ErrorBody, "description": "Missing or wrong bearer token (with --api-key)"},
-          413: {"model": ErrorBody, "description": "Body larger than --max-body-bytes"},
-          422: {"model": ErrorBody, "description": "Unknown ids/titles, empty history, k out of range"},
-          503: {"model": ErrorBody, "description": "Warming up, or too many requests waiting"},
-          504: {"model": ErrorBody, "description": "Not answered within --request-timeout"}}
+    @property
+    def queue_wait(self) -> float:
+        """Seconds a request may wait for a slot before 503: less than request_timeout, so that
+        the engine keeps time to answer every request it admits."""
+        return self.queue_timeout if self.queue_timeout is not None else self.request_timeout / 2
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -182,8 +141,7 @@ def _default_engine(sm: ServeModel, options: ServeOptions) -> Engine:
 
 
 # ----------------------------------------------------------------------------- middleware
-def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
-    return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
+_error = error_response
 
 
 class GuardMiddleware:
@@ -224,7 +182,7 @@ class GuardMiddleware:
                 return await response(scope, receive, record_send)
             if method in BODY_METHODS:
                 declared = dict(scope.get("headers", ())).get(b"content-length")
-                if declared is not None and declared.isdigit() and int(declared) > limit:
+                if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
                     m.rejected.labels("too_large").inc()
                     return await _error(413, f"request body over {limit} bytes")(scope, receive, record_send)
                 chunks, size, more = [], 0, True
@@ -263,47 +221,6 @@ class GuardMiddleware:
 
 
 # ----------------------------------------------------------------------------- app
-def _validation_message(errors) -> tuple[int, str]:
-    parts = []
-    for err in errors:
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        kind = err.get("type", "")
-        if kind == "json_invalid":
-            reason = (err.get("ctx") or {}).get("error", err.get("msg", ""))
-            return 400, f"malformed JSON: {reason}"
-        if not loc and kind == "missing":
-            return 400, 'request body is missing: send JSON like {"history": [12, "Halo 2"], "k": 10}'
-        if loc == ["history"] and kind == "too_short":
-            parts.append("history is empty: send at least one item id or title")
-            continue
-        if len(loc) == 3 and loc[0] == "history" and loc[2] in ("int", "str"):
-            message = f"history[{loc[1]}]: must be an item id (integer) or an exact title (string)"
-        else:
-            message = f"{'.'.join(loc) or 'body'}: {err.get('msg', kind)}"
-        if message not in parts:
-            parts.append(message)
-    return 422, "; ".join(parts) or "invalid request"
-
-
-def parse_request(raw: bytes) -> RecommendRequest:
-    """The JSON body, whatever the Content-Type (curl -d sends a form type): 400 if it is not
-    JSON, 422 if it does not fit the schema."""
-    if not raw.strip():
-        raise InputError('request body is missing: send JSON like {"history": [12, "Halo 2"], "k": 10}', status=400)
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"malformed JSON: {err}", status=400) from None
-    if not isinstance(data, dict):
-        raise InputError(f"the body must be a JSON object like {{\"history\": [...], \"k\": 10}}, "
-                         f"not {type(data).__name__}")
-    try:
-        return RecommendRequest.model_validate(data)
-    except ValidationError as err:
-        status, message = _validation_message(err.errors())
-        raise InputError(message, status=status) from None
-
-
 def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], None] | None = None,
                engine_factory=None) -> FastAPI:
     runtime = Runtime(sm, options, on_fatal, engine_factory)
@@ -327,7 +244,7 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        status, message = _validation_message(exc.errors())
+        status, message = validation_message(exc.errors())
         return _error(status, message)
 
     @app.exception_handler(InputError)
@@ -373,10 +290,11 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
         runtime.waiting += 1
         m.recommend_queue.inc()
         try:
-            await asyncio.wait_for(sem.acquire(), timeout=deadline.remaining())
+            await asyncio.wait_for(sem.acquire(), timeout=min(options.queue_wait, deadline.remaining()))
         except (TimeoutError, asyncio.TimeoutError):
-            m.rejected.labels("timeout").inc()
-            return _error(504, f"no free slot within --request-timeout {options.request_timeout:g} s")
+            m.rejected.labels("queue_timeout").inc()
+            return _error(503, f"server busy: no free slot within {options.queue_wait:g} s (--queue-timeout); "
+                               f"retry shortly", headers={"Retry-After": "1"})
         finally:
             runtime.waiting -= 1
             m.recommend_queue.dec()

@@ -11,7 +11,7 @@ import click
 
 from prunerec.errors import PrunerecError, friendly_errors
 
-__all__ = ["COMMANDS", "is_loopback", "serve"]
+__all__ = ["COMMANDS", "check_exposure", "is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -21,6 +21,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) -> None:
+    """Exposing the service without a key must be an explicit choice."""
+    if api_key is not None and not api_key.strip():
+        raise PrunerecError("--api-key / PRUNEREC_API_KEY is empty")
+    if api_key and allow_unauthenticated:
+        raise PrunerecError("--allow-unauthenticated (PRUNEREC_ALLOW_UNAUTHENTICATED) contradicts --api-key "
+                            "(PRUNEREC_API_KEY): give one of them")
+    if not is_loopback(host) and not api_key and not allow_unauthenticated:
+        raise PrunerecError(f"refusing to serve on --host {host} without an API key: anyone who reaches the port "
+                            f"could use the model. Set PRUNEREC_API_KEY (or --api-key), bind a loopback address "
+                            f"(--host 127.0.0.1), or pass --allow-unauthenticated (PRUNEREC_ALLOW_UNAUTHENTICATED=1; "
+                            f"in Docker: docker run -e PRUNEREC_ALLOW_UNAUTHENTICATED=1 ...) to serve without a key "
+                            f"on purpose")
 
 
 @click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
@@ -35,6 +50,9 @@ def is_loopback(host: str) -> bool:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", envvar="PRUNEREC_API_KEY", show_envvar=True, default=None,
               help="Require 'Authorization: Bearer KEY' on every route but /health.")
+@click.option("--allow-unauthenticated", is_flag=True, envvar="PRUNEREC_ALLOW_UNAUTHENTICATED", show_envvar=True,
+              help="Serve a non-loopback --host without an API key on purpose (e.g. behind a proxy that "
+                   "authenticates). Without it, such a bind is refused.")
 @click.option("--max-concurrency", default=16, show_default=True, type=click.IntRange(1),
               help="Recommend requests handled at once (vLLM batches their beam steps together).")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0),
@@ -43,6 +61,10 @@ def is_loopback(host: str) -> bool:
               help="Larger request bodies get 413.")
 @click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.001),
               help="Seconds (queue + engine) before a request gets 504 and its search is cancelled.")
+@click.option("--queue-timeout", default=None, type=click.FloatRange(0.001),
+              help="Seconds a request may wait for a slot before it gets 503 with Retry-After (less than "
+                   "--request-timeout, so that every request admitted has time to be answered). "
+                   "[default: half of --request-timeout]")
 @click.option("--beams", default=20, show_default=True, type=click.IntRange(1),
               help="Beams of the constrained search (num_beams = max(k, --beams)), as in `prunerec evaluate`.")
 @click.option("--tensor-parallel-size", default=1, show_default=True, type=click.IntRange(1),
@@ -57,8 +79,9 @@ def is_loopback(host: str) -> bool:
 @click.option("--debug-step-delay", default=0.0, hidden=True, type=click.FloatRange(0),
               help="Testing aid: sleep this long before each engine step.")
 @friendly_errors
-def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, max_body_bytes, request_timeout,
-          beams, tensor_parallel_size, dtype, enforce_eager, max_batch, log_level, debug_step_delay):
+def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_concurrency, max_queue, max_body_bytes,
+          request_timeout, queue_timeout, beams, tensor_parallel_size, dtype, enforce_eager, max_batch, log_level,
+          debug_step_delay):
     """Serve recommendations over HTTP: POST /v1/recommend with {"history": [ids or titles], "k": 10}
     returns k distinct catalog items ranked by trie-constrained beam search (the ranking of
     `prunerec evaluate`), with L2 grounding of a free generation when the search finds fewer.
@@ -71,6 +94,7 @@ def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, ma
       prunerec serve --model runs/pruned/final
       prunerec serve --model runs/export --engine onnx --port 8080
       PRUNEREC_API_KEY=secret prunerec serve --model runs/base --engine torch --host 0.0.0.0
+      prunerec serve --model runs/base --host 0.0.0.0 --allow-unauthenticated   # no key, on purpose
       curl -s localhost:8000/v1/recommend -d '{"history": [12, 40], "k": 5}'
     """
     import uvicorn
@@ -80,16 +104,20 @@ def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, ma
 
     if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager):
         raise PrunerecError("--tensor-parallel-size, --dtype and --enforce-eager apply to --engine vllm only")
-    if api_key is not None and not api_key.strip():
-        raise PrunerecError("--api-key / PRUNEREC_API_KEY is empty")
+    check_exposure(host, api_key, allow_unauthenticated)
+    if queue_timeout is not None and queue_timeout >= request_timeout:
+        raise PrunerecError(f"--queue-timeout {queue_timeout:g} must be less than --request-timeout "
+                            f"{request_timeout:g}: a request that waited that long would have no time left")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("prunerec.serve")
     if not is_loopback(host) and not api_key:
-        log.warning("binding %s without --api-key: anyone who reaches this port can use the model", host)
+        log.warning("serving %s without an API key (--allow-unauthenticated): anyone who reaches this port can "
+                    "use the model", host)
 
     sm = load_serve_model(model_dir, engine)
     options = ServeOptions(engine=engine, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
-                           max_body_bytes=max_body_bytes, request_timeout=request_timeout, beams=beams,
+                           max_body_bytes=max_body_bytes, request_timeout=request_timeout,
+                           queue_timeout=queue_timeout, beams=beams,
                            max_batch=max_batch, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                            enforce_eager=enforce_eager, step_delay=debug_step_delay)
     fatal: list[str] = []

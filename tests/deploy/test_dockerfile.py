@@ -2,7 +2,8 @@
 and what the file names exists: every COPY source is in the repository and inside the build
 context (.dockerignore), every build ARG has a default, the pinned versions are the project's,
 the entrypoint is our console script and every option of the default command is a real option
-of `prunerec serve`, the health check asks a real route on the port the command binds."""
+of `prunerec serve`, the health check asks a real route on the port the command binds, and
+the default command refuses to serve without an API key unless told so explicitly."""
 
 import json
 import re
@@ -249,3 +250,25 @@ def test_non_root_offline_and_health_check():
     assert check[0] == "python"  # the venv's python is in the image; curl is not
     compile(check[2], "<healthcheck>", "exec")
     assert '"/health"' in (ROOT / "prunerec" / "serve" / "app.py").read_text()
+
+
+def test_default_command_needs_a_key_or_the_explicit_opt_out(tmp_path):
+    """The image binds 0.0.0.0: it bakes in neither a key nor the opt-out, and its command
+    (run here with an empty model folder) is refused without one of them."""
+    final = final_stage()["items"]
+    env = " ".join(a for k, a in final if k in ("ENV", "ARG"))
+    assert "PRUNEREC_API_KEY" not in env and "PRUNEREC_ALLOW_UNAUTHENTICATED" not in env
+    cmd = exec_form(next(a for k, a in final if k == "CMD"))
+    assert "--allow-unauthenticated" not in cmd and "--api-key" not in cmd
+    args = [str(tmp_path) if previous == "--model" else word for previous, word in zip([None, *cmd], cmd)]
+    unset = {"PRUNEREC_API_KEY": None, "PRUNEREC_ALLOW_UNAUTHENTICATED": None}
+    refused = CliRunner().invoke(main, args, env=unset)
+    assert refused.exit_code == 1 and "refusing to serve on --host 0.0.0.0 without an API key" in refused.output
+    for opt_in in ({"PRUNEREC_API_KEY": "change-me"}, {"PRUNEREC_ALLOW_UNAUTHENTICATED": "1"}):
+        passed = CliRunner().invoke(main, args, env={**unset, **opt_in})
+        assert "is not a Hugging Face checkpoint" in passed.output, (opt_in, passed.output)
+    for doc in ("Dockerfile", "docs/deploy.md"):
+        assert "-e PRUNEREC_ALLOW_UNAUTHENTICATED=1" in (ROOT / doc).read_text(), doc
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("docker run"):
+            assert "PRUNEREC_API_KEY" in line or "PRUNEREC_ALLOW_UNAUTHENTICATED" in line, line
