@@ -104,7 +104,11 @@ def _train_options(command):
         click.option("--valid-limit", type=int, default=1000, show_default=True,
                      help="Validation rows used for the loss."),
         click.option("--seed", default=0, show_default=True),
-        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the interrupted run in --out (refused if the data, the model or an option "
+                          "that shapes the result changed)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an earlier run's results in --out (without it they are refused)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -186,8 +190,9 @@ def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, limit, ou
               help="Concurrent users of the load test, one level after another.")
 @click.option("--load-seconds", default=15.0, show_default=True, help="Seconds of load per level and model.")
 @click.option("--resume", is_flag=True, help="Reuse finished steps in --out.")
+@click.option("--overwrite", is_flag=True, help="Run every step again over an earlier demo in --out.")
 @friendly_errors
-def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_seconds, resume):
+def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_seconds, resume, overwrite):
     """End to end on built-in data, base against pruned.
 
     Makes the demo data, trains the tiny preset, evaluates it, compresses it with PruneRec,
@@ -200,7 +205,7 @@ def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_secon
 
     plan = DemoPlan(minutes=minutes, eval_users=eval_users, distill_steps=distill_steps, engine=engine,
                     load_users=tuple(parse_users(load_users, flag="--load-users")), load_seconds=load_seconds)
-    click.echo(run_demo(out, plan, resume=resume))
+    click.echo(run_demo(out, plan, resume=resume, overwrite=overwrite))
 
 
 def _register_optional_commands():
