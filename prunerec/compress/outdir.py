@@ -47,7 +47,8 @@ def prepare_out(out: Path, model_ref, data_dir, run_info: dict, resume: bool, ov
     if resume and saved_path.is_file():
         saved = json.loads(saved_path.read_text())
         if saved != run_info:
-            raise PrunerecError(f"{out} holds a compress run with different {_changed(saved, run_info)}; rerun "
-                                "with the same options to resume, or with --overwrite to start again")
+            changed = _changed(saved, run_info)
+            raise PrunerecError(f"{out} holds a compress run with different settings ({changed}); rerun with the "
+                                "same options to resume, or with --overwrite to start again")
     state.mkdir(parents=True, exist_ok=True)
     write_json(saved_path, run_info)
