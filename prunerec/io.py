@@ -79,6 +79,19 @@ def make_temp_dir(target: Path) -> Path:
     return tmp
 
 
+def share_per_umask(folder: Path) -> None:
+    """Give every file and folder under `folder` the permissions the umask allows (libraries that
+    write through temporary files, e.g. model.safetensors, leave them private)."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(Path(root, name), 0o777 & ~mask)
+        for name in files:
+            path = Path(root, name)
+            if not path.is_symlink():
+                os.chmod(path, (path.stat().st_mode | 0o666) & 0o777 & ~mask)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; it replaces `path` only if the block succeeds."""
@@ -86,6 +99,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = make_temp_dir(target)
     try:
         yield tmp
+        share_per_umask(tmp)
         if target.exists():
             old = target.with_name(f"{_temp_prefix(target)}old")
             shutil.rmtree(old, ignore_errors=True)
@@ -102,11 +116,13 @@ def publish_dir(staging: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move every file of a finished staging folder into `out`, each by an atomic rename."""
     staging, out = Path(staging), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    share_per_umask(staging)
     for item in sorted(staging.iterdir()):
         destination = out / item.name
         if destination.is_dir() and not item.is_dir():
             shutil.rmtree(destination)
         os.replace(item, destination)
+        crash_point("publish")
     shutil.rmtree(staging, ignore_errors=True)
 
 
