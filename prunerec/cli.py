@@ -18,6 +18,18 @@ def main():
 
 
 # --- data ---------------------------------------------------------------------------------
+PREPARED_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl", "test.jsonl", "stats.json")
+
+
+def _fresh_data_folder(out, overwrite: bool) -> None:
+    from prunerec.io import check_fresh_output, sweep_temps
+
+    check_fresh_output(out, PREPARED_FILES, False, overwrite, "a prepared data set")
+    sweep_temps(out)
+
+
+_overwrite_data = click.option("--overwrite", is_flag=True,
+                               help="Replace the data set already in --out (without it, it is refused).")
 @main.group()
 def data():
     """Prepare data sets in the uniform form (items.jsonl, train/valid/test.jsonl)."""
@@ -39,11 +51,21 @@ def data_prepare():
               help="Widen the window a year at a time until this many items remain.")
 @click.option("--core", default=5, show_default=True, help="Iterative k-core on users and items.")
 @click.option("--max-history", default=10, show_default=True, help="History items kept per sample.")
+@_overwrite_data
 @friendly_errors
-def data_prepare_amazon(reviews, meta, out, window_end, min_items, core, max_history):
+def data_prepare_amazon(reviews, meta, out, window_end, min_items, core, max_history, overwrite):
     """Amazon Reviews 2018 (gzipped JSON lines, as published) with the BIGRec protocol:
     time window, title cleaning, 5-core, history <= 10, global 8:1:1 time split."""
+    from pathlib import Path
+
     from prunerec.data.amazon import prepare_amazon
+    from prunerec.errors import PrunerecError
+
+    written = {(Path(out) / name).resolve() for name in PREPARED_FILES}
+    for flag, path in (("--reviews", reviews), ("--meta", meta)):
+        if Path(path).resolve() in written:
+            raise PrunerecError(f"{flag} {path} is a file that prepare writes into --out {out}: pick another --out")
+    _fresh_data_folder(out, overwrite)
 
     stats = prepare_amazon(reviews, meta, out, window_end=window_end, min_items=min_items, core=core,
                            max_history=max_history)
@@ -74,11 +96,13 @@ def data_download_amazon(category, out, base_url):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--items", "n_items", default=1200, show_default=True)
 @click.option("--users", "n_users", default=1600, show_default=True)
+@_overwrite_data
 @friendly_errors
-def data_demo(out, seed, n_items, n_users):
+def data_demo(out, seed, n_items, n_users, overwrite):
     """Write the built-in synthetic game-store data set (no download)."""
     from prunerec.data.demo import write_demo
 
+    _fresh_data_folder(out, overwrite)
     write_demo(out, seed=seed, n_items=n_items, n_users=n_users)
     click.echo(f"demo data written to {out}")
 

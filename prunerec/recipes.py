@@ -135,7 +135,8 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool 
     def export():
         from prunerec.export.pipeline import ExportOptions, run_export
 
-        run_export(str(pruned / "final"), out / "export", ExportOptions(data_dir=str(data)))
+        # the demo's own folder (checked by run_demo); an unfinished export is redone
+        run_export(str(pruned / "final"), out / "export", ExportOptions(data_dir=str(data), overwrite=True))
 
     def loadtest():
         from prunerec.loadtest.runner import LoadtestOptions, run_loadtest

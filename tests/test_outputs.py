@@ -142,3 +142,30 @@ def test_trained_model_is_readable_by_other_users(trained):
     for path in [trained, *trained.iterdir()]:
         if not path.name.startswith("."):
             assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path
+
+
+def test_data_commands_refuse_to_replace_a_data_set_unless_asked(tmp_path):
+    out = tmp_path / "data"
+    ok("data", "demo", "--out", out, "--items", "300", "--users", "200")
+    before = (out / "train.jsonl").read_bytes()
+    refused(run("data", "demo", "--out", out, "--items", "300", "--users", "200", "--seed", "1"),
+            "already holds a prepared data set", "--overwrite")
+    assert (out / "train.jsonl").read_bytes() == before
+    (out / ".train.jsonl.prunerec-tmp.abc").write_text("half")  # a killed write's leftover
+    ok("data", "demo", "--out", out, "--items", "300", "--users", "200", "--seed", "1", "--overwrite")
+    assert (out / "train.jsonl").read_bytes() != before
+    assert not (out / ".train.jsonl.prunerec-tmp.abc").exists()
+    refused(run("data", "prepare", "amazon", "--reviews", out / "items.jsonl", "--meta", out / "items.jsonl",
+                "--out", out), "--reviews", "is a file that prepare writes")
+
+
+def test_export_refuses_to_replace_the_model_or_an_earlier_export(trained, tmp_path):
+    model = tmp_path / "hf"
+    shutil.copytree(trained, model)
+    refused(run("export", "--model", model, "--out", tmp_path, "--format", "hf", "--no-verify"),
+            "contains the input --model")
+    assert (model / "model.safetensors").is_file()
+    out = tmp_path / "export"
+    ok("export", "--model", model, "--out", out, "--format", "hf", "--no-verify")
+    refused(run("export", "--model", model, "--out", out, "--format", "hf", "--no-verify"), "already holds an export")
+    ok("export", "--model", model, "--out", out, "--format", "hf", "--no-verify", "--overwrite")
