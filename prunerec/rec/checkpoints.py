@@ -68,12 +68,18 @@ def write(state_dir: str | Path, weights: dict[str, torch.Tensor], trainer_state
     previous = latest(state_dir)
     target = state_dir / f"{PREFIX}{(_number(previous) if previous else 0) + 1:06d}"
     with atomic_dir(target) as tmp:
-        save_file(weights, str(tmp / WEIGHTS))
-        if best_is_current:
-            _link_or_copy(tmp / WEIGHTS, tmp / BEST)
-        elif previous is not None and (previous / BEST).is_file():
-            _link_or_copy(previous / BEST, tmp / BEST)
-        torch.save(trainer_state, tmp / OPTIMIZER)
+        try:
+            save_file(weights, str(tmp / WEIGHTS))
+            if best_is_current:
+                _link_or_copy(tmp / WEIGHTS, tmp / BEST)
+            elif previous is not None and (previous / BEST).is_file():
+                _link_or_copy(previous / BEST, tmp / BEST)
+            torch.save(trainer_state, tmp / OPTIMIZER)
+        except OSError:
+            raise
+        except Exception as err:  # torch and safetensors report a failed write (e.g. a full disk) their own way
+            raise PrunerecError(f"{target}: cannot write the checkpoint ({type(err).__name__}: {err}); if the disk "
+                                "is full, free some space and rerun with --resume") from None
         crash_point("checkpoint")
         write_json(tmp / STATE, state)
         write_json(tmp / MANIFEST, _manifest(tmp))

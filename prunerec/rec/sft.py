@@ -160,7 +160,10 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
     trainer = Trainer(rec.model, train_examples, valid_examples, config, state_dir, response_ce,
                       pad_id=rec.tokenizer.pad_token_id, desc="sft")
     started = time.perf_counter()
-    state = trainer.run(resume=resume)
+    try:
+        state = trainer.run(resume=resume)
+    except ValueError as err:  # e.g. a state written with other settings
+        raise PrunerecError(str(err)) from None
     rec.model.load_state_dict(trainer.best_weights(), strict=False)
     summary = {
         "data": str(data_dir), "train_rows": len(train_rows), "valid_rows": len(valid_rows),

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prunerec import distributed
+from prunerec.errors import PrunerecError
 from prunerec.rec import checkpoints
 from prunerec.rec.batching import collate, length_batches
 from prunerec.rec.encode import Example
@@ -171,6 +172,9 @@ class Trainer:
     def load_state(self) -> bool:
         folder = checkpoints.latest(self.state_dir)
         if folder is None:
+            if (self.state_dir / "state.json").is_file():
+                raise PrunerecError(f"{self.state_dir} holds a training state in an older layout, which cannot be "
+                                    "resumed; rerun with --overwrite to start again")
             return False
         weights, blob, saved = checkpoints.read(folder)
         # the time budget and how the rate meets it only decide how the run ends, so a resumed run
