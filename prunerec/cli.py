@@ -24,7 +24,7 @@ PREPARED_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl", "test.jsonl", "st
 def _fresh_data_folder(out, overwrite: bool) -> None:
     from prunerec.io import check_fresh_output, sweep_temps
 
-    check_fresh_output(out, PREPARED_FILES, False, overwrite, "a prepared data set")
+    check_fresh_output(out, PREPARED_FILES, False, overwrite, "a prepared data set", resumable=False)
     sweep_temps(out)
 
 

@@ -190,7 +190,7 @@ def refuse_output_over_inputs(out: str | os.PathLike, flag: str, **inputs) -> No
 
 
 def check_fresh_output(out: str | os.PathLike, own: Iterable[str], resume: bool, overwrite: bool,
-                       what: str) -> bool:
+                       what: str, resumable: bool = True) -> bool:
     """Refuse to start over in an `out` that holds earlier results, unless asked.
 
     Returns True when the earlier results (the names in `own`) are to be replaced."""
@@ -201,8 +201,8 @@ def check_fresh_output(out: str | os.PathLike, own: Iterable[str], resume: bool,
         return False
     found = [name for name in own if (out / name).exists()]
     if found and not overwrite:
-        raise PrunerecError(f"{out} already holds {what} ({', '.join(found[:4])}); rerun with --resume to "
-                            "continue it or --overwrite to replace it")
+        hint = "--resume to continue it or --overwrite to replace it" if resumable else "--overwrite to replace it"
+        raise PrunerecError(f"{out} already holds {what} ({', '.join(found[:4])}); rerun with {hint}")
     return bool(found)
 
 

@@ -101,7 +101,8 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
     out = Path(out)
     started = time.perf_counter()
     refuse_output_over_inputs(out, "--out", model=model_ref)
-    check_fresh_output(out, ("hf", "hf-llama", "onnx", "genai", REPORT_FILE), False, options.overwrite, "an export")
+    check_fresh_output(out, ("hf", "hf-llama", "onnx", "genai", REPORT_FILE), False, options.overwrite, "an export",
+                       resumable=False)
     sweep_temps(out)
     rec = load_rec_model(str(model_ref), dtype=hf.DTYPES[options.dtype])
     config = rec.model.config
