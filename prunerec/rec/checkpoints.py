@@ -57,8 +57,17 @@ def _link_or_copy(source: Path, destination: Path) -> None:
 
 
 def _manifest(folder: Path) -> dict:
-    return {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p).hexdigest()}
-            for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+    digests: dict[tuple[int, int], str] = {}  # hard links (best = weights) are read once
+    manifest = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == MANIFEST:
+            continue
+        info = path.stat()
+        key = (info.st_dev, info.st_ino)
+        if key not in digests:
+            digests[key] = file_digest(path).hexdigest()
+        manifest[path.name] = {"bytes": info.st_size, "sha256": digests[key]}
+    return manifest
 
 
 def write(state_dir: str | Path, weights: dict[str, torch.Tensor], trainer_state: dict, state: dict,
