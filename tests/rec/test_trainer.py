@@ -152,3 +152,21 @@ def test_checkpoint_is_one_folder_and_a_damaged_one_is_refused(tmp_path):
 def test_trainer_refuses_an_empty_validation_set(tmp_path):
     with pytest.raises(ValueError, match="no validation examples"):
         Trainer(tiny_model(64, 0), _examples(8, 0), [], TrainConfig(), tmp_path, response_ce, pad_id=0)
+
+
+def test_state_of_an_older_layout_is_refused_not_ignored(tmp_path):
+    (tmp_path / "state.json").write_text("{}")  # last.safetensors / optimizer.pt / state.json beside each other
+    _, trainer = _trainer(tmp_path, max_steps=2)
+    with pytest.raises(PrunerecError, match="older layout"):
+        trainer.run(resume=True)
+
+
+def test_a_failed_checkpoint_write_is_named_and_leaves_no_checkpoint(tmp_path, monkeypatch):
+    def failing_save(obj, path):  # what torch reports when the disk fills up mid-write
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr("prunerec.rec.checkpoints.torch.save", failing_save)
+    _, trainer = _trainer(tmp_path, max_steps=2, eval_every=2)
+    with pytest.raises(PrunerecError, match="cannot write the checkpoint .* rerun with --resume"):
+        trainer.run()
+    assert checkpoints.checkpoints(tmp_path) == [] and not list(tmp_path.iterdir())
