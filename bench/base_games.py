@@ -69,7 +69,7 @@ def run_variant(variant: str, args) -> dict:
                   epochs=args.epochs, batch_size=32, lr=args.lr, warmup=100, patience=3, eval_every=400,
                   time_budget=minutes, decay_to_budget=args.decay_to_budget, train_limit=train_limit,
                   valid_limit=1000, seed=0,
-                  resume=(model_dir / ".train-state" / "state.json").is_file())
+                  resume=(model_dir / ".train-state").is_dir())
     report, table = run_evaluate(model_dir, data_dir, split="test", grounding="trie", beams=20, batch_size=16,
                                  limit=args.users, out=root / "eval.json")
     versus = ({} if args.continue_from is None else

@@ -72,7 +72,8 @@ def measure(steppers: dict, prompts, steps: int, repeats: int) -> dict:
 
 def export_model(name: str, source: Path) -> dict:
     out = HERE / "out" / "export_speed" / name
-    report, table = run_export(str(source), out, ExportOptions(formats=("hf", "onnx"), data_dir=str(DATA), users=8))
+    report, table = run_export(str(source), out, ExportOptions(formats=("hf", "onnx"), data_dir=str(DATA), users=8,
+                                                                overwrite=True))
     print(table, flush=True)
     with quiet_loading():
         rec = load_rec_model(str(out / "hf"))

@@ -311,14 +311,14 @@ def main(argv=None) -> int:
         save()
 
     def make_data():
-        prunerec(["data", "demo", "--out", data, "--items", prof["items"], "--users", prof["users"]],
+        prunerec(["data", "demo", "--out", data, "--items", prof["items"], "--users", prof["users"], "--overwrite"],
                  logs / "data.log", 300)
         return {"stats": json.loads((data / "stats.json").read_text())}
 
     def train():
         cmd = ["train", "--data", data, "--model", prof["preset"], "--out", base, "--epochs", 50,
                "--batch-size", prof["train_batch"], "--lr", prof["train_lr"], "--patience", 3,
-               "--eval-every", prof["eval_every"], "--valid-limit", 500]
+               "--eval-every", prof["eval_every"], "--valid-limit", 500, "--overwrite"]
         if prof["train_minutes"]:
             cmd += ["--time-budget", prof["train_minutes"], "--warmup", 50]
         else:  # dry run: a few steps
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     def compress():
         cmd = ["compress", "--model", base, "--data", data, "--out", pruned, "--batch-size", prof["distill_batch"],
                "--lr", 1e-3, "--eval-every", prof["eval_every"], "--eval-users", prof["eval_users"],
-               "--valid-limit", 300]
+               "--valid-limit", 300, "--overwrite"]
         if prof["distill_minutes"]:
             cmd += ["--time-budget", prof["distill_minutes"]]
         if prof["distill_max_steps"]:
@@ -364,7 +364,8 @@ def main(argv=None) -> int:
 
     def do_export():
         prunerec(["export", "--model", pruned / "final", "--out", export, "--format", "hf,onnx", "--data", data,
-                  "--users", prof["export_users"], "--beams", prof["export_beams"]], logs / "export.log", 900)
+                  "--users", prof["export_users"], "--beams", prof["export_beams"], "--overwrite"], logs / "export.log",
+                 900)
         return {"report": json.loads((export / "export-report.json").read_text())}
 
     def sizes():

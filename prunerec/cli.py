@@ -18,6 +18,18 @@ def main():
 
 
 # --- data ---------------------------------------------------------------------------------
+PREPARED_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl", "test.jsonl", "stats.json")
+
+
+def _fresh_data_folder(out, overwrite: bool) -> None:
+    from prunerec.io import check_fresh_output, sweep_temps
+
+    check_fresh_output(out, PREPARED_FILES, False, overwrite, "a prepared data set", resumable=False)
+    sweep_temps(out)
+
+
+_overwrite_data = click.option("--overwrite", is_flag=True,
+                               help="Replace the data set already in --out (without it, it is refused).")
 @main.group()
 def data():
     """Prepare data sets in the uniform form (items.jsonl, train/valid/test.jsonl)."""
@@ -39,11 +51,21 @@ def data_prepare():
               help="Widen the window a year at a time until this many items remain.")
 @click.option("--core", default=5, show_default=True, help="Iterative k-core on users and items.")
 @click.option("--max-history", default=10, show_default=True, help="History items kept per sample.")
+@_overwrite_data
 @friendly_errors
-def data_prepare_amazon(reviews, meta, out, window_end, min_items, core, max_history):
+def data_prepare_amazon(reviews, meta, out, window_end, min_items, core, max_history, overwrite):
     """Amazon Reviews 2018 (gzipped JSON lines, as published) with the BIGRec protocol:
     time window, title cleaning, 5-core, history <= 10, global 8:1:1 time split."""
+    from pathlib import Path
+
     from prunerec.data.amazon import prepare_amazon
+    from prunerec.errors import PrunerecError
+
+    written = {(Path(out) / name).resolve() for name in PREPARED_FILES}
+    for flag, path in (("--reviews", reviews), ("--meta", meta)):
+        if Path(path).resolve() in written:
+            raise PrunerecError(f"{flag} {path} is a file that prepare writes into --out {out}: pick another --out")
+    _fresh_data_folder(out, overwrite)
 
     stats = prepare_amazon(reviews, meta, out, window_end=window_end, min_items=min_items, core=core,
                            max_history=max_history)
@@ -74,11 +96,13 @@ def data_download_amazon(category, out, base_url):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--items", "n_items", default=1200, show_default=True)
 @click.option("--users", "n_users", default=1600, show_default=True)
+@_overwrite_data
 @friendly_errors
-def data_demo(out, seed, n_items, n_users):
+def data_demo(out, seed, n_items, n_users, overwrite):
     """Write the built-in synthetic game-store data set (no download)."""
     from prunerec.data.demo import write_demo
 
+    _fresh_data_folder(out, overwrite)
     write_demo(out, seed=seed, n_items=n_items, n_users=n_users)
     click.echo(f"demo data written to {out}")
 
@@ -104,7 +128,11 @@ def _train_options(command):
         click.option("--valid-limit", type=int, default=1000, show_default=True,
                      help="Validation rows used for the loss."),
         click.option("--seed", default=0, show_default=True),
-        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the interrupted run in --out (refused if the data, the model or an option "
+                          "that shapes the result changed)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an earlier run's results in --out (without it they are refused)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -186,8 +214,9 @@ def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, limit, ou
               help="Concurrent users of the load test, one level after another.")
 @click.option("--load-seconds", default=15.0, show_default=True, help="Seconds of load per level and model.")
 @click.option("--resume", is_flag=True, help="Reuse finished steps in --out.")
+@click.option("--overwrite", is_flag=True, help="Run every step again over an earlier demo in --out.")
 @friendly_errors
-def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_seconds, resume):
+def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_seconds, resume, overwrite):
     """End to end on built-in data, base against pruned.
 
     Makes the demo data, trains the tiny preset, evaluates it, compresses it with PruneRec,
@@ -200,7 +229,7 @@ def demo(out, minutes, eval_users, distill_steps, engine, load_users, load_secon
 
     plan = DemoPlan(minutes=minutes, eval_users=eval_users, distill_steps=distill_steps, engine=engine,
                     load_users=tuple(parse_users(load_users, flag="--load-users")), load_seconds=load_seconds)
-    click.echo(run_demo(out, plan, resume=resume))
+    click.echo(run_demo(out, plan, resume=resume, overwrite=overwrite))
 
 
 def _register_optional_commands():

@@ -36,7 +36,7 @@ def _positive(name: str, value, allow_zero: bool = False):
 def run_train(data_dir, model_ref, out, *, template=None, category=None, max_history=10, cutoff=512,
               epochs=3, batch_size=32, lr=None, warmup=20, patience=1, eval_every=0, max_steps=0,
               time_budget=0.0, decay_to_budget=False, train_limit=None, valid_limit=1000, seed=0,
-              resume=False) -> dict:
+              resume=False, overwrite=False) -> dict:
     from prunerec.model.checkpoint import check_checkpoint
     from prunerec.rec.sft import train_recommender
 
@@ -58,7 +58,8 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
                          warmup_steps=warmup, patience=patience, eval_every=eval_every, max_steps=max_steps,
                          time_budget_s=time_budget * 60, decay_to_budget=decay_to_budget, seed=seed)
     return train_recommender(data_dir, model_ref, out, settings=settings, config=config,
-                             train_limit=train_limit, valid_limit=valid_limit, resume=resume)
+                             train_limit=train_limit, valid_limit=valid_limit, resume=resume,
+                             overwrite=overwrite)
 
 
 def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=20, batch_size=8, limit=None,
@@ -105,7 +106,7 @@ class DemoPlan:
             raise PrunerecError(f"--load-users must be positive counts, got {self.load_users}")
 
 
-def demo_steps(out: Path, plan: DemoPlan, resume: bool = False) -> list[Step]:
+def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool = False) -> list[Step]:
     from prunerec.data.demo import write_demo
 
     data, model, pruned = out / "data", out / "model", out / "pruned"
@@ -115,7 +116,7 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False) -> list[Step]:
 
     def train():
         run_train(data, "tiny", model, epochs=20, batch_size=32, eval_every=100, patience=2,
-                  time_budget=plan.minutes, max_history=10)
+                  time_budget=plan.minutes, max_history=10, resume=resume, overwrite=overwrite)
 
     def evaluate():
         run_evaluate(model, data, split="test", grounding="both", limit=plan.eval_users, out=out / "eval.json")
@@ -125,7 +126,7 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False) -> list[Step]:
 
         options = CompressOptions(max_steps=plan.distill_steps, lr=1e-3, eval_every=plan.distill_steps // 3 or 1,
                                   eval_users=min(plan.eval_users, 100), valid_limit=300)
-        run_compress(model, data, pruned, options, resume=resume and pruned.exists())
+        run_compress(model, data, pruned, options, resume=resume, overwrite=overwrite)
 
     def evaluate_pruned():
         run_evaluate(pruned / "final", data, split="test", grounding="both", limit=plan.eval_users,
@@ -134,7 +135,8 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False) -> list[Step]:
     def export():
         from prunerec.export.pipeline import ExportOptions, run_export
 
-        run_export(str(pruned / "final"), out / "export", ExportOptions(data_dir=str(data)))
+        # the demo's own folder (checked by run_demo); an unfinished export is redone
+        run_export(str(pruned / "final"), out / "export", ExportOptions(data_dir=str(data), overwrite=True))
 
     def loadtest():
         from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
@@ -152,11 +154,15 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False) -> list[Step]:
             Step("serve + loadtest", "loadtest/report.json", loadtest)]
 
 
-def run_demo(out, plan: DemoPlan = DemoPlan(), *, resume=False) -> str:
+def run_demo(out, plan: DemoPlan = DemoPlan(), *, resume=False, overwrite=False) -> str:
+    from prunerec.io import check_fresh_output
+
     out = Path(out)
     plan.check()
+    steps = demo_steps(out, plan, resume, overwrite)
+    check_fresh_output(out, sorted({s.marker.split("/")[0] for s in steps}), resume, overwrite, "a demo run")
     log = []
-    for step in demo_steps(out, plan, resume):
+    for step in steps:
         if resume and (out / step.marker).exists():
             log.append(f"{step.name}: already done")
             continue

@@ -50,3 +50,54 @@ def scale_biggest_initializer(folder, factor: float) -> None:
                                              biggest.name))
     (folder / "model.onnx.data").unlink()
     onnx.save_model(graph, str(path), save_as_external_data=True, location="model.onnx.data")
+
+
+# --------------------------------------------------------------------------- odd real-world catalogs
+
+# Titles as found in real Amazon catalogs: HTML entities escaped twice (`&amp;#8482` for `&#8482`, the
+# trade mark sign). Cleaning must be a fixed point, or the catalog a model saves differs from the
+# data's catalog read back.
+ENTITY_TITLES = ("XIUstyle&amp;#8482 Wireless Mouse", "Tom &amp;amp; Jerry&amp;#174; Chase",
+                 "Caf&amp;eacute; Tycoon &amp;quot;Deluxe&amp;quot;", "Rock&amp;amp;Roll Racing&amp;nbsp; 2")
+
+
+def entity_data(out, n_items=300, n_users=200, seed=0):
+    """A prepared data folder (the demo data set) whose items.jsonl holds ENTITY_TITLES, raw, as
+    the first items' titles (each made unique with the original title)."""
+    import json
+    from pathlib import Path
+
+    from prunerec.data.demo import write_demo
+
+    out = Path(out)
+    write_demo(out, seed=seed, n_items=n_items, n_users=n_users)
+    rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    for row, odd in zip(rows, ENTITY_TITLES):
+        row["title"] = f"{odd} {row['title']}"
+    (out / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def raw_amazon_from(data_dir, out, start=1514764800):
+    """Raw Amazon 2018 files (reviews.json.gz, meta.json.gz) that `prepare_amazon` turns back into
+    about the samples of the prepared folder `data_dir`; titles are written as they stand (raw)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    data_dir, out = Path(data_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = [json.loads(line) for line in (data_dir / "items.jsonl").read_text().splitlines()]
+    meta = [{"asin": f"B{row['item_id']:06d}", "title": row["title"]} for row in items]
+    last = {}  # user -> their full sequence, from the longest history seen
+    for split in ("train", "valid", "test"):
+        for line in (data_dir / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            sequence = row["history"] + [row["target"]]
+            if len(sequence) > len(last.get(row["user"], [])):
+                last[row["user"]] = sequence
+    reviews = [{"reviewerID": f"U{user}", "asin": f"B{item:06d}", "unixReviewTime": start + 3600 * (i * 50 + user % 50)}
+               for user, sequence in sorted(last.items()) for i, item in enumerate(sequence)]
+    for name, rows in (("reviews.json.gz", reviews), ("meta.json.gz", meta)):
+        (out / name).write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return out / "reviews.json.gz", out / "meta.json.gz"

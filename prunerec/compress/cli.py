@@ -68,11 +68,13 @@ _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last finished stage "
                                              "or distillation checkpoint (same options required).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier compress run's results in --out "
+                                                "(without it, or --resume, they are refused).")
 @click.option("--stop-after", type=click.Choice(["base", "stage1", "stage2"]), default=None,
               help="Stop once this step is saved; continue later with --resume.")
 @friendly_errors
 def compress(model_ref, data_dir, out, method, layer_method, heads, kv_heads, hidden, mlp, layers, target_file,
-             dry_run, no_distill, one_shot, resume, stop_after, **kwargs):
+             dry_run, no_distill, one_shot, resume, overwrite, stop_after, **kwargs):
     """Compress a fine-tuned recommender with PruneRec, in one command.
 
     Stage I prunes attention heads, then the hidden dimension; Stage II MLP channels; Stage III
@@ -97,7 +99,8 @@ def compress(model_ref, data_dir, out, method, layer_method, heads, kv_heads, hi
 
         click.echo(json.dumps(plan_only(model_ref, data_dir, options), indent=2))
         return
-    report = run_compress(model_ref, data_dir, out, options, resume=resume, stop_after=stop_after)
+    report = run_compress(model_ref, data_dir, out, options, resume=resume, stop_after=stop_after,
+                          overwrite=overwrite)
     if stop_after:
         click.echo(f"stopped after {stop_after} as asked; continue with the same command and --resume")
         return

@@ -5,7 +5,7 @@ Layout of OUT:
   stage1/ stage2/ stage3/ final/   stock HF Qwen2 folders + tokenizer + catalog.jsonl +
                                    prunerec.json + compress.json (what the stage did)
   report.json report.md *.png      the summary
-  .state/run.json                  the settings of the run (a resume must match them)
+  .state/run.json                  the run: inputs by path and content, settings (a resume must match)
   .state/base_eval.json            the base model's validation metrics
   .state/stageN/pruned/            the stage's pruned, not yet distilled model
   .state/stageN/train/             the distillation's Trainer state (resumable)
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from prunerec import distributed
 from prunerec.compress.distill import DistillSettings, distill
+from prunerec.compress.outdir import STATE, prepare_out, run_info
 from prunerec.compress.report import write_report
 from prunerec.compress.stages import STAGES, Calibration, ScoringOptions, build_calibration, default_layer_method
 from prunerec.compress.targets import Targets, base_shape, resolve_targets, target_summary
@@ -48,11 +49,7 @@ __all__ = ["CompressOptions", "run_compress", "plan_only", "STAGE_FILE", "REPORT
 
 STAGE_FILE = "compress.json"
 PRUNE_FILE = "pruning.json"
-STATE = ".state"
 REPORT_KS = (5, 10, 20)
-# files and folders of ours that a fresh (non --resume) run clears first
-OWN_OUTPUTS = (STATE, "stage1", "stage2", "stage3", "final", "report.json", "report.md",
-               "parameters.png", "quality.png", "distill_loss.png")
 
 
 @dataclass(frozen=True)
@@ -134,37 +131,6 @@ class CompressOptions:
 def _say(message: str) -> None:
     if distributed.is_main():
         tqdm.write(message, file=sys.stderr)
-
-
-def _ref_id(ref) -> str:
-    path = Path(str(ref)).expanduser()
-    return str(path.resolve()) if path.exists() else str(ref)
-
-
-# ----------------------------------------------------------------------------- state
-
-
-def _prepare_out(out: Path, run_info: dict, resume: bool) -> None:
-    state = out / STATE
-    saved_path = state / "run.json"
-    if resume and saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
-        if saved != run_info:
-            diff = sorted(k for k in set(saved) | set(run_info) if saved.get(k) != run_info.get(k))
-            opts_diff = sorted(k for k in set(saved.get("options", {})) | set(run_info["options"])
-                               if saved.get("options", {}).get(k) != run_info["options"].get(k))
-            detail = ", ".join(f"--{k.replace('_', '-')}" for k in opts_diff) or ", ".join(diff)
-            raise PrunerecError(f"{out} holds a compress run with different settings ({detail}); rerun with the "
-                                "same options to resume, or without --resume to start again")
-    elif not resume:
-        for name in OWN_OUTPUTS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    state.mkdir(parents=True, exist_ok=True)
-    write_json(saved_path, run_info)
 
 
 def _eval_options(opts: CompressOptions):
@@ -256,27 +222,26 @@ def _stage_info(base_ref, base: RecModel, stage: str, opts: CompressOptions, tar
 
 
 def run_compress(model_ref, data_dir, out, options: CompressOptions = CompressOptions(), *, resume: bool = False,
-                 stop_after: str | None = None) -> dict:
+                 stop_after: str | None = None, overwrite: bool = False) -> dict:
     """Run (or resume) the whole pipeline; returns the report (also written to OUT/report.json).
 
     ``stop_after`` ("base" or a stage name) returns early once that step is saved: for tests
     of --resume and for running one stage at a time.
     """
     with quiet_loading():
-        return _run(model_ref, data_dir, Path(out), options, resume, stop_after)
+        return _run(model_ref, data_dir, Path(out), options, resume, stop_after, overwrite)
 
 
-def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool, stop_after: str | None) -> dict:
+def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool, stop_after: str | None,
+         overwrite: bool) -> dict:
     started = time.perf_counter()
     inputs = _check_inputs(model_ref, data_dir, options)
     base, targets, opts = inputs.base, inputs.targets, options
     scoring, train_config = opts.scoring(), opts.train_config()
-    run_info = {"model": _ref_id(model_ref), "data": _ref_id(data_dir), "options": asdict(opts),
-                "targets": targets.to_json()}
     distributed.init()
     main = distributed.is_main()  # under torchrun: rank 0 scores, prunes, evaluates and writes
     if main:
-        _prepare_out(out, run_info, resume)
+        prepare_out(out, model_ref, data_dir, run_info(model_ref, data_dir, opts, targets), resume, overwrite)
     distributed.barrier()
     state = out / STATE
     plan = target_summary(base.model.config, targets)

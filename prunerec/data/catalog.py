@@ -26,8 +26,18 @@ class DataError(PrunerecError):
 
 
 def clean_title(raw: str) -> str:
-    """Unescape HTML entities and collapse whitespace (Amazon titles hold `&amp;` etc.)."""
-    return re.sub(r"\s+", " ", html.unescape(raw)).strip()
+    """Unescape HTML entities and collapse whitespace (Amazon titles hold `&amp;` etc.).
+
+    Entities are unescaped until none is left (`&amp;#8482` -> `&#8482` -> the trade mark sign),
+    so cleaning a clean title changes nothing: the catalog saved beside a model equals the data's
+    catalog read back. Each pass that changes the text shortens it, so the loop ends."""
+    text = raw
+    while "&" in text:
+        unescaped = html.unescape(text)
+        if unescaped == text:
+            break
+        text = unescaped
+    return re.sub(r"\s+", " ", text).strip()
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,12 @@ def json_lines(path: Path):
     """(line number, object) of each non-blank line of a JSONL file; DataError naming file:line."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

@@ -23,8 +23,10 @@ __all__ = ["COMMANDS", "export"]
               help="Prepared data folder: verify on its test users (default: prompts of random catalog titles).")
 @click.option("--beams", default=20, show_default=True, help="Beams of the constrained search compared.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export's folders in --out "
+                                                "(without it they are refused).")
 @friendly_errors
-def export(model_ref, out, formats, dtype, no_verify, users, data_dir, beams, seed):
+def export(model_ref, out, formats, dtype, no_verify, users, data_dir, beams, seed, overwrite):
     """Export a recommender for serving: OUT/hf (stock Qwen2 folder + model card; OUT/hf-llama too
     when heads x head_dim != hidden, for vLLM), OUT/onnx (onnxruntime decoder with KV cache) and,
     with --format ...,genai, OUT/genai (onnxruntime-genai's model builder, genai_config.json).
@@ -43,7 +45,7 @@ def export(model_ref, out, formats, dtype, no_verify, users, data_dir, beams, se
     from prunerec.export.verify import VerificationFailed
 
     options = ExportOptions(formats=parse_formats(formats), dtype=dtype, verify=not no_verify, users=users,
-                            data_dir=data_dir, beams=beams, seed=seed)
+                            data_dir=data_dir, beams=beams, seed=seed, overwrite=overwrite)
     try:
         _, table = run_export(model_ref, out, options, say=lambda m: click.echo(m, err=True))
     except VerificationFailed as failed:

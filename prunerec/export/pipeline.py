@@ -18,7 +18,15 @@ from prunerec.export.onnx_export import (
     output_names,
 )
 from prunerec.export.verify import raise_if_failed, verify_export
-from prunerec.io import atomic_dir, write_json, write_jsonl, write_text
+from prunerec.io import (
+    atomic_dir,
+    check_fresh_output,
+    refuse_output_over_inputs,
+    sweep_temps,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
 
@@ -37,6 +45,7 @@ class ExportOptions:
     beams: int = 20
     seed: int = 0
     threads: int | None = None
+    overwrite: bool = False  # replace an earlier export's folders in OUT
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -91,6 +100,10 @@ def run_export(model_ref: str, out: str | Path, options: ExportOptions = ExportO
 def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) -> tuple[dict, str]:
     out = Path(out)
     started = time.perf_counter()
+    refuse_output_over_inputs(out, "--out", model=model_ref)
+    check_fresh_output(out, ("hf", "hf-llama", "onnx", "genai", REPORT_FILE), False, options.overwrite, "an export",
+                       resumable=False)
+    sweep_temps(out)
     rec = load_rec_model(str(model_ref), dtype=hf.DTYPES[options.dtype])
     config = rec.model.config
     shape, params = hf.shape(config), count_parameters(rec.model)

@@ -9,8 +9,8 @@ tokenizer first, all ranks train (data parallel, see rec/trainer.py), rank 0 wri
 """
 from __future__ import annotations
 
+import json
 import random
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-from prunerec import distributed
+from prunerec import distributed, io
 from prunerec.data.catalog import Catalog, Dataset, Sample, load_dataset
-from prunerec.io import publish_dir, write_json
+from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.presets import PRESETS, Preset
 from prunerec.model.tokenizer import train_tokenizer
@@ -31,6 +31,11 @@ from prunerec.rec.prompt import PromptSettings, format_prompt, format_response
 from prunerec.rec.trainer import TrainConfig, Trainer
 
 STATE_DIR = ".train-state"
+RUN_FILE = "run.json"  # in STATE_DIR: what the run is (content fingerprints, options)
+DATA_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl")
+# what a training run writes into OUT (an earlier run's are replaced only with --overwrite)
+OWN_OUTPUTS = (STATE_DIR, "config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+               "tokenizer_config.json", "catalog.jsonl", "prunerec.json", "training.json", "training.png")
 
 
 def subsample(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
@@ -52,7 +57,9 @@ def scratch_model(preset: Preset, data: Dataset, settings: PromptSettings, seed:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(data.catalog, data["train"], settings), preset.vocab_size)
-        tokenizer.save_pretrained(tokenizer_dir)
+        if distributed.is_main():
+            with io.atomic_dir(tokenizer_dir) as tmp:
+                tokenizer.save_pretrained(tmp)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(preset.config(len(tokenizer), tokenizer.eos_token_id))
     return model, tokenizer
@@ -79,19 +86,72 @@ def plot_training(log: list[dict], path: Path) -> None:
     save_png(fig, path, dpi=120)
 
 
+def model_fingerprint(model_ref: str) -> str:
+    """What a base model is, by content: a preset's shape, a local folder's files, else the hub id."""
+    if model_ref in PRESETS:
+        return f"preset {model_ref}: " + json.dumps(asdict(PRESETS[model_ref]), sort_keys=True)
+    path = Path(model_ref).expanduser()
+    return "sha256 " + io.fingerprint(path) if path.is_dir() else f"hub id {model_ref}"
+
+
+def run_identity(data_dir, model_ref: str, settings: PromptSettings, config: TrainConfig, train_limit,
+                 valid_limit) -> dict:
+    """Everything that shapes a training run's result, by CLI option (a resume must match it)."""
+    ending = ("time_budget_s", "decay_to_budget")  # may change on resume: they only decide the end
+    options = {**{f"--{k.replace('_', '-')}": v for k, v in asdict(config).items() if k not in ending},
+               "--template": settings.template, "--category": settings.category,
+               "--max-history": settings.max_history, "--cutoff": settings.cutoff_tokens,
+               "--train-limit": train_limit, "--valid-limit": valid_limit}
+    options["--warmup"] = options.pop("--warmup-steps")
+    return {"--data": "sha256 " + io.fingerprint(data_dir, DATA_FILES), "--model": model_fingerprint(model_ref),
+            **options}
+
+
+def check_identity(state_dir: Path, identity: dict, out_dir: Path) -> None:
+    saved_path = state_dir / RUN_FILE
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    changed = [k for k in identity if saved.get(k) != identity[k]]
+    if changed:
+        words = [f"{k} (its content changed)" if k in ("--data", "--model") else k for k in changed]
+        raise PrunerecError(f"{out_dir} holds a training run with different {', '.join(words)}; rerun with the "
+                            "same options to resume it, or with --overwrite to start again")
+
+
+def prepare_output(out_dir: Path, data_dir, model_ref: str, identity: dict, resume: bool, overwrite: bool) -> None:
+    """Rank 0: refuse an output over the inputs or over an earlier run not asked for; clean up."""
+    io.refuse_output_over_inputs(out_dir, "--out", data=data_dir, model=model_ref)
+    if io.check_fresh_output(out_dir, OWN_OUTPUTS, resume, overwrite, "a training run"):
+        io.remove_own(out_dir, OWN_OUTPUTS)
+    io.sweep_temps(out_dir)
+    state_dir = out_dir / STATE_DIR
+    if resume:
+        check_identity(state_dir, identity, out_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json(state_dir / RUN_FILE, identity)
+
+
+def _check_rows(data_dir, name: str, rows: list) -> None:
+    if not rows:
+        need = "examples to learn from" if name == "train" else "validation rows (they choose the best model)"
+        raise PrunerecError(f"{Path(data_dir) / f'{name}.jsonl'} has no rows: training needs {need}")
+
+
 def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path, *, settings: PromptSettings,
                       config: TrainConfig, train_limit: int | None = None, valid_limit: int | None = 1000,
-                      resume: bool = False) -> dict:
+                      resume: bool = False, overwrite: bool = False) -> dict:
     out_dir = Path(out_dir)
     state_dir = out_dir / STATE_DIR
     distributed.init()
     main = distributed.is_main()
-    with distributed.rank0_first():  # rank 0 clears the state and trains the tokenizer, the others load it
-        if main and not resume and state_dir.exists():
-            shutil.rmtree(state_dir)
-        if main:
-            state_dir.mkdir(parents=True, exist_ok=True)
+    with distributed.rank0_first():  # rank 0 checks OUT and trains the tokenizer, the others load it
         data = load_dataset(data_dir, splits=("train", "valid"))
+        for split in ("train", "valid"):
+            _check_rows(data_dir, split, data[split])
+        if main:
+            identity = run_identity(data_dir, model_ref, settings, config, train_limit, valid_limit)
+            prepare_output(out_dir, data_dir, model_ref, identity, resume, overwrite)
         rec = base_recommender(model_ref, data, settings, config.seed, state_dir)
     train_rows = subsample(data["train"], train_limit, config.seed)
     valid_rows = subsample(data["valid"], valid_limit, config.seed)
@@ -100,7 +160,10 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
     trainer = Trainer(rec.model, train_examples, valid_examples, config, state_dir, response_ce,
                       pad_id=rec.tokenizer.pad_token_id, desc="sft")
     started = time.perf_counter()
-    state = trainer.run(resume=resume)
+    try:
+        state = trainer.run(resume=resume)
+    except ValueError as err:  # e.g. a state written with other settings
+        raise PrunerecError(str(err)) from None
     rec.model.load_state_dict(trainer.best_weights(), strict=False)
     summary = {
         "data": str(data_dir), "train_rows": len(train_rows), "valid_rows": len(valid_rows),
@@ -115,12 +178,11 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
         summary["world_size"] = distributed.world_size()
     rec = replace(rec, info={**rec.info, "training": {k: v for k, v in summary.items() if k != "log"}})
     if main:
-        staging = out_dir / ".staging"
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = io.make_temp_dir(out_dir / "staging")
         rec.save(staging)
-        write_json(staging / "training.json", summary)
+        io.write_json(staging / "training.json", summary)
         if state.log:
             plot_training(state.log, staging / "training.png")
-        publish_dir(staging, out_dir)
+        io.publish_dir(staging, out_dir)
     distributed.barrier()
     return summary

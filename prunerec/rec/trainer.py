@@ -7,8 +7,9 @@ the run validates and stops there: a run stopped by a budget of hours would othe
 peak rate, where the weights are noisiest. Resuming with a larger budget lowers the rate to where
 the new budget puts it.
 
-State lives in `state_dir` (weights, optimizer, scheduler, position in the epoch, RNG, log)
-and is written atomically, so a killed run resumes where it stopped and ends where an
+State lives in `state_dir` as one checkpoint folder (weights, best weights, optimizer,
+scheduler, position in the epoch, RNG, log; see rec/checkpoints.py) written as one unit, so a
+run killed at any moment (inside a save too) resumes from its last checkpoint and ends where an
 unbroken run would.
 
 Device: the model trains on `prunerec.distributed.device()` (a GPU when there is one, else the
@@ -25,7 +26,6 @@ the same files on every rank.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from prunerec import distributed
-from prunerec.io import atomic_path, write_json
+from prunerec.errors import PrunerecError
+from prunerec.rec import checkpoints
 from prunerec.rec.batching import collate, length_batches
 from prunerec.rec.encode import Example
 
@@ -123,8 +123,8 @@ class Trainer:
     def __init__(self, model, train: Sequence[Example], valid: Sequence[Example], config: TrainConfig,
                  state_dir: str | Path, loss_fn: LossFn, pad_id: int, desc: str = "train",
                  device: str | torch.device | None = None):
-        if not train:
-            raise ValueError("no training examples")
+        if not train or not valid:
+            raise ValueError(f"no {'training' if not train else 'validation'} examples")
         self.model, self.train, self.valid, self.config = model, train, valid, config
         self.state_dir, self.loss_fn, self.pad_id, self.desc = Path(state_dir), loss_fn, pad_id, desc
         distributed.init()
@@ -154,53 +154,48 @@ class Trainer:
             # the constructor also copies rank 0's weights (and buffers) to every rank
             self.ddp = DistributedDataParallel(_WithLoss(model, loss_fn), device_ids=ids, forward_sync_buffers=False)
 
-    # --- state on disk -------------------------------------------------------------------
-    def _paths(self):
-        d = self.state_dir
-        return d / "last.safetensors", d / "optimizer.pt", d / "state.json", d / "best.safetensors"
-
+    # --- state on disk (one checkpoint folder, see rec/checkpoints.py) -------------------------
     def _weights(self) -> dict[str, torch.Tensor]:
+        # tied embeddings share storage: save_file refuses shared tensors, clone() separates them
         return {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
-
-    def _save_weights(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            # tied embeddings share storage: save_file refuses shared tensors, clone() above separates them
-            save_file(self._weights(), str(tmp))
 
     def save_state(self) -> None:
         if not self.is_main:
             return
-        last, optim, state, _ = self._paths()
-        self._save_weights(last)
-        with atomic_path(optim) as tmp:
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "rng": torch.get_rng_state()}, tmp)
-        write_json(state, {"config": asdict(self.config), **asdict(self.state)})
+        s = self.state
+        trainer_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                         "rng": torch.get_rng_state()}
+        checkpoints.write(self.state_dir, self._weights(), trainer_state,
+                          {"config": asdict(self.config), **asdict(s)},
+                          best_is_current=s.best_step == s.step and s.best_step >= 0)
 
     def load_state(self) -> bool:
-        last, optim, state, _ = self._paths()
-        if not (last.is_file() and optim.is_file() and state.is_file()):
+        folder = checkpoints.latest(self.state_dir)
+        if folder is None:
+            if (self.state_dir / "state.json").is_file():
+                raise PrunerecError(f"{self.state_dir} holds a training state in an older layout, which cannot be "
+                                    "resumed; rerun with --overwrite to start again")
             return False
-        saved = json.loads(state.read_text())
+        weights, blob, saved = checkpoints.read(folder)
         # the time budget and how the rate meets it only decide how the run ends, so a resumed run
         # may change them; settings added since the state was written take their defaults
         ending = ("time_budget_s", "decay_to_budget")
-        same = {k: v for k, v in asdict(self.config).items() if k not in ending}
+        now = {k: v for k, v in asdict(self.config).items() if k not in ending}
         written = {**asdict(TrainConfig()), **saved.pop("config")}
-        if {k: v for k, v in written.items() if k not in ending} != same:
-            raise ValueError(f"{self.state_dir} was written with different training settings; "
-                             "rerun with the same options or without --resume")
+        changed = [k for k in now if written.get(k) != now[k]]
+        if changed:
+            raise ValueError(f"{self.state_dir} was written with different training settings "
+                             f"({', '.join(changed)}); rerun with the same options or with --overwrite")
         self.state = TrainState(**saved)
-        self.model.load_state_dict(load_file(str(last)), strict=False)
-        blob = torch.load(optim, weights_only=False, map_location="cpu")
+        self.model.load_state_dict(weights, strict=False)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["rng"])
         return True
 
     def best_weights(self) -> dict[str, torch.Tensor]:
-        best = self._paths()[3]
-        return load_file(str(best)) if best.is_file() else self._weights()
+        best = checkpoints.best_weights(self.state_dir)
+        return best if best is not None else self._weights()
 
     # --- the loop ------------------------------------------------------------------------
     def _evaluate(self) -> None:
@@ -208,8 +203,7 @@ class Trainer:
         loss = validation_loss(self.model, self.valid, self.loss_fn, self.pad_id, self.config.batch_size)
         s.log.append({"step": s.step, "epoch": s.epoch, "valid_loss": loss, "elapsed_s": round(s.elapsed_s, 1)})
         if loss < s.best_loss:
-            s.best_loss, s.best_step, s.bad_evals = loss, s.step, 0
-            self._save_weights(self._paths()[3])
+            s.best_loss, s.best_step, s.bad_evals = loss, s.step, 0  # saved by the save_state that follows
         else:
             s.bad_evals += 1
             if s.bad_evals > self.config.patience:

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 from prunerec.cli import main
 from prunerec.model.checkpoint import load_rec_model
 from prunerec.model.surgery import count_parameters
+from prunerec.rec import checkpoints
 from prunerec.rec.trainer import Trainer
 
 FAST = ["--max-steps", "3", "--eval-every", "2", "--batch-size", "8", "--train-limit", "48", "--valid-limit", "16",
@@ -168,7 +169,7 @@ def test_resume_after_kill_inside_distillation(full_run, tiny_base, tmp_path, mo
     result = cli("compress", "--model", base, "--data", data, "--out", out, *FAST)
     assert result.exit_code == 130 and "--resume" in result.output
     assert (out / "stage1").is_dir() and not (out / "stage2").exists()
-    assert json.loads((out / ".state/stage2/train/state.json").read_text())["step"] == 2
+    assert checkpoints.read_state(out / ".state/stage2/train")["step"] == 2
     monkeypatch.setattr(Trainer, "_train_step", real_step)
     compress(base, data, out, "--resume")
     for name in STAGES + ("final",):

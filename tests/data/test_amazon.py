@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prunerec.data import amazon
+from prunerec.data import amazon, download
 from prunerec.data.amazon import download_amazon, prepare_amazon
 from prunerec.data.catalog import DataError, load_dataset
 from prunerec.errors import PrunerecError
@@ -307,6 +307,7 @@ class Server:
         self.requests: list[tuple[str, str | None]] = []
         self.ignore_range = False
         self.cut_after: int | None = None  # send only this many body bytes, then hang up
+        self.no_length = False  # send no Content-Length (the body ends when the connection closes)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -333,7 +334,8 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                if not server.no_length:
+                    self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
                 if server.cut_after is not None:
@@ -394,7 +396,7 @@ def test_download_part_already_complete(tmp_path, server):
 
 
 def test_download_broken_off_then_resumed(tmp_path, server, monkeypatch):
-    monkeypatch.setattr(amazon, "DOWNLOAD_CHUNK", 1024)
+    monkeypatch.setattr(download, "DOWNLOAD_CHUNK", 1024)
     server.cut_after = 3000
     with pytest.raises(PrunerecError, match="run the command again to resume"):
         fetch(server, tmp_path)
@@ -429,3 +431,16 @@ def test_download_offline(tmp_path, monkeypatch):
 def test_download_rejects_odd_category(tmp_path):
     with pytest.raises(PrunerecError, match="category"):
         download_amazon("../etc", tmp_path, progress=False)
+
+
+def test_truncated_download_without_length_is_not_kept_as_complete(tmp_path, server, monkeypatch):
+    whole = gzip.compress(b'{"reviewerID": "u", "asin": "a"}\n' * 2000)
+    monkeypatch.setitem(FILES, "/categoryFiles/Toys.json.gz", whole)
+    monkeypatch.setitem(FILES, "/metaFiles2/meta_Toys.json.gz", gzip.compress(b"{}\n"))
+    server.no_length, server.cut_after = True, len(whole) // 2
+    with pytest.raises(PrunerecError, match="without the end of its gzip stream"):
+        fetch(server, tmp_path)
+    assert not (tmp_path / "Toys.json.gz").exists() and (tmp_path / "Toys.json.gz.part").is_file()
+    server.cut_after = None
+    reviews, _ = fetch(server, tmp_path)  # resumed with a range; now the stream is whole
+    assert reviews.read_bytes() == whole

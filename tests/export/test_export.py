@@ -207,8 +207,10 @@ def test_bf16_and_stale_llama_copy_removed(tiny_dir, tmp_path):
 
     out = tmp_path / "bf16"
     (out / "hf-llama").mkdir(parents=True)  # left over from an earlier export of another model
-    result = CliRunner().invoke(export, ["--model", str(tiny_dir), "--out", str(out), "--dtype", "bf16",
-                                         "--users", "2", "--beams", "4"])
+    args = ["--model", str(tiny_dir), "--out", str(out), "--dtype", "bf16", "--users", "2", "--beams", "4"]
+    result = CliRunner().invoke(export, args)
+    assert result.exit_code == 1 and "already holds an export (hf-llama)" in result.output  # not replaced unasked
+    result = CliRunner().invoke(export, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert not (out / "hf-llama").exists()
     assert all(t.dtype == torch.bfloat16 for t in load_file(out / "hf" / "model.safetensors").values())

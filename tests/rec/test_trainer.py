@@ -4,6 +4,8 @@ import random
 import pytest
 import torch
 
+from prunerec.errors import PrunerecError
+from prunerec.rec import checkpoints
 from prunerec.rec.batching import collate, response_ce
 from prunerec.rec.encode import Example
 from prunerec.rec.trainer import TrainConfig, Trainer, lr_factor
@@ -119,12 +121,52 @@ def test_time_budget_run_validates_and_stops_when_its_rate_reaches_zero(tmp_path
 def test_resume_reads_state_written_before_a_setting_existed(tmp_path):
     _, trainer = _trainer(tmp_path, max_steps=2)
     trainer.run()
-    state_file = tmp_path / "state.json"
-    written = json.loads(state_file.read_text())
+    folder = checkpoints.latest(tmp_path)
+    written = json.loads((folder / checkpoints.STATE).read_text())
     del written["config"]["decay_to_budget"]  # as an older version wrote it
-    state_file.write_text(json.dumps(written))
+    (folder / checkpoints.STATE).write_text(json.dumps(written))
+    (folder / checkpoints.MANIFEST).write_text(json.dumps(checkpoints._manifest(folder)))
     _, resumed = _trainer(tmp_path, max_steps=4)
     with pytest.raises(ValueError, match="different training settings"):
         resumed.run(resume=True)  # max_steps changed: still refused
     _, resumed = _trainer(tmp_path, max_steps=2, time_budget_s=60.0, decay_to_budget=True)
     assert resumed.load_state() and resumed.state.step == 2  # how the run ends may change
+
+
+def test_checkpoint_is_one_folder_and_a_damaged_one_is_refused(tmp_path):
+    _, trainer = _trainer(tmp_path, max_steps=4, eval_every=2)
+    trainer.run()
+    (folder,) = checkpoints.checkpoints(tmp_path)  # older checkpoints are gone once a newer one is in place
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [checkpoints.WEIGHTS, checkpoints.BEST, checkpoints.OPTIMIZER, checkpoints.STATE, checkpoints.MANIFEST])
+    # the optimizer state loads with weights_only=True (no pickled code)
+    assert "optimizer" in torch.load(folder / checkpoints.OPTIMIZER, weights_only=True)
+    with open(folder / checkpoints.WEIGHTS, "r+b") as weights:
+        weights.seek(-4, 2)
+        weights.write(b"\0\0\0\1")
+    _, resumed = _trainer(tmp_path, max_steps=4, eval_every=2)
+    with pytest.raises(PrunerecError, match="do not match manifest.json"):
+        resumed.run(resume=True)
+
+
+def test_trainer_refuses_an_empty_validation_set(tmp_path):
+    with pytest.raises(ValueError, match="no validation examples"):
+        Trainer(tiny_model(64, 0), _examples(8, 0), [], TrainConfig(), tmp_path, response_ce, pad_id=0)
+
+
+def test_state_of_an_older_layout_is_refused_not_ignored(tmp_path):
+    (tmp_path / "state.json").write_text("{}")  # last.safetensors / optimizer.pt / state.json beside each other
+    _, trainer = _trainer(tmp_path, max_steps=2)
+    with pytest.raises(PrunerecError, match="older layout"):
+        trainer.run(resume=True)
+
+
+def test_a_failed_checkpoint_write_is_named_and_leaves_no_checkpoint(tmp_path, monkeypatch):
+    def failing_save(obj, path):  # what torch reports when the disk fills up mid-write
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr("prunerec.rec.checkpoints.torch.save", failing_save)
+    _, trainer = _trainer(tmp_path, max_steps=2, eval_every=2)
+    with pytest.raises(PrunerecError, match="cannot write the checkpoint .* rerun with --resume"):
+        trainer.run()
+    assert checkpoints.checkpoints(tmp_path) == [] and not list(tmp_path.iterdir())
