@@ -12,10 +12,10 @@ mask on the wrong copy moves scores by >1e-2).
 
 import pytest
 import torch
-from tests.compress.test_importance import LAYERS, batches, tiny
 
 from prunerec.compress import hooks
 from prunerec.compress import importance as imp
+from tests.compress.test_importance import LAYERS, batches, tiny
 
 
 @torch.no_grad()
