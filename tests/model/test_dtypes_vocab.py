@@ -67,3 +67,26 @@ def test_free_generation_never_writes_padding_rows():
         assert tokenizer.decode(plain, skip_special_tokens=True) == ""
         text = free_generate(model, tokenizer, [prompt], max_new_tokens=4)
         assert text[0].strip()  # real tokens instead
+
+
+def test_untied_padded_bf16_model_pruned_and_exported(tmp_path):
+    """Hidden-dim slicing of an untied LM head keeps every vocabulary row (padding included);
+    the export keeps bf16 (--dtype auto), the separate LM head, and verifies against PyTorch."""
+    from prunerec.export.pipeline import ExportOptions, run_export
+    from prunerec.model.surgery import keep_hidden
+
+    tokenizer = tiny_tokenizer()
+    model = _padded_model(tokenizer, tied=False)
+    with torch.no_grad():
+        model.lm_head.weight[len(tokenizer):] /= 50
+    keep_hidden(model, torch.arange(0, 32, 2))
+    assert model.lm_head.weight.shape == (len(tokenizer) + PADDING, 16)
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    RecModel(model, tokenizer, Catalog.from_titles(TITLES), PromptSettings(template="compact"), {},
+             torch.bfloat16).save(tmp_path / "pruned")
+    report, _ = run_export(str(tmp_path / "pruned"), tmp_path / "export",
+                           ExportOptions(users=2, beams=4), say=lambda *_: None)
+    assert report["dtype"] == "bf16" and report["verification"]["passed"]
+    weights = load_file(tmp_path / "export" / "hf" / "model.safetensors")
+    assert weights["lm_head.weight"].shape == (len(tokenizer) + PADDING, 16)
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
