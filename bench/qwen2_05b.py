@@ -57,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--work", type=Path, default=Path("/tmp/prunerec-qwen2-05b"))
     p.add_argument("--out", type=Path, default=HERE / "out" / "qwen2_05b.json")
+    p.add_argument("--resume", action="store_true", help="Skip the stages already recorded in WORK/stages.json.")
     p.add_argument("--build-into", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--time-old-heads", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -124,10 +125,22 @@ def _env(args) -> dict:
     return env
 
 
-def _finish(proc, started: float, name: str, log: Path) -> dict:
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants now (0 once it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def _finish(proc, started: float, name: str, log: Path, sampled_peak: int = 0) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    record = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+    peak = max(usage.ru_maxrss * 1024, sampled_peak)  # sampled: the whole tree at once (vLLM's workers)
+    record = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_gib": round(peak / 2**30, 2),
               "exit_code": proc.returncode, "log": str(log)}
     print(f"{name:<10} {record['seconds']:8.1f} s  peak RSS {record['peak_rss_gib']:6.2f} GiB  (exit "
           f"{proc.returncode})", flush=True)
@@ -162,27 +175,53 @@ def serve_stage(folder: Path, args) -> dict:
         proc = subprocess.Popen([str(c) for c in prunerec("serve", "--model", folder, "--engine", "vllm",
                                                           "--port", port, "--log-level", "warning")],
                                 cwd=REPO, env=_env(args), stdout=out, stderr=subprocess.STDOUT)
-        url, answers, ready_seconds = f"http://127.0.0.1:{port}", [], None
+        url, answers, ready_seconds, peak = f"http://127.0.0.1:{port}", [], None, 0
         try:
             while ready_seconds is None and proc.poll() is None and time.perf_counter() - started < 1200:
+                peak = max(peak, tree_rss(proc.pid))
                 try:
                     if requests.get(url + "/ready", timeout=5).status_code == 200:
                         ready_seconds = round(time.perf_counter() - started, 1)
                 except requests.ConnectionError:
-                    time.sleep(1)
+                    pass
+                time.sleep(0.5)
             for sample in test if ready_seconds is not None else []:
                 t0 = time.perf_counter()
                 body = requests.post(url + "/v1/recommend", json={"history": list(sample.history), "k": 5},
                                      timeout=600).json()
                 answers.append({"user": sample.user, "seconds": round(time.perf_counter() - t0, 2),
                                 "titles": [item["title"] for item in body["items"]]})
+                peak = max(peak, tree_rss(proc.pid))
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        record = _finish(proc, started, "serve", log)
+        record = _finish(proc, started, "serve", log, peak)
     if ready_seconds is None:
         sys.exit(f"the vLLM server never became ready; see {log}")
     return {**record, "ready_seconds": ready_seconds, "recommendations": answers}
+
+
+def _old_heads(me: list, args) -> dict:
+    record = run_stage("old_heads", [*me, "--time-old-heads", args.work / "base", "--calib-samples",
+                                     args.calib_samples, "--old-heads", args.old_heads], args)
+    line = (args.work / "old_heads.log").read_text().split("OLD_HEADS ", 1)[1].splitlines()[0]
+    return {**record, **json.loads(line)}
+
+
+class _Stages:
+    """Stage records, kept in WORK/stages.json after each stage (for --resume)."""
+
+    def __init__(self, path: Path, done: dict):
+        self.path, self.records = path, dict(done)
+
+    def __setitem__(self, name: str, run) -> None:
+        from prunerec.io import write_json
+
+        if name in self.records:
+            print(f"{name:<10} recorded, skipped (--resume)", flush=True)
+            return
+        self.records[name] = run()
+        write_json(self.path, self.records)
 
 
 def _json(path: Path) -> dict:
@@ -211,26 +250,27 @@ def main(argv=None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     w, me = args.work, [sys.executable, str(Path(__file__).resolve())]
     steps = ["--batch-size", args.batch_size, "--valid-limit", 8, "--epochs", 1]
-    stages = {"build": run_stage("build", [*me, "--build-into", w / "user", "--layers", args.layers], args)}
-    stages["train"] = run_stage("train", prunerec(
+    done = _json(w / "stages.json") if args.resume and (w / "stages.json").is_file() else {}
+    stages = _Stages(w / "stages.json", done)
+    stages["build"] = lambda: run_stage("build", [*me, "--build-into", w / "user", "--layers", args.layers], args)
+    stages["train"] = lambda: run_stage("train", prunerec(
         "train", "--data", GAMES, "--model", w / "user", "--out", w / "base", "--max-steps", args.train_steps,
         "--eval-every", args.train_steps, "--train-limit", 64, *steps), args)
-    stages["evaluate"] = run_stage("evaluate", prunerec(
+    stages["evaluate"] = lambda: run_stage("evaluate", prunerec(
         "evaluate", "--model", w / "base", "--data", GAMES, "--limit", args.eval_users, "--grounding", "trie",
         "--out", w / "eval.json"), args)
-    stages["compress"] = run_stage("compress", prunerec(
+    stages["compress"] = lambda: run_stage("compress", prunerec(
         "compress", "--model", w / "base", "--data", GAMES, "--out", w / "pruned",
         *[x for k, v in TARGET.items() for x in (f"--{k.replace('_', '-')}", v)], "--layers", args.target_layers,
         "--calib-samples", args.calib_samples, "--calib-batch-size", args.calib_samples,
         "--max-steps", args.distill_steps, "--train-limit", 64, "--eval-users", 0, *steps), args)
-    stages["export"] = run_stage("export", prunerec(
+    stages["export"] = lambda: run_stage("export", prunerec(
         "export", "--model", w / "pruned" / "final", "--out", w / "export", "--format", "hf,onnx",
         "--users", 2), args)
-    stages["serve"] = serve_stage(w / "export" / "hf", args)
-    old = run_stage("old_heads", [*me, "--time-old-heads", w / "base", "--calib-samples", args.calib_samples,
-                                  "--old-heads", args.old_heads], args)
-    old.update(json.loads((w / "old_heads.log").read_text().split("OLD_HEADS ", 1)[1].splitlines()[0]))
-    stage1 = _json(w / "pruned" / "stage1" / "pruned" / "pruning.json")
+    stages["serve"] = lambda: serve_stage(w / "export" / "hf", args)
+    stages["old_heads"] = lambda: _old_heads(me, args)
+    old = stages.records.pop("old_heads")
+    stage1 = _json(w / "pruned" / "stage1" / "compress.json")["pruning"]
     params = _final_parameters(w / "pruned" / "final")
     full = args.layers == 24 and args.target_layers == 8
     result = {
@@ -241,13 +281,14 @@ def main(argv=None) -> None:
                   "weights": "random (bf16 on disk)", "tokenizer": "Qwen2 (151,646 tokens, 151,936 rows)"},
         "settings": {k: getattr(args, k) for k in ("calib_samples", "distill_steps", "train_steps", "batch_size",
                                                     "eval_users", "requests")},
-        "stages": stages,
+        "stages": stages.records,
         "final_parameters": params,
         "paper_non_embedding": PAPER_NON_EMBEDDING,
         "matches_paper_shape": params["non_embedding"] == PAPER_NON_EMBEDDING if full else None,
         "head_importance": {
             "cached_seconds": stage1["scoring_seconds"].get("heads"),
-            "cached_basis": "measured: compress stage 1's head scoring (pruning.json scoring_seconds.heads)",
+            "cached_basis": "measured: compress stage 1's head scoring "
+                            "(stage1/compress.json pruning.scoring_seconds.heads)",
             "uncached": old,
         },
         "export_report": {k: _json(w / "export" / "export-report.json").get(k) for k in ("dtype", "seconds")},
