@@ -15,8 +15,8 @@ __all__ = ["COMMANDS", "export"]
 @click.option("--format", "formats", default="hf,onnx", show_default=True,
               help="Comma-separated: hf (safetensors + model card), onnx (decoder with KV cache), genai "
                    "(onnxruntime-genai's model builder; fp32 or bf16, head_dim a multiple of 16).")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Weights dtype (bf16: the ONNX graph stays fp32 over bf16-rounded weights).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="Weights dtype (auto: the checkpoint's; bf16: the ONNX graph stays fp32 over bf16-rounded weights).")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the exports with PyTorch.")
 @click.option("--users", default=4, show_default=True, help="Prompts used by the verification.")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
@@ -27,7 +27,8 @@ from prunerec.io import (
     write_jsonl,
     write_text,
 )
-from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, load_rec_model, quiet_loading
+from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, check_checkpoint, load_rec_model, quiet_loading
+from prunerec.model.dtypes import NAMES, stored_dtype
 from prunerec.model.surgery import count_parameters
 
 FORMATS = ("hf", "onnx", "genai")
@@ -38,7 +39,7 @@ REPORT_FILE = "export-report.json"
 @dataclass(frozen=True)
 class ExportOptions:
     formats: tuple[str, ...] = DEFAULT_FORMATS
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto: the checkpoint's storage dtype
     verify: bool = True
     users: int = 4
     data_dir: str | None = None
@@ -52,13 +53,13 @@ class ExportOptions:
         if unknown or not self.formats:
             raise PrunerecError(f"unknown export format(s) {unknown or self.formats!r}; "
                                 f"choose from {', '.join(FORMATS)}")
-        if self.dtype not in hf.DTYPES:
-            raise PrunerecError(f"unknown dtype '{self.dtype}'; choose from {', '.join(hf.DTYPES)}")
+        if self.dtype not in hf.DTYPES and self.dtype != "auto":
+            raise PrunerecError(f"unknown dtype '{self.dtype}'; choose from auto, {', '.join(hf.DTYPES)}")
         if self.users < 1:
             raise PrunerecError("--users must be at least 1")
         if self.beams < 1:
             raise PrunerecError("--beams must be at least 1")
-        if "genai" in self.formats:
+        if "genai" in self.formats and self.dtype != "auto":
             genai.check(self.dtype)
 
 
@@ -104,7 +105,10 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
     check_fresh_output(out, ("hf", "hf-llama", "onnx", "genai", REPORT_FILE), False, options.overwrite, "an export",
                        resumable=False)
     sweep_temps(out)
+    if options.dtype == "auto":
+        options = replace(options, dtype=NAMES[stored_dtype(check_checkpoint(str(model_ref)))])
     rec = load_rec_model(str(model_ref), dtype=hf.DTYPES[options.dtype])
+    rec = replace(rec, storage_dtype=None)  # exports are stored in --dtype
     config = rec.model.config
     shape, params = hf.shape(config), count_parameters(rec.model)
     prov = card.provenance(model_ref)

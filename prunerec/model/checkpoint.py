@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from prunerec.data.catalog import Catalog, DataError, load_catalog
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_jsonl
+from prunerec.model.dtypes import COMPUTE_DTYPE, stored_as, stored_dtype
 from prunerec.rec.prompt import PromptSettings
 
 SETTINGS_FILE = "prunerec.json"
@@ -30,11 +31,14 @@ class RecModel:
     catalog: Catalog | None
     settings: PromptSettings
     info: dict
+    storage_dtype: torch.dtype | None = None  # weights on disk (None: the model's own dtype)
 
     def save(self, out: str | Path) -> None:
-        """Write everything into `out` (the caller makes `out` atomic, e.g. with io.atomic_dir)."""
+        """Write everything into `out` (the caller makes `out` atomic, e.g. with io.atomic_dir),
+        the weights in `storage_dtype` (see prunerec.model.dtypes)."""
         out = Path(out)
-        self.model.save_pretrained(out)
+        with stored_as(self.model, self.storage_dtype):
+            self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         if self.catalog is not None:
             write_jsonl(out / CATALOG_FILE, ({"item_id": i, "title": t} for i, t in enumerate(self.catalog.titles)))
@@ -45,8 +49,9 @@ def _is_local(ref: str) -> bool:
     return Path(ref).exists() or ref.startswith((".", "/", "~"))
 
 
-def check_checkpoint(ref: str) -> None:
-    """Fail early, with a clear message, if `ref` is not a loadable Qwen2-family checkpoint."""
+def check_checkpoint(ref: str):
+    """Fail early, with a clear message, if `ref` is not a loadable Qwen2-family checkpoint;
+    returns its config."""
     if _is_local(ref):
         path = Path(ref).expanduser()
         if not path.is_dir():
@@ -59,11 +64,13 @@ def check_checkpoint(ref: str) -> None:
         raise PrunerecError(f"cannot load model config from '{ref}': {err}") from None
     if config.model_type not in ("qwen2", "llama"):
         raise PrunerecError(f"{ref} is a '{config.model_type}' model; prunerec works on Qwen2-family causal LMs")
+    return config
 
 
-def load_rec_model(ref: str, *, dtype: torch.dtype = torch.float32, need_catalog: bool = False) -> RecModel:
-    """Load a local folder or a hub id (where there is internet) with its tokenizer and catalog."""
-    check_checkpoint(ref)
+def load_rec_model(ref: str, *, dtype: torch.dtype = COMPUTE_DTYPE, need_catalog: bool = False) -> RecModel:
+    """Load a local folder or a hub id (where there is internet) with its tokenizer and catalog,
+    the weights in `dtype`; saving writes them back in the dtype the checkpoint was stored in."""
+    storage = stored_dtype(check_checkpoint(ref))
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref)
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
@@ -73,7 +80,7 @@ def load_rec_model(ref: str, *, dtype: torch.dtype = torch.float32, need_catalog
     settings, info, catalog = read_model_files(Path(ref).expanduser())
     if need_catalog and catalog is None:
         raise PrunerecError(f"{ref} has no {CATALOG_FILE}: pass --data with the catalog it recommends from")
-    return RecModel(model, ready_tokenizer(tokenizer, ref), catalog, settings, info)
+    return RecModel(model, ready_tokenizer(tokenizer, ref), catalog, settings, info, storage)
 
 
 def read_model_files(folder: Path) -> tuple[PromptSettings, dict, Catalog | None]:

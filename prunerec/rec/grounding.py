@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
+from prunerec.model.vocab import padding_ids
 from prunerec.rec.prompt import parse_response
 
 
@@ -49,11 +50,13 @@ def free_token_budget(longest_response_tokens: int) -> int:
 @torch.no_grad()
 def free_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                   num_beams: int = 4) -> list[str]:
-    """Unconstrained beam search (best beam), parsed back to a title string."""
+    """Unconstrained beam search (best beam; never the embedding rows past the tokenizer),
+    parsed back to a title string."""
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     out = model.generate(ids, attention_mask=mask, num_beams=num_beams, do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                         max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                         suppress_tokens=padding_ids(tokenizer, model.config.vocab_size) or None)
     return [parse_response(tokenizer.decode(seq[width:], skip_special_tokens=True)) for seq in out]

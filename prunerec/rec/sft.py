@@ -72,7 +72,7 @@ def base_recommender(model_ref: str, data: Dataset, settings: PromptSettings, se
         info = {"base": f"scratch preset '{preset.name}'", "preset": asdict(preset)}
         return RecModel(model, tokenizer, data.catalog, settings, info)
     loaded = load_rec_model(model_ref)
-    return RecModel(loaded.model, loaded.tokenizer, data.catalog, settings, {"base": model_ref})
+    return replace(loaded, catalog=data.catalog, settings=settings, info={"base": model_ref})
 
 
 def plot_training(log: list[dict], path: Path) -> None:

@@ -70,7 +70,8 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
 @click.option("--tensor-parallel-size", default=1, show_default=True, type=click.IntRange(1),
               help="vLLM only: devices to shard the model over.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="vLLM only: weights dtype (auto: the checkpoint's, so answers match torch).")
+              show_default=True,
+              help="vLLM only: compute dtype (auto: float32, what the torch reference computes in, so answers match).")
 @click.option("--enforce-eager", is_flag=True, help="vLLM only: skip graph compilation (faster start, slower steps).")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
               help="torch/onnx only: waiting requests batched into one search.")

@@ -95,13 +95,15 @@ def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
     return tokens[:tokens.index(eos)] if eos in tokens else tokens
 
 
-def greedy_tokens(stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
-    """Greedy decoding on a Stepper (argmax each step), each row cut at its first EOS."""
+def greedy_tokens(stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: int,
+                  n_tokens: int | None = None) -> list[list[int]]:
+    """Greedy decoding on a Stepper (argmax each step over the first `n_tokens` ids: the rows
+    past the tokenizer are never written), each row cut at its first EOS."""
     rows = [[] for _ in prompts]
     done = [False] * len(prompts)
     logprobs = stepper.start(prompts)
     for step in range(max_new_tokens):
-        tokens = logprobs.argmax(-1).tolist()
+        tokens = logprobs[:, :n_tokens].argmax(-1).tolist()
         for row, token in enumerate(tokens):
             if not done[row]:
                 if token == eos:
@@ -217,7 +219,7 @@ class BatchingEngine(Engine):
         with torch.inference_mode():
             if batch[0].kind == "rank":
                 return constrained_beam_search(stepper, prompts, self.sm.trie, batch[0].param)
-            return greedy_tokens(stepper, prompts, batch[0].param, self.sm.eos_id)
+            return greedy_tokens(stepper, prompts, batch[0].param, self.sm.eos_id, len(self.sm.tokenizer))
 
     def _loop(self) -> None:
         while True:

@@ -26,6 +26,8 @@ from concurrent.futures import Future
 import torch
 
 from prunerec.errors import PrunerecError
+from prunerec.model.dtypes import vllm_dtype
+from prunerec.model.vocab import generation_ids
 from prunerec.rec.beam import constrained_beam_search
 from prunerec.serve.engines import Cancelled, Deadline, Engine, cut_at_eos, unexpired
 from prunerec.serve.model import ServeModel
@@ -111,7 +113,7 @@ class VllmEngine(Engine):
                  enforce_eager: bool = False, step_delay: float = 0.0, gather_seconds: float = GATHER_SECONDS):
         super().__init__(sm, step_delay)
         self.tensor_parallel_size, self.enforce_eager = int(tensor_parallel_size), bool(enforce_eager)
-        self.dtype = checkpoint_dtype(sm.config) if dtype == "auto" else dtype
+        self.dtype = vllm_dtype(dtype)  # float32 for auto: the torch reference's dtype
         self.model_impl = "transformers" if needs_transformers_impl(sm.config) else "auto"
         self.gather_seconds = gather_seconds
         self.max_model_len = int(min(getattr(sm.config, "max_position_embeddings", 1 << 20),
@@ -281,7 +283,8 @@ class VllmEngine(Engine):
                 max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=list(ids))
         seq, max_new = item
         return TokensPrompt(prompt_token_ids=seq), SamplingParams(
-            max_tokens=max_new, temperature=0.0, detokenize=False, stop_token_ids=[self.sm.eos_id])
+            max_tokens=max_new, temperature=0.0, detokenize=False, stop_token_ids=[self.sm.eos_id],
+            allowed_token_ids=generation_ids(self.sm.tokenizer, self.sm.config.vocab_size))  # no padding rows
 
     def _generate(self, llm, batches: list[_Batch]) -> list[list]:
         prompts, params = [], []

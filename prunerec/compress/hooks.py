@@ -1,0 +1,185 @@
+"""Hook plumbing shared by the importance scores: calibration batches, hooked forwards,
+temporary removal of heads and layers (pure computation)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def _layers(model):
+    return model.model.layers
+
+
+def _dims(model) -> tuple[int, int, int]:
+    """(layers, query heads, head_dim)."""
+    cfg = model.config
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return len(_layers(model)), cfg.num_attention_heads, int(hd)
+
+
+def _batches(batches) -> list[dict]:
+    return [batches] if isinstance(batches, dict) else list(batches)
+
+
+def _progress(batches: list[dict], desc: str):
+    """A transient progress bar over calibration batches (hidden for a single batch)."""
+    return tqdm(batches, desc=desc, unit="batch", leave=False, disable=len(batches) < 2)
+
+
+def _to_device(model, batch: dict) -> dict:
+    dev = next(model.parameters()).device
+    out = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if "attention_mask" not in out:
+        out["attention_mask"] = torch.ones_like(out["input_ids"])
+    return out
+
+
+def _last_real(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-padding position of each row (works for left or right padding)."""
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.bool() * pos).argmax(dim=1)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def _hooks(handles: list):
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _hidden(model, b: dict) -> torch.Tensor:
+    """Final-norm hidden states [B,T,D]."""
+    out = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+    return out.last_hidden_state
+
+
+def _last_logp(model, b: dict) -> torch.Tensor:
+    """log p(next token) at the last real token of each row, float32 [B,V]."""
+    h = _hidden(model, b)
+    rows = torch.arange(h.shape[0], device=h.device)
+    return F.log_softmax(model.lm_head(h[rows, _last_real(b["attention_mask"])]).float(), dim=-1)
+
+
+@torch.no_grad()
+def _collect(model, batches, modules: dict[str, nn.Module], fn, output: bool = False,
+             desc: str = "calibration pass") -> None:
+    """Forward every batch; call ``fn(name, x)`` with the real-token rows [N,F] of each
+    module's input (or output)."""
+    state: dict = {}
+
+    def make(name):
+        def pre(mod, args):
+            fn(name, args[0][state["mask"]])
+
+        def post(mod, args, out):
+            fn(name, out[state["mask"]])
+
+        return post if output else pre
+
+    handles = [
+        m.register_forward_hook(make(n)) if output else m.register_forward_pre_hook(make(n))
+        for n, m in modules.items()
+    ]
+    with _hooks(handles), _eval_mode(model):
+        for batch in _progress(_batches(batches), desc):
+            b = _to_device(model, batch)
+            state["mask"] = b["attention_mask"].bool()
+            h = _hidden(model, b)
+            if any(m is model.lm_head for m in modules.values()):
+                model.lm_head(h)
+
+
+def _input_norms(model, batches, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """L2 norm of each input feature of each module over the real calibration tokens."""
+    sq: dict[str, torch.Tensor] = {}
+
+    def acc(name, x):
+        s = x.float().pow(2).sum(0)
+        sq[name] = sq[name] + s if name in sq else s
+
+    _collect(model, batches, modules, acc, desc="Wanda input norms")
+    return {k: v.sqrt() for k, v in sq.items()}
+
+
+def _ups(model) -> dict[str, nn.Module]:
+    return {str(l): layer.mlp.up_proj for l, layer in enumerate(_layers(model))}
+
+
+@torch.no_grad()
+def _mean_kl(model, batches: list[dict], ref: list[torch.Tensor]) -> float:
+    """Mean over samples of KL(ref || model) at the last real token, by full forwards (what
+    scoring one masked head cost before layer inputs were cached; kept for cost comparisons)."""
+    total, n = 0.0, 0
+    for b, lp_ref in zip(batches, ref):
+        lp = _last_logp(model, b)
+        total += (lp_ref.exp() * (lp_ref - lp)).sum().item()
+        n += lp.shape[0]
+    return total / max(n, 1)
+
+
+@contextlib.contextmanager
+def masked_heads(model, heads: dict[int, Sequence[int]], mode: str = "zero_o_proj"):
+    """Temporarily remove query heads ``{layer: [head, ...]}``.
+
+    ``zero_o_proj``: a forward pre-hook zeroes the head's slice of o_proj's input (the head
+    contributes nothing). ``scale_query``: a forward hook scales the head's slice of q_proj's
+    output by 1e-4 (as the public PruneRec code does; attention becomes near-uniform).
+    """
+    if mode not in ("zero_o_proj", "scale_query"):
+        raise ValueError(f"mask_mode must be 'zero_o_proj' or 'scale_query', got {mode!r}")
+    _, n_heads, hd = _dims(model)
+    handles = []
+    for l, hs in heads.items():
+        if not len(hs):
+            continue
+        attn = _layers(model)[l].self_attn
+        p = attn.o_proj.weight if mode == "zero_o_proj" else attn.q_proj.weight
+        scale = torch.ones(n_heads, hd, device=p.device, dtype=p.dtype)
+        scale[list(hs)] = 0.0 if mode == "zero_o_proj" else 1e-4
+        scale = scale.flatten()
+        if mode == "zero_o_proj":
+            hook = attn.o_proj.register_forward_pre_hook(lambda m, a, s=scale: (a[0] * s, *a[1:]))
+        else:
+            hook = attn.q_proj.register_forward_hook(lambda m, a, out, s=scale: out * s)
+        handles.append(hook)
+    with _hooks(handles):
+        yield
+
+
+class _Skip(nn.Module):
+    """Stands in for a removed decoder layer: passes the residual stream through."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextlib.contextmanager
+def skipped_layers(model, layers: Iterable[int]):
+    """Temporarily replace decoder layers by identities (no computation)."""
+    ml, saved = _layers(model), {}
+    try:
+        for l in layers:
+            saved[l] = ml[l]
+            ml[l] = _Skip()
+        yield
+    finally:
+        for l, mod in saved.items():
+            ml[l] = mod
