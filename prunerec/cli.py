@@ -130,7 +130,7 @@ def _prompt_options(command):
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Prepared data folder.")
 @click.option("--model", "model_ref", required=True,
-              help="A scratch preset (tiny, small) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
+              help="A scratch preset (tiny, small, deep) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
 @_prompt_options
 @_train_options
