@@ -162,6 +162,8 @@ def plot_curve(points: list[dict], path: Path) -> None:
         ax.errorbar(steps, kept, yerr=[lows, highs], marker=marker, capsize=3, label=f"{metric} kept")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
+    ax.set_xticks(steps, [f"{s:,}" for s in steps])
+    ax.minorticks_off()
     ax.set_xlabel("distillation steps per stage (batch 32)")
     ax.set_ylabel("share of the base's quality (95% paired CI)")
     ax.set_title("PruneRec: quality kept against distillation budget")
