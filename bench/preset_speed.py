@@ -38,14 +38,15 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"
 
 
-def step_seconds(preset: str, tokenizer, batches, warmup: int) -> tuple[float, dict]:
+def step_seconds(preset: str, tokenizer, batches, warmup: int, bf16: bool = False) -> tuple[float, dict]:
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(PRESETS[preset].config(len(tokenizer), tokenizer.eos_token_id)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
     times = []
     for batch in batches:
         t0 = time.perf_counter()
-        loss = response_ce(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = response_ce(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -64,6 +65,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--reference-preset", default=None)
     parser.add_argument("--reference-seconds", type=float, default=None)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (the trainer runs float32)")
     parser.add_argument("--out", default=str(HERE / "out" / "preset_speed.json"))
     args = parser.parse_args()
     data = load_dataset(args.data, splits=("train",))
@@ -79,7 +81,7 @@ def main():
     results = {}
     for preset in presets:
         load = os.getloadavg()[0]
-        seconds, params = step_seconds(preset, tokenizer, batches, args.warmup)
+        seconds, params = step_seconds(preset, tokenizer, batches, args.warmup, args.bf16)
         results[preset] = {"seconds_per_step": round(seconds, 3), "parameters": params,
                            "epoch_hours": round(seconds * steps_per_epoch / 3600, 1),
                            "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
@@ -92,7 +94,8 @@ def main():
     write_json(args.out, {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
                                      f"{torch.get_num_threads()}", "batch_size": args.batch_size,
                           "train_rows": len(data["train"]), "steps_per_epoch": steps_per_epoch,
-                          "timed_steps": args.steps, "reference": [args.reference_preset, args.reference_seconds],
+                          "timed_steps": args.steps, "bf16_autocast": args.bf16,
+                          "reference": [args.reference_preset, args.reference_seconds],
                           "presets": results})
 
 
