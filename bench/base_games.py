@@ -1,4 +1,4 @@
-"""Benchmark: the `small` scratch preset as a BIGRec base on ../shared/data/amazon-games.
+"""Benchmark: a scratch preset (`small` unless --preset) as a BIGRec base on amazon-games.
 
 Variants (run in this order, each: prepare data -> train with a time budget -> evaluate on test):
   top2000  the 2,000 most popular items (by training-target count) and the rows about them:
@@ -24,6 +24,7 @@ import torch
 from prunerec.data.catalog import load_dataset, write_dataset
 from prunerec.data.subcatalog import restrict_to_top
 from prunerec.io import write_json
+from prunerec.model.presets import PRESETS
 from prunerec.rec.evaluate import report_user_rows
 from prunerec.rec.metrics import ratios
 from prunerec.recipes import run_evaluate, run_train
@@ -65,7 +66,7 @@ def run_variant(variant: str, args) -> dict:
     train_limit = args.full_train_limit if variant == "full" else None
     minutes = args.minutes_full if variant == "full" else args.minutes
     if not (model_dir / "training.json").is_file():
-        run_train(data_dir, "small", model_dir, category="video games", max_history=args.max_history,
+        run_train(data_dir, args.preset, model_dir, category="video games", max_history=args.max_history,
                   epochs=args.epochs, batch_size=32, lr=args.lr, warmup=100, patience=3, eval_every=400,
                   time_budget=minutes, decay_to_budget=args.decay_to_budget, train_limit=train_limit,
                   valid_limit=1000, seed=0,
@@ -87,6 +88,8 @@ def run_variant(variant: str, args) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="top2000,full")
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                        help="scratch preset to train (deep: the paper's proportions; give it its own --tag)")
     parser.add_argument("--minutes", type=float, default=40.0, help="training budget of the sub-catalog variant")
     parser.add_argument("--minutes-full", type=float, default=40.0, help="training budget of the full variant")
     parser.add_argument("--users", type=int, default=None, help="test users (default: all rows of the split)")

@@ -1,9 +1,13 @@
 """Benchmark: PruneRec against other pruning criteria and its own ablations on amazon-games.
 
-Base: the `small` preset trained by bench/base_games.py on the full catalog
-(bench/out/base_games_full/model, evaluated on the same test users into eval.json).
-Every variant reaches the default target shape (>= 95% of non-embedding parameters removed)
-with the same distillation budget (--max-steps per distillation; the one-shot ablation, which
+Base (--base): a folder with model/ and eval.json (its test evaluation; the variants are
+evaluated on the same users), by default the `small` preset trained by bench/base_games.py on
+the full catalog (bench/out/base_games_full); `--base bench/out/base_games_full_deep --tag _deep`
+for the `deep` preset (bench/base_games.py --preset deep --variants full --tag _deep), whose
+default targets are the paper's proportions exactly (8 of 24 layers, 7 of 14 query heads and 1
+of 2 KV groups, hidden 224 of 448, MLP 448 of 2,432). Every variant reaches the default target
+shape (>= 95% of non-embedding parameters removed; --target-file overrides it) with the same
+distillation budget (--max-steps per distillation; the one-shot ablation, which
 distils once, gets the three stages' steps together), then is evaluated on the same test users
 as the base with trie-constrained beam search. Quality kept = metric / base metric, with a 95%
 paired bootstrap interval (the same resampled users for both).
@@ -11,11 +15,16 @@ paired bootstrap interval (the same resampled users for both).
 Variants: prunerec, random, magnitude (+ShortGPT layers), wanda-sp (+ShortGPT layers),
 prunerec-shortgpt (PruneRec widths, ShortGPT layers), no-distill, one-shot.
 
-Writes bench/out/compress_games/<variant>/ (the compress run and eval.json) and
-bench/out/compress_games_<variant>.json; `--summarize` gathers them into
-bench/out/compress_games.json and prints the table for docs/results.md.
-Usage: python bench/compress_games.py --variants prunerec,random [--max-steps 300] [--users 2500]
+`--curve 100,300,1000` runs PruneRec once per distillation budget (steps per stage) instead,
+each evaluated on the base's test users: the curve of quality kept against distillation steps
+(bench/out/compress_games<tag>_curve.json and .png).
+
+Writes bench/out/compress_games<tag>/<variant>/ (the compress run and eval.json) and
+bench/out/compress_games<tag>_<variant>.json; `--summarize` gathers them into
+bench/out/compress_games<tag>.json and prints the table for docs/results.md.
+Usage: python bench/compress_games.py --variants prunerec,random [--max-steps 300]
        python bench/compress_games.py --summarize
+       python bench/compress_games.py --base bench/out/base_games_full_deep --tag _deep --curve 100,300,1000,3000
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ import torch
 from prunerec.compress.pipeline import CompressOptions, run_compress
 from prunerec.data.catalog import load_dataset
 from prunerec.io import write_json
+from prunerec.plots import pyplot, save_png
 from prunerec.rec.evaluate import report_user_rows
 from prunerec.rec.metrics import (
     average,
@@ -43,7 +53,6 @@ from prunerec.recipes import run_evaluate
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"
 BASE = HERE / "out" / "base_games_full"
-OUT = HERE / "out" / "compress_games"
 METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 VARIANTS = {
     "prunerec": {},
@@ -56,50 +65,111 @@ VARIANTS = {
 }
 
 
-def options_for(variant: str, args) -> CompressOptions:
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    base: Path  # model/ and eval.json
+    data: Path
+    tag: str = ""
+
+    @property
+    def out(self) -> Path:
+        return HERE / "out" / f"compress_games{self.tag}"
+
+    def summary(self, name: str = "") -> Path:
+        return HERE / "out" / f"compress_games{self.tag}{'_' + name if name else ''}.json"
+
+    def base_eval(self) -> dict:
+        path = self.base / "eval.json"
+        if not path.is_file() or not (self.base / "model" / "config.json").is_file():
+            raise SystemExit(f"--base {self.base}: expected model/ (a trained recommender) and eval.json "
+                             "(its test evaluation, e.g. from bench/base_games.py)")
+        return json.loads(path.read_text())
+
+
+def options_for(variant: str, args, steps: int | None = None) -> CompressOptions:
     changes = VARIANTS[variant]
-    steps = args.max_steps * 3 if changes.get("one_shot") else args.max_steps
-    return CompressOptions(max_steps=steps, lr=args.lr, eval_every=args.max_steps // 3, eval_users=args.eval_users,
-                           valid_limit=300, calib_samples=64, seed=0, **changes)
+    steps = args.max_steps if steps is None else steps
+    total = steps * 3 if changes.get("one_shot") else steps
+    return CompressOptions(max_steps=total, lr=args.lr, eval_every=steps // 3, eval_users=args.eval_users,
+                           valid_limit=300, calib_samples=args.calib_samples, seed=0, target_file=args.target_file,
+                           **changes)
 
 
 @functools.cache
-def _titles() -> tuple[str, ...]:
-    return load_dataset(DATA, splits=()).catalog.titles
+def _titles(data: Path) -> tuple[str, ...]:
+    return load_dataset(data, splits=()).catalog.titles
 
 
-def user_rows(report: dict) -> list[dict]:
-    return report_user_rows(report, _titles())
+def user_rows(report: dict, paths: Paths) -> list[dict]:
+    return report_user_rows(report, _titles(paths.data))
 
 
-def quality_rows(report: dict, base_eval: dict) -> dict:
+def quality_rows(report: dict, base_eval: dict, paths: Paths) -> dict:
     if [r["user"] for r in report["rankings"]] != [r["user"] for r in base_eval["rankings"]]:
         raise SystemExit("the variant was evaluated on other users than the base")
-    rows, base_rows = user_rows(report), user_rows(base_eval)
+    rows, base_rows = user_rows(report, paths), user_rows(base_eval, paths)
     means, cis = average(rows), bootstrap_ci(rows)
     kept = {k: means[k] / b if (b := average(base_rows)[k]) else None for k in METRICS}
     return {"metrics": {k: means[k] for k in METRICS}, "ci95": {k: cis[k] for k in METRICS},
             "kept": kept, "kept_ci95": {k: v for k, v in paired_ratio_ci(rows, base_rows).items() if k in METRICS}}
 
 
-def run_variant(variant: str, args, base_eval: dict) -> dict:
-    folder = OUT / variant
-    options = options_for(variant, args)
+def compress_and_test(folder: Path, options: CompressOptions, base_eval: dict, paths: Paths) -> tuple[dict, dict]:
+    """One compress run into folder/run (resumed where it exists), evaluated on the base's users."""
     started = time.time()
-    report = run_compress(BASE / "model", DATA, folder / "run", options, resume=(folder / "run").exists())
+    report = run_compress(paths.base / "model", paths.data, folder / "run", options, resume=(folder / "run").exists())
     compress_seconds = time.time() - started
-    evaluation, table = run_evaluate(folder / "run" / "final", DATA, split="test", grounding="trie", beams=20,
+    evaluation, table = run_evaluate(folder / "run" / "final", paths.data, split="test", grounding="trie", beams=20,
                                      batch_size=16, limit=base_eval["users"], out=folder / "eval.json")
-    summary = {"variant": variant, "options": dataclasses.asdict(options),
-               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-               "compress_seconds": round(compress_seconds, 1),
-               "shape": report["final"]["shape"], "parameters": report["final"]["parameters"],
-               "non_embedding_removed_share": report["final"]["non_embedding_removed_share"],
-               "validation_kept": report["final"].get("quality_kept"),
-               "test": quality_rows(evaluation, base_eval)}
-    write_json(HERE / "out" / f"compress_games_{variant}.json", summary)
     print(table, flush=True)
+    return {"options": dataclasses.asdict(options),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "compress_seconds": round(compress_seconds, 1),
+            "shape": report["final"]["shape"], "parameters": report["final"]["parameters"],
+            "non_embedding_removed_share": report["final"]["non_embedding_removed_share"],
+            "validation_kept": report["final"].get("quality_kept"),
+            "test": quality_rows(evaluation, base_eval, paths)}, evaluation
+
+
+def run_variant(variant: str, args, base_eval: dict, paths: Paths) -> dict:
+    result, _ = compress_and_test(paths.out / variant, options_for(variant, args), base_eval, paths)
+    summary = {"variant": variant, "base": str(paths.base), **result}
+    write_json(paths.summary(variant), summary)
     return summary
+
+
+def run_curve(budgets: list[int], args, base_eval: dict, paths: Paths) -> dict:
+    """PruneRec at each distillation budget (steps per stage), on the base's test users."""
+    points = []
+    for steps in budgets:
+        result, _ = compress_and_test(paths.out / "curve" / f"steps_{steps}", options_for("prunerec", args, steps),
+                                      base_eval, paths)
+        points.append({"steps_per_stage": steps, "rows_per_stage": steps * 32, **result})
+        curve = {"base": str(paths.base), "users": base_eval["users"], "points": points}
+        write_json(paths.summary("curve"), curve)  # after every point: a long run keeps what it has
+    plot_curve(points, paths.summary("curve").with_suffix(".png"))
+    return curve
+
+
+def plot_curve(points: list[dict], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    steps = [p["steps_per_stage"] for p in points]
+    for metric, marker in (("NDCG@10", "o"), ("HR@10", "s")):
+        kept = [p["test"]["kept"][metric] or 0.0 for p in points]
+        lows = [k - p["test"]["kept_ci95"][metric][0] for k, p in zip(kept, points)]
+        highs = [p["test"]["kept_ci95"][metric][1] - k for k, p in zip(kept, points)]
+        ax.errorbar(steps, kept, yerr=[lows, highs], marker=marker, capsize=3, label=f"{metric} kept")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(steps, [f"{s:,}" for s in steps])
+    ax.minorticks_off()
+    ax.set_xlabel("distillation steps per stage (batch 32)")
+    ax.set_ylabel("share of the base's quality (95% paired CI)")
+    ax.set_title("PruneRec: quality kept against distillation budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_png(fig, path)
 
 
 def _cell(value: float, ci) -> str:
@@ -120,19 +190,21 @@ def _versus(rows: list[dict], prunerec_rows: list[dict] | None) -> str:
     return _kept_cell(mean / baseline if baseline else None, paired_ratio_ci(rows, prunerec_rows)["NDCG@10"])
 
 
-def summarize() -> str:
-    base_eval = json.loads((BASE / "eval.json").read_text())
-    base_rows = user_rows(base_eval)
+def summarize(paths: Paths) -> str:
+    base_eval = paths.base_eval()
+    base_rows = user_rows(base_eval, paths)
     assert average(base_rows)["HR@10"] == base_eval["results"]["trie"]["metrics"]["HR@10"]
-    results = {v: json.loads(p.read_text()) for v in VARIANTS
-               if (p := HERE / "out" / f"compress_games_{v}.json").is_file()}
-    variant_rows = {v: user_rows(json.loads((OUT / v / "eval.json").read_text())) for v in results}
+    results = {v: json.loads(p.read_text()) for v in VARIANTS if (p := paths.summary(v)).is_file()}
+    variant_rows = {v: user_rows(json.loads((paths.out / v / "eval.json").read_text()), paths) for v in results}
     prunerec_rows = variant_rows.get("prunerec")
     popularity = base_eval["results"]["popularity"]
     header = ["variant", "removed", *METRICS, "kept HR@10", "kept NDCG@10", "kept (mean of 6)", "NDCG@10 / PruneRec's"]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     base_ci = bootstrap_ci(base_rows)
-    lines.append(" | ".join(["base (small)", "0%", *(_cell(average(base_rows)[k], base_ci[k]) for k in METRICS),
+    settings = paths.base / "model" / "prunerec.json"
+    base_name = json.loads(settings.read_text()).get("preset", {}).get("name") if settings.is_file() else None
+    lines.append(" | ".join([f"base ({base_name or paths.base.name})", "0%",
+                             *(_cell(average(base_rows)[k], base_ci[k]) for k in METRICS),
                              "100%", "100%", "100%", "-"]))
     for variant, result in results.items():
         test = result["test"]
@@ -146,8 +218,8 @@ def summarize() -> str:
     lines.append(" | ".join(["popularity", "-", *(_cell(popularity["metrics"][k], popularity["ci95"][k])
                                                   for k in METRICS), "-", "-", "-", "-"]))
     table = "| " + " |\n| ".join(lines) + " |"
-    write_json(HERE / "out" / "compress_games.json", {"users": base_eval["users"], "variants": results,
-                                                       "table": table})
+    write_json(paths.summary(), {"users": base_eval["users"], "base": str(paths.base), "variants": results,
+                                 "table": table})
     return table
 
 
@@ -157,17 +229,34 @@ def main():
     parser.add_argument("--max-steps", type=int, default=300, help="steps per distillation (batch 32)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-users", type=int, default=300, help="validation users per stage inside compress")
+    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--target-file", default=None, help="target shape (JSON/YAML); default: paper proportions")
+    parser.add_argument("--base", type=Path, default=BASE, help="folder with model/ and eval.json")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--tag", default="", help="suffix of the output names (e.g. _deep)")
+    parser.add_argument("--curve", default=None, metavar="STEPS,...",
+                        help="distillation budgets (steps per stage) for PruneRec's kept-quality curve")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()
+    paths = Paths(args.base, args.data, args.tag)
     if args.summarize:
-        print(summarize())
+        print(summarize(paths))
         return
-    base_eval = json.loads((BASE / "eval.json").read_text())
+    base_eval = paths.base_eval()
+    if args.curve:
+        try:
+            budgets = sorted({int(x) for x in args.curve.split(",")})
+        except ValueError:
+            raise SystemExit(f"--curve {args.curve}: expected steps per stage, e.g. 100,300,1000") from None
+        if not budgets or budgets[0] <= 0:
+            raise SystemExit(f"--curve {args.curve}: budgets must be > 0")
+        print(json.dumps(run_curve(budgets, args, base_eval, paths)["points"][-1]["test"]["kept"]))
+        return
     for variant in args.variants.split(","):
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         started = time.time()
-        run_variant(variant, args, base_eval)
+        run_variant(variant, args, base_eval, paths)
         print(f"{variant} finished in {time.time() - started:.0f}s", flush=True)
 
 

@@ -158,7 +158,7 @@ def _prompt_options(command):
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Prepared data folder.")
 @click.option("--model", "model_ref", required=True,
-              help="A scratch preset (tiny, small) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
+              help="A scratch preset (tiny, small, deep) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
 @_prompt_options
 @_train_options
@@ -187,18 +187,20 @@ def train(data_dir, model_ref, out, template, category, max_history, cutoff, **t
 @click.option("--grounding", type=click.Choice(["trie", "l2", "both"]), default="both", show_default=True,
               help="trie: constrained beam search; l2: BIGRec's free generation + L2 matching.")
 @click.option("--beams", default=20, show_default=True, help="Beams = ranked items returned by constrained search.")
-@click.option("--batch-size", default=8, show_default=True, help="Users per batch.")
+@click.option("--batch-size", default=16, show_default=True, help="Users per batch.")
+@click.option("--workers", default=0, show_default=True,
+              help="Processes sharing the users (0: one per usable CPU core; 1 on a GPU).")
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of this many users.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--seed", default=0, show_default=True)
 @friendly_errors
-def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, limit, out, seed):
+def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, workers, limit, out, seed):
     """HR@K and NDCG@K (K = 1, 3, 5, 10, 20) with 95% bootstrap intervals, the out-of-catalog
     rate of free generation, and a popularity baseline, in one table."""
     from prunerec.recipes import run_evaluate
 
     report, table = run_evaluate(model_ref, data_dir, split=split, grounding=grounding, beams=beams,
-                                 batch_size=batch_size, limit=limit, out=out, seed=seed)
+                                 batch_size=batch_size, workers=workers, limit=limit, out=out, seed=seed)
     click.echo(table)
 
 

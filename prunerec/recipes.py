@@ -62,16 +62,17 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
                              overwrite=overwrite)
 
 
-def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=20, batch_size=8, limit=None,
-                 out=None, seed=0) -> tuple[dict, str]:
+def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=20, batch_size=16, workers=0,
+                 limit=None, out=None, seed=0) -> tuple[dict, str]:
     from prunerec.rec.evaluate import GROUNDINGS, EvalOptions, evaluate_path, format_table
 
     _positive("beams", beams)
     _positive("batch-size", batch_size)
+    _positive("workers", workers, allow_zero=True)
     _positive("limit", limit)
     groundings = GROUNDINGS if grounding == "both" else (grounding,)
     options = EvalOptions(split=split, groundings=groundings, num_beams=beams, batch_size=batch_size,
-                          limit=limit, seed=seed)
+                          workers=workers, limit=limit, seed=seed)
     report = evaluate_path(model_ref, data_dir, options)
     table = format_table(report)
     if out:

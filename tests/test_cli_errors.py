@@ -52,6 +52,9 @@ def test_bad_numbers_are_refused(runner, demo_data, tmp_path):
     result = runner.invoke(main, ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(tmp_path / "m"),
                                   "--decay-to-budget"])
     _assert_clean_failure(result, "--decay-to-budget needs a --time-budget")
+    result = runner.invoke(main, ["evaluate", "--model", str(tmp_path / "m"), "--data", str(demo_data),
+                                  "--workers", "-1"])
+    _assert_clean_failure(result, "--workers must be >= 0")
 
 
 def test_download_offline_gives_a_clear_message(runner, tmp_path):

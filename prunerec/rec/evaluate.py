@@ -10,13 +10,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from prunerec import distributed
 from prunerec.data.catalog import Catalog, Sample, load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.rec import metrics
-from prunerec.rec.beam import TorchStepper, constrained_beam_search
+from prunerec.rec.beam import constrained_beam_search
 from prunerec.rec.encode import history_titles, prompt_ids, response_ids
 from prunerec.rec.grounding import embed_texts, free_generate, free_token_budget, l2_rank
+from prunerec.rec.parallel import map_in_order, usable_cores
+from prunerec.rec.shared_prompt import make_stepper
 from prunerec.rec.trie import TitleTrie
 
 GROUNDINGS = ("trie", "l2")
@@ -27,7 +30,8 @@ class EvalOptions:
     split: str = "test"
     groundings: tuple[str, ...] = GROUNDINGS
     num_beams: int = 20
-    batch_size: int = 8
+    batch_size: int = 16  # users per batch (each with num_beams rows)
+    workers: int = 0  # processes sharing the users; 0 = one per usable core
     limit: int | None = None
     ks: tuple[int, ...] = metrics.DEFAULT_KS
     bootstrap: int = 1000
@@ -48,13 +52,17 @@ class Recommender:
         return prompt_ids(self.rec.tokenizer, [history_titles(s, self.catalog) for s in samples], self.rec.settings)
 
     def rank_trie(self, prompts, num_beams: int) -> list[list[tuple[str, float]]]:
-        stepper = TorchStepper(self.rec.model, self.rec.tokenizer.pad_token_id)
+        stepper = make_stepper(self.rec.model, self.rec.tokenizer.pad_token_id)
         ranked = constrained_beam_search(stepper, prompts, self.trie, num_beams)
         return [[(self.titles[i], score) for i, score in row] for row in ranked]
 
-    def rank_l2(self, prompts, k: int) -> tuple[list[str], list[list[str]]]:
+    def prepare_l2(self) -> None:
+        """Embed every catalog title once (before worker processes fork, so they share it)."""
         if self._title_embeddings is None:
             self._title_embeddings = embed_texts(self.rec.model, self.rec.tokenizer, self.titles)
+
+    def rank_l2(self, prompts, k: int) -> tuple[list[str], list[list[str]]]:
+        self.prepare_l2()
         generated = free_generate(self.rec.model, self.rec.tokenizer, prompts,
                                   free_token_budget(self.trie.max_len))
         query = embed_texts(self.rec.model, self.rec.tokenizer, [g or " " for g in generated])
@@ -99,8 +107,41 @@ def popularity_titles(catalog: Catalog, train: Sequence[Sample], k: int) -> list
     return ranked
 
 
+def length_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Indices of the prompts in batches of similar lengths (less padding in every batch)."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def rank_users(recommender: Recommender, prompts: Sequence[Sequence[int]], grounding: str, options: EvalOptions,
+               on_users: Callable[[int], None] | None = None) -> list:
+    """One result per prompt, in order: [(title, score)] for trie, (generated text, [title]) for l2.
+
+    Users are batched by prompt length and the batches spread over ``options.workers`` processes.
+    """
+    def rank_batch(batch: list[list[int]]) -> list:
+        if grounding == "trie":
+            return recommender.rank_trie(batch, options.num_beams)
+        return list(zip(*recommender.rank_l2(batch, max(options.ks))))
+
+    if grounding == "l2":
+        recommender.prepare_l2()
+    workers = options.workers or usable_cores()
+    if next(recommender.rec.model.parameters()).device.type != "cpu" or distributed.world_size() > 1:
+        workers = 1  # one process per accelerator; torchrun ranks already share the cores
+    batches = length_batches(prompts, options.batch_size)
+    ranked = map_in_order(rank_batch, [[prompts[i] for i in batch] for batch in batches], workers,
+                          on_result=(lambda item, _: on_users(len(item))) if on_users else None)
+    out: list = [None] * len(prompts)
+    for batch, results in zip(batches, ranked):
+        for i, result in zip(batch, results):
+            out[i] = result
+    return out
+
+
 def evaluate_model(rec: RecModel, data_dir: str | Path, options: EvalOptions,
                    on_batch: Callable[[int], None] | None = None) -> dict:
+    """``on_batch(n)``: n more users ranked (once per batch and grounding)."""
     data = load_dataset(data_dir, splits=("train", options.split))
     if rec.catalog is not None and rec.catalog.titles != data.catalog.titles:
         raise PrunerecError(f"the model was trained for a different catalog than {data_dir}/items.jsonl")
@@ -110,27 +151,27 @@ def evaluate_model(rec: RecModel, data_dir: str | Path, options: EvalOptions,
     recommender = Recommender(rec, data.catalog)
     targets = [data.catalog.title(s.target) for s in users]
     depth = max(options.ks)
-    rankings = {g: [] for g in options.groundings}
+    prompts = recommender.prompts(users)
+    rankings: dict[str, list] = {}
     generated: list[str] = []
-    seconds = {g: 0.0 for g in options.groundings}
-    bar = tqdm(total=len(users), desc=f"evaluate {options.split}", unit="user", dynamic_ncols=True)
-    for start in range(0, len(users), options.batch_size):
-        batch = users[start:start + options.batch_size]
-        prompts = recommender.prompts(batch)
-        if "trie" in options.groundings:
-            t0 = time.perf_counter()
-            rankings["trie"].extend([t for t, _ in row] for row in recommender.rank_trie(prompts, options.num_beams))
-            seconds["trie"] += time.perf_counter() - t0
-        if "l2" in options.groundings:
-            t0 = time.perf_counter()
-            texts, ranked = recommender.rank_l2(prompts, depth)
-            seconds["l2"] += time.perf_counter() - t0
-            generated.extend(texts)
-            rankings["l2"].extend(ranked)
-        bar.update(len(batch))
-        if on_batch:
-            on_batch(start + len(batch))
-    bar.close()
+    seconds = {}
+    for g in options.groundings:
+        bar = tqdm(total=len(users), desc=f"evaluate {options.split} ({g})", unit="user", dynamic_ncols=True)
+
+        def done(n: int, bar=bar) -> None:
+            bar.update(n)
+            if on_batch:
+                on_batch(n)
+
+        t0 = time.perf_counter()
+        results = rank_users(recommender, prompts, g, options, done)
+        seconds[g] = time.perf_counter() - t0
+        bar.close()
+        if g == "trie":
+            rankings[g] = [[title for title, _ in row] for row in results]
+        else:
+            generated = [text for text, _ in results]
+            rankings[g] = [ranked for _, ranked in results]
     popular = popularity_titles(data.catalog, data["train"], depth)
     popular_rows = _ranked_metrics([popular] * len(users), targets, options.ks)
     results = {}

@@ -1,7 +1,9 @@
 """Target shapes: paper proportions, rounding, overrides, refusals (pure, no model weights)."""
 
+from pathlib import Path
+
 import pytest
-from transformers import Qwen2Config
+from transformers import AutoConfig, Qwen2Config
 
 from prunerec.compress.targets import (
     Targets,
@@ -30,6 +32,40 @@ def test_qwen2_05b_defaults_are_the_paper():
     assert s["target_parameters"]["non_embedding"] == 13_316_032
     assert s["non_embedding_removed_share"] == pytest.approx(0.9628, abs=1e-4)
     assert s["target_shape"]["head_dim"] == 64
+
+
+QWEN2_05B_CONFIG = Path(__file__).resolve().parents[3] / "shared" / "models" / "qwen2-0.5b"
+
+
+def test_real_qwen2_05b_config_defaults_are_the_paper():
+    if not (QWEN2_05B_CONFIG / "config.json").is_file():
+        pytest.skip(f"{QWEN2_05B_CONFIG}/config.json is not beside the repository")
+    cfg = AutoConfig.from_pretrained(QWEN2_05B_CONFIG)
+    t = resolve_targets(cfg)
+    assert (t.heads, t.kv_heads, t.hidden, t.mlp, t.layers) == (7, 1, 448, 896, 8) and not t.notes
+    s = target_summary(cfg, t)
+    assert s["base_parameters"]["non_embedding"] == 357_898_112
+    assert s["target_parameters"]["non_embedding"] == 13_316_032
+
+
+def test_deep_preset_defaults_are_the_paper_proportions():
+    """The deep preset has Qwen2-0.5B's proportions, so the default targets are the paper's:
+    16 of 24 layers removed, 7 of 14 query heads and 1 of 2 KV groups kept, hidden halved,
+    MLP 896/4864 of its width, and > 95% of non-embedding parameters removed."""
+    p = PRESETS["deep"]
+    assert (p.num_layers, p.num_heads, p.num_kv_heads, p.head_dim) == (24, 14, 2, 32)
+    assert p.hidden_size == p.num_heads * p.head_dim
+    assert p.intermediate_size * 896 == p.hidden_size * 4864  # Qwen2-0.5B's MLP ratio, exactly
+    cfg = p.config(8192, 0)
+    t = resolve_targets(cfg)
+    assert t == Targets(layers=8, heads=7, kv_heads=1, hidden=224, mlp=448) and not t.notes
+    assert t.hidden * 2 == p.hidden_size and t.heads * 2 == p.num_heads
+    assert t.mlp * 4864 == p.intermediate_size * 896
+    s = target_summary(cfg, t)
+    assert s["target_shape"]["head_dim"] == 32
+    assert s["base_parameters"]["non_embedding"] == 89_492_416
+    assert s["target_parameters"]["non_embedding"] == 3_332_064
+    assert s["non_embedding_removed_share"] == pytest.approx(0.9628, abs=1e-4)
 
 
 def test_paper_14q_2kv_variant_count():
