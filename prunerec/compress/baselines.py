@@ -20,6 +20,7 @@ from prunerec.compress.hooks import (
     _progress,
     _to_device,
 )
+from prunerec.model import surgery
 
 __all__ = [
     "shortgpt_layer_scores",
@@ -87,19 +88,19 @@ def magnitude_head_scores(model) -> torch.Tensor:
 
 
 def _hidden_owners(model) -> list[tuple[torch.Tensor, int]]:
-    """(weight, axis of the hidden dim) for every tensor indexed by the residual stream."""
+    """(weight, axis of the hidden dim) for every tensor indexed by the residual stream: what
+    surgery.keep_hidden slices."""
     emb, lm = model.get_input_embeddings(), model.get_output_embeddings()
     owners = [(emb.weight, 1)]
     if lm is not None and lm.weight is not emb.weight:
         owners.append((lm.weight, 1))
     for layer in _layers(model):
-        a, m = layer.self_attn, layer.mlp
-        owners += [(lin.weight, 1) for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)]
-        owners += [(lin.weight, 0) for lin in (a.o_proj, m.down_proj)]
-        if a.o_proj.bias is not None:
-            owners.append((a.o_proj.bias.unsqueeze(1), 0))
-    norms = [mod.weight.unsqueeze(1) for mod in model.modules() if hasattr(mod, "variance_epsilon")]
-    return owners + [(w, 0) for w in norms]
+        owners += [(lin.weight, 1) for lin in surgery.residual_readers(layer)]
+        for lin in surgery.residual_writers(layer):
+            owners.append((lin.weight, 0))
+            if lin.bias is not None:
+                owners.append((lin.bias.unsqueeze(1), 0))
+    return owners + [(norm.weight.unsqueeze(1), 0) for norm in surgery.rms_norms(model)]
 
 
 @torch.no_grad()

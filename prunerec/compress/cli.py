@@ -5,6 +5,7 @@ import json
 
 import click
 
+from prunerec.compress.criteria import LAYER, WIDTH
 from prunerec.errors import friendly_errors
 
 __all__ = ["COMMANDS", "compress", "analyze"]
@@ -20,9 +21,9 @@ _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
               help="Prepared data folder the base was trained on (calibration, distillation, validation).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: stage1/ stage2/ stage3/ final/ checkpoints, report.json/.md, plots.")
-@click.option("--method", type=click.Choice(["prunerec", "random", "magnitude", "wanda-sp"]), default="prunerec",
+@click.option("--method", type=click.Choice(list(WIDTH)), default="prunerec",
               show_default=True, help="Width criterion for heads, hidden dimensions and MLP channels.")
-@click.option("--layer-method", type=click.Choice(["auto", "greedy-ppl", "shortgpt", "random"]), default="auto",
+@click.option("--layer-method", type=click.Choice(["auto", *LAYER]), default="auto",
               show_default=True,
               help="Layer criterion. auto: greedy-ppl for prunerec, random for random, shortgpt otherwise.")
 @click.option("--heads", default=None, help=f"Query heads kept per layer: {_AMOUNT}. Default: 7/14 of the base.")

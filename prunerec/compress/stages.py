@@ -5,11 +5,11 @@ Each stage function takes a model, a :class:`Calibration` set, the :class:`Targe
 :mod:`prunerec.model.surgery` and returns a JSON-able record of what was kept (indices in the
 numbering of the model the stage received) and how long scoring took.
 
-Criteria (METHOD.md): ``prunerec`` = KL head importance with the alpha recursion and sequential
-masking, gradient x activation for hidden dimensions, top-k activation frequency for MLP
-channels and greedy calibration-perplexity layer removal; baselines ``random``, ``magnitude``
-and ``wanda-sp`` (structured Wanda) for heads, hidden and MLP; ``greedy-ppl``, ``shortgpt``
-and ``random`` for layers.
+Criteria live in :mod:`prunerec.compress.criteria`: ``prunerec`` = KL head importance with the
+alpha recursion and sequential masking, gradient x activation for hidden dimensions, top-k
+activation frequency for MLP channels and greedy calibration-perplexity layer removal;
+baselines ``random``, ``magnitude`` and ``wanda-sp`` (structured Wanda) for heads, hidden and
+MLP; ``greedy-ppl``, ``shortgpt`` and ``random`` for layers.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from prunerec.compress import importance as imp
+from prunerec.compress.criteria import LAYER, WIDTH
 from prunerec.compress.targets import Targets, base_shape
 from prunerec.errors import PrunerecError
 from prunerec.model import surgery
@@ -40,15 +41,15 @@ __all__ = [
     "stage3_layers",
 ]
 
-METHODS = ("prunerec", "random", "magnitude", "wanda-sp")
-LAYER_METHODS = ("greedy-ppl", "shortgpt", "random")
+METHODS = tuple(WIDTH)
+LAYER_METHODS = tuple(LAYER)
 MASK_MODES = ("zero_o_proj", "scale_query")
 
 
 def default_layer_method(method: str) -> str:
     """Layer criterion that goes with a width criterion when none is chosen: PruneRec's greedy
     perplexity search, random for random, ShortGPT block influence for the general pruners."""
-    return {"prunerec": "greedy-ppl", "random": "random"}.get(method, "shortgpt")
+    return WIDTH[method].default_layers
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,6 @@ def _top(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(order[:k].tolist())
 
 
-def _bottom(scores: torch.Tensor, k: int) -> list[int]:
-    order = torch.argsort(scores.float().cpu(), descending=False, stable=True)
-    return sorted(order[:k].tolist())
-
-
 def _halves(calib: Calibration) -> tuple[Calibration, Calibration] | None:
     """Two disjoint halves of the calibration set (alternate batches); None with one batch."""
     if len(calib.full) < 2:
@@ -141,10 +137,6 @@ def _halves(calib: Calibration) -> tuple[Calibration, Calibration] | None:
         full = calib.full[r::2]
         parts.append(Calibration(calib.prompts[r::2], full, sum(int(b["input_ids"].shape[0]) for b in full)))
     return parts[0], parts[1]
-
-
-def _data_free(opts: ScoringOptions) -> bool:
-    return opts.method in ("random", "magnitude")
 
 
 def _jaccard(a, b) -> float:
@@ -204,56 +196,35 @@ def _record(stage: str, what: str, opts: ScoringOptions, model, before: dict, ke
 # ----------------------------------------------------------------------------- Stage I
 
 
-def _head_scores(model, calib: Calibration, targets: Targets, opts: ScoringOptions) -> tuple[torch.Tensor, dict]:
-    n_q = model.config.num_attention_heads
-    if opts.method == "prunerec":
-        scores, masked = imp.head_importance_kl(model, calib.prompts, alpha=opts.alpha,
-                                                n_remove_per_layer=n_q - targets.heads, mask_mode=opts.mask_mode)
-        return scores, {"masked_while_scoring": masked}
-    if opts.method == "random":
-        return imp.random_head_scores(model, seed=opts.seed), {}
-    if opts.method == "magnitude":
-        return imp.magnitude_head_scores(model), {}
-    return imp.wanda_head_scores(model, calib.full), {}
-
-
-def _hidden_scores(model, calib: Calibration, opts: ScoringOptions) -> torch.Tensor:
-    if opts.method == "prunerec":
-        return imp.hidden_importance(model, calib.prompts)
-    if opts.method == "random":
-        return imp.random_hidden_scores(model, seed=opts.seed + 1)
-    if opts.method == "magnitude":
-        return imp.magnitude_hidden_scores(model)
-    return imp.wanda_hidden_scores(model, calib.full)
-
-
 def stage1_attention_hidden(model, calib: Calibration, targets: Targets, opts: ScoringOptions) -> dict:
     """Stage I: attention heads (GQA-aware, same counts in every layer), then the hidden dimension."""
     model.eval()
     before, timer, kept = base_shape(model.config), _Timer(), {}
     n_q, n_kv = before["heads"], before["kv_heads"]
-    stability = {}
+    criterion, stability = WIDTH[opts.method], {}
     if (targets.heads, targets.kv_heads) != (n_q, n_kv):
         with timer("heads"):
-            scores, extra = _head_scores(model, calib, targets, opts)
+            scores, extra = criterion.heads(model, calib, targets, opts)
             keep_kv, keep_q = imp.select_heads(scores, n_kv, targets.heads, targets.kv_heads)
 
         def heads(half):
-            _, q = imp.select_heads(_head_scores(model, half, targets, opts)[0], n_kv, targets.heads, targets.kv_heads)
+            _, q = imp.select_heads(criterion.heads(model, half, targets, opts)[0], n_kv, targets.heads,
+                                    targets.kv_heads)
             return [{(l, h) for l, row in enumerate(q) for h in row}]
 
         with timer("stability"):
-            stability["heads"] = _stability(calib, opts, heads, _data_free(opts))
+            stability["heads"] = _stability(calib, opts, heads, criterion.data_free)
         surgery.keep_attention_heads(model, keep_kv, keep_q)
         kept["kv_heads"], kept["q_heads"] = keep_kv, keep_q
         kept["head_scores"] = [[round(float(x), 6) for x in row] for row in scores]
         kept.update(extra)
     if targets.hidden != before["hidden"]:
         with timer("hidden"):
-            keep = _top(_hidden_scores(model, calib, opts), targets.hidden)
+            keep = _top(criterion.hidden(model, calib, opts), targets.hidden)
         with timer("stability"):
             stability["hidden"] = _stability(
-                calib, opts, lambda half: [_top(_hidden_scores(model, half, opts), targets.hidden)], _data_free(opts))
+                calib, opts, lambda half: [_top(criterion.hidden(model, half, opts), targets.hidden)],
+                criterion.data_free)
         surgery.keep_hidden(model, torch.tensor(keep))
         kept["hidden"] = keep
     _add_stability(kept, stability, timer)
@@ -263,30 +234,20 @@ def stage1_attention_hidden(model, calib: Calibration, targets: Targets, opts: S
 # ----------------------------------------------------------------------------- Stage II
 
 
-def _mlp_scores(model, calib: Calibration, targets: Targets, opts: ScoringOptions) -> list[torch.Tensor]:
-    if opts.method == "prunerec":
-        return imp.mlp_channel_frequency(model, calib.full, k=targets.mlp)
-    if opts.method == "random":
-        return imp.random_mlp_scores(model, seed=opts.seed + 2)
-    if opts.method == "magnitude":
-        return imp.magnitude_mlp_scores(model)
-    return imp.wanda_mlp_scores(model, calib.full)
-
-
 def stage2_mlp(model, calib: Calibration, targets: Targets, opts: ScoringOptions) -> dict:
     """Stage II: MLP intermediate channels (top-k activation frequency for PruneRec)."""
     model.eval()
     before, timer, kept = base_shape(model.config), _Timer(), {}
-    stability = {}
+    criterion, stability = WIDTH[opts.method], {}
     if targets.mlp != before["mlp"]:
         with timer("mlp"):
-            keep = [_top(x, targets.mlp) for x in _mlp_scores(model, calib, targets, opts)]
+            keep = [_top(x, targets.mlp) for x in criterion.mlp(model, calib, targets, opts)]
 
         def mlp(half):
-            return [_top(x, targets.mlp) for x in _mlp_scores(model, half, targets, opts)]
+            return [_top(x, targets.mlp) for x in criterion.mlp(model, half, targets, opts)]
 
         with timer("stability"):
-            stability["mlp"] = _stability(calib, opts, mlp, _data_free(opts))
+            stability["mlp"] = _stability(calib, opts, mlp, criterion.data_free)
         surgery.keep_mlp_channels(model, [torch.tensor(k) for k in keep])
         kept["mlp"] = keep
     _add_stability(kept, stability, timer)
@@ -296,34 +257,20 @@ def stage2_mlp(model, calib: Calibration, targets: Targets, opts: ScoringOptions
 # ----------------------------------------------------------------------------- Stage III
 
 
-def _drop_layers(model, batches: list[dict], n_remove: int, opts: ScoringOptions, kept: dict | None) -> list[int]:
-    if opts.layer_method == "greedy-ppl":
-        order = imp.greedy_layer_removal(model, batches, n_remove)
-        if kept is not None:
-            kept["removal_order"] = order
-        return sorted(order)
-    if opts.layer_method == "shortgpt":
-        scores = imp.shortgpt_layer_scores(model, batches)
-        if kept is not None:
-            kept["layer_scores"] = [round(float(x), 6) for x in scores]
-        return _bottom(scores, n_remove)
-    return _bottom(imp.random_layer_scores(model, seed=opts.seed + 3), n_remove)
-
-
 def stage3_layers(model, calib: Calibration, targets: Targets, opts: ScoringOptions) -> dict:
     """Stage III: whole decoder layers (greedy perplexity, ShortGPT or random)."""
     model.eval()
     before, timer, kept = base_shape(model.config), _Timer(), {}
     n_layers = before["layers"]
     n_remove = n_layers - targets.layers
-    stability = {}
+    criterion, stability = LAYER[opts.layer_method], {}
     if n_remove > 0:
         with timer("layers"):
-            drop = _drop_layers(model, calib.full, n_remove, opts, kept)
+            drop = criterion.drop(model, calib.full, n_remove, kept, opts)
         with timer("stability"):
             stability["layers"] = _stability(
-                calib, opts, lambda half: [_drop_layers(model, half.full, n_remove, opts, None)],
-                opts.layer_method == "random")
+                calib, opts, lambda half: [criterion.drop(model, half.full, n_remove, None, opts)],
+                criterion.data_free)
         kept["calibration_ppl_before"] = imp.calibration_perplexity(model, calib.full)
         with imp.skipped_layers(model, drop):
             kept["calibration_ppl_after"] = imp.calibration_perplexity(model, calib.full)

@@ -76,8 +76,20 @@ def _is_tied(model) -> bool:
     return lm is not None and lm.weight is emb.weight
 
 
-def _rms_norms(model) -> list[nn.Module]:
+def rms_norms(model) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "variance_epsilon") and hasattr(m, "weight")]
+
+
+def residual_readers(layer) -> tuple[nn.Linear, ...]:
+    """The linears of a decoder layer that read the residual stream (one input column per hidden dimension)."""
+    return (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj,
+            layer.mlp.up_proj)
+
+
+def residual_writers(layer) -> tuple[nn.Linear, ...]:
+    """The linears of a decoder layer that write the residual stream (one output row and bias entry per
+    hidden dimension)."""
+    return (layer.self_attn.o_proj, layer.mlp.down_proj)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -183,19 +195,18 @@ def keep_hidden(model, keep: torch.Tensor):
     elif lm is not None:
         _slice_linear(lm, in_idx=keep)
 
-    for norm in _rms_norms(model):
+    for norm in rms_norms(model):
         _set_param(norm, "weight", norm.weight.index_select(0, keep.to(norm.weight.device)) * math.sqrt(ratio))
         norm.variance_epsilon = norm.variance_epsilon * ratio
 
     for layer in _layers(model):
-        attn, mlp = layer.self_attn, layer.mlp
-        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+        for lin in residual_readers(layer):
             _slice_linear(lin, in_idx=keep)
-        for lin in (attn.o_proj, mlp.down_proj):
+        for lin in residual_writers(layer):
             _slice_linear(lin, out_idx=keep)
-        attn.head_dim = hd
+        layer.self_attn.head_dim = hd
         layer.hidden_size = n_new
-        mlp.hidden_size = n_new
+        layer.mlp.hidden_size = n_new
 
     cfg.head_dim = hd
     cfg.hidden_size = n_new
