@@ -50,6 +50,9 @@ def is_loopback(host: str) -> bool:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="vLLM only: weights dtype (auto: the checkpoint's, so answers match torch).")
 @click.option("--enforce-eager", is_flag=True, help="vLLM only: skip graph compilation (faster start, slower steps).")
+@click.option("--vllm-core", type=click.Choice(["inline", "process"]), default="inline", show_default=True,
+              help="vLLM only: run vLLM's engine core in this process (inline: fastest on CPUs) or in its own "
+                   "process. Either way the server exits non-zero if the engine dies.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
               help="torch/onnx only: waiting requests batched into one search.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -58,7 +61,7 @@ def is_loopback(host: str) -> bool:
               help="Testing aid: sleep this long before each engine step.")
 @friendly_errors
 def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, max_body_bytes, request_timeout,
-          beams, tensor_parallel_size, dtype, enforce_eager, max_batch, log_level, debug_step_delay):
+          beams, tensor_parallel_size, dtype, enforce_eager, vllm_core, max_batch, log_level, debug_step_delay):
     """Serve recommendations over HTTP: POST /v1/recommend with {"history": [ids or titles], "k": 10}
     returns k distinct catalog items ranked by trie-constrained beam search (the ranking of
     `prunerec evaluate`), with L2 grounding of a free generation when the search finds fewer.
@@ -78,8 +81,9 @@ def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, ma
     from prunerec.serve.app import ServeOptions, create_app
     from prunerec.serve.model import load_serve_model
 
-    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager):
-        raise PrunerecError("--tensor-parallel-size, --dtype and --enforce-eager apply to --engine vllm only")
+    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "inline"):
+        raise PrunerecError("--tensor-parallel-size, --dtype, --enforce-eager and --vllm-core apply to --engine vllm "
+                            "only")
     if api_key is not None and not api_key.strip():
         raise PrunerecError("--api-key / PRUNEREC_API_KEY is empty")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -91,7 +95,7 @@ def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, ma
     options = ServeOptions(engine=engine, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
                            max_body_bytes=max_body_bytes, request_timeout=request_timeout, beams=beams,
                            max_batch=max_batch, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                           enforce_eager=enforce_eager, step_delay=debug_step_delay)
+                           enforce_eager=enforce_eager, step_delay=debug_step_delay, vllm_core=vllm_core)
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -113,7 +117,7 @@ def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, ma
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if fatal:
-        raise PrunerecError(f"the {engine} engine failed to start: {fatal[0]}")
+        raise PrunerecError(f"the {engine} engine {fatal[0]}")
     if not server.started:
         sys.exit(1)
 

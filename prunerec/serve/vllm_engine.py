@@ -265,10 +265,11 @@ class VllmEngine(WorkerEngine):
                     job.future.set_exception(Cancelled("request deadline passed"))
                     self._apply_aborts(core, [r.id for r in job.adds])
                     continue
+                with self._cv:
+                    self._waiting.append(job)  # before the core sees it: a dying core fails it too
                 for request in job.adds:
                     core.add_request(request.id, request.prompt_input(), request.params)
                     self._live[request.id] = request
-                self._waiting.append(job)
             self._resolve()
             if self._waiting and core.has_unfinished_requests():
                 outputs = core.step()
