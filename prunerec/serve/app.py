@@ -53,7 +53,7 @@ class ServeOptions:
     dtype: str = "auto"
     enforce_eager: bool = False
     step_delay: float = 0.0
-    vllm_core: str = "inline"
+    vllm_core: str = "auto"
 
 
 # ----------------------------------------------------------------------------- API schema
@@ -193,7 +193,7 @@ def _default_engine(sm: ServeModel, options: ServeOptions) -> Engine:
     return build_engine(sm, max_batch=options.max_batch, step_delay=options.step_delay,
                         tensor_parallel_size=options.tensor_parallel_size, dtype=options.dtype,
                         enforce_eager=options.enforce_eager, beams=options.beams,
-                        multiprocess=options.vllm_core == "process")
+                        vllm_core=options.vllm_core)
 
 
 # ----------------------------------------------------------------------------- middleware

@@ -50,9 +50,10 @@ def is_loopback(host: str) -> bool:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="vLLM only: weights dtype (auto: the checkpoint's, so answers match torch).")
 @click.option("--enforce-eager", is_flag=True, help="vLLM only: skip graph compilation (faster start, slower steps).")
-@click.option("--vllm-core", type=click.Choice(["inline", "process"]), default="inline", show_default=True,
+@click.option("--vllm-core", type=click.Choice(["auto", "inline", "process"]), default="auto", show_default=True,
               help="vLLM only: run vLLM's engine core in this process (inline: fastest on CPUs) or in its own "
-                   "process. Either way the server exits non-zero if the engine dies.")
+                   "process; auto: inline unless the model needs vLLM's transformers backend. Either way the "
+                   "server exits non-zero if the engine dies.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
               help="torch/onnx only: waiting requests batched into one search.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -81,7 +82,7 @@ def serve(model_dir, engine, host, port, api_key, max_concurrency, max_queue, ma
     from prunerec.serve.app import ServeOptions, create_app
     from prunerec.serve.model import load_serve_model
 
-    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "inline"):
+    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "auto"):
         raise PrunerecError("--tensor-parallel-size, --dtype, --enforce-eager and --vllm-core apply to --engine vllm "
                             "only")
     if api_key is not None and not api_key.strip():

@@ -236,7 +236,7 @@ def grounder_for(sm: ServeModel, engine: Engine) -> L2Grounder:
 
 def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
                  dtype: str = "auto", enforce_eager: bool = False, beams: int = 20,
-                 multiprocess: bool = False) -> Engine:
+                 vllm_core: str = "auto") -> Engine:
     if sm.engine == "torch":
         return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay)
     if sm.engine == "onnx":
@@ -245,5 +245,5 @@ def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0,
         from prunerec.serve.vllm_engine import VllmEngine
 
         return VllmEngine(sm, tensor_parallel_size=tensor_parallel_size, dtype=dtype, enforce_eager=enforce_eager,
-                          step_delay=step_delay, beams=beams, multiprocess=multiprocess)
+                          step_delay=step_delay, beams=beams, core=vllm_core)
     raise PrunerecError(f"unknown engine '{sm.engine}'")

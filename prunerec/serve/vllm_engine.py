@@ -18,7 +18,9 @@ requests that live across beam steps.
   active search has handed in, so concurrent searches share engine steps.
 
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0; faster on CPUs, and adds and
-aborts take effect at the next step); `multiprocess=True` keeps vLLM's separate core process.
+aborts take effect at the next step) unless `core="process"`, or `"auto"` with a model that needs
+vLLM's transformers backend (see `core_runs_in_process`); then vLLM's core keeps its own process
+and its requests may decode ahead of the search (buffered, see vllm_live).
 Either way an exception from the core (a killed core process, out of memory) kills the engine:
 see prunerec.serve.worker.
 """
@@ -56,17 +58,31 @@ def checkpoint_dtype(config) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def core_runs_in_process(core: str, model_impl: str) -> bool:
+    """Whether vLLM's engine core gets its own process. `auto`: in this process, except for
+    vLLM's transformers backend, which patches transformers' model classes process-wide (a
+    transformers model loaded later in the server, e.g. for L2 grounding, would break)."""
+    if core not in ("auto", "inline", "process"):
+        raise PrunerecError(f"unknown vLLM core mode '{core}' (auto, inline or process)")
+    if core == "inline" and model_impl == "transformers":
+        raise PrunerecError("--vllm-core inline cannot serve this model: its heads x head_dim differs from hidden "
+                            "size, so vLLM serves it with its transformers backend, which must run in its own "
+                            "process; use --vllm-core auto or process")
+    return core == "process" or (core == "auto" and model_impl == "transformers")
+
+
 class VllmEngine(WorkerEngine):
     name = "vllm"
 
     def __init__(self, sm: ServeModel, tensor_parallel_size: int = 1, dtype: str = "auto",
                  enforce_eager: bool = False, step_delay: float = 0.0, beams: int = 20,
-                 gather_seconds: float = GATHER_SECONDS, multiprocess: bool = False):
+                 gather_seconds: float = GATHER_SECONDS, core: str = "auto"):
         super().__init__(sm, step_delay)
         self.tensor_parallel_size, self.enforce_eager = int(tensor_parallel_size), bool(enforce_eager)
         self.dtype = checkpoint_dtype(sm.config) if dtype == "auto" else dtype
         self.model_impl = "transformers" if needs_transformers_impl(sm.config) else "auto"
-        self.gather_seconds, self.multiprocess = float(gather_seconds), bool(multiprocess)
+        self.gather_seconds = float(gather_seconds)
+        self.multiprocess = core_runs_in_process(core, self.model_impl)
         self.max_logprobs = 2 * max(int(beams), MAX_K)
         self.max_model_len = int(min(getattr(sm.config, "max_position_embeddings", 1 << 20),
                                      sm.settings.cutoff_tokens + sm.trie.max_len + 8))
@@ -204,7 +220,11 @@ class VllmEngine(WorkerEngine):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if self.multiprocess else "0"
         self._check_cpu_head_size()
+        import vllm.envs
         from vllm import LLM
+
+        # an in-process core caches vLLM's environment variables; a later engine reads them afresh
+        getattr(vllm.envs, "disable_envs_cache", lambda: None)()
 
         kwargs = {"model": str(self.sm.folder), "tokenizer": str(self.sm.folder), "dtype": self.dtype,
                   "tensor_parallel_size": self.tensor_parallel_size, "enable_prefix_caching": True, "block_size": 32,

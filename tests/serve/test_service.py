@@ -10,7 +10,7 @@ from prunerec.serve import vllm_engine
 from prunerec.serve.engines import Deadline, TorchEngine
 from prunerec.serve.model import InputError, load_serve_model
 from prunerec.serve.service import RecommendService
-from tests.serve.conftest import CATALOG_TITLES, USERS, FewerResults
+from tests.serve.conftest import CATALOG_TITLES, FewerResults
 
 
 @pytest.fixture(scope="module")
