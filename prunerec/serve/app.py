@@ -37,6 +37,7 @@ from prunerec.serve.worker import EngineDead
 log = logging.getLogger("prunerec.serve")
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+FATAL_GRACE_SECONDS = 1.0   # between an engine's death and the server's exit
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,11 @@ class Runtime:
         self.failed = f"died: {reason}"
         self.metrics.ready.set(0)
         if self.on_fatal and not self.closing:
-            self.on_fatal(self.failed)
+            # a moment of 503s (/ready included) before the exit, so that waiting clients and
+            # health checks see why
+            timer = threading.Timer(FATAL_GRACE_SECONDS, self.on_fatal, args=(self.failed,))
+            timer.daemon = True
+            timer.start()
 
     def close(self) -> None:
         self.closing = True

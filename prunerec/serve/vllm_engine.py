@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -248,6 +249,9 @@ class VllmEngine(WorkerEngine):
         with self._cv:
             self._llm = llm
             self._cv.notify_all()
+        if self.multiprocess:
+            threading.Thread(target=self._watch_core, args=(llm.llm_engine,), name="vllm-core-watch",
+                             daemon=True).start()
         try:
             self._drive(llm.llm_engine)
         finally:
@@ -325,8 +329,27 @@ class VllmEngine(WorkerEngine):
         with self._cv:
             self._waiting = still
 
+    def _watch_core(self, core, every: float = 0.25):
+        """A separate core process that dies leaves `step()` waiting forever for its outputs:
+        vLLM's client marks the core dead; this turns that mark into the engine's death and
+        wakes the engine thread."""
+        client = getattr(core, "engine_core", None)
+        resources = getattr(client, "resources", None)
+        while not self._closed and self.dead is None:
+            if getattr(resources, "engine_dead", False):
+                outputs = getattr(client, "outputs_queue", None)
+                if outputs is not None:
+                    from vllm.v1.engine.exceptions import EngineDeadError
+
+                    outputs.put_nowait(EngineDeadError())
+                self._die("vLLM's engine core process died")
+                return
+            time.sleep(every)
+
     def _die(self, reason, err=None):
         with self._cv:
+            if self.dead is not None:
+                return
             waiting, self._waiting = self._waiting, []
         super()._die(reason, err)
         self._fail(waiting, self._dead_error())

@@ -163,12 +163,14 @@ class WorkerEngine(Engine):
                 self._die(f"{type(err).__name__}: {err}", err)
 
     def _die(self, reason: str, err: BaseException | None = None) -> None:
-        log.error("the %s engine died: %s", self.name, reason, exc_info=err)
         with self._cv:
+            if self.dead is not None:
+                return
             self.dead = reason
             pending = list(self._jobs)
             self._jobs.clear()
             self._cv.notify_all()
+        log.error("the %s engine died: %s", self.name, reason, exc_info=err)
         self._fail(pending, EngineDead(reason))
         if self.on_dead is not None:
             self.on_dead(reason)
