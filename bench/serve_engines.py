@@ -96,10 +96,9 @@ def run_one(folder: Path, engine: str, options: LoadtestOptions, data_dir: Path,
         print(f"[{engine}] {message}", file=sys.stderr, flush=True)
 
     target = Target(role, str(folder), folder=folder)
-    run_options = LoadtestOptions(**{**options.__dict__, "engine": engine})
-    first = {}
-    result = run_model(target, run_options, data_dir, out_dir / f"{role}-{engine}", say,
-                       lambda r: (first or first.update(engine_counters(r["url"]) and {}), on_level(r)))
+    run_options = LoadtestOptions(**{**options.__dict__, "engine": engine,
+                                     "enforce_eager": options.enforce_eager and engine == "vllm"})
+    result = run_model(target, run_options, data_dir, out_dir / f"{role}-{engine}", say, on_level)
     previous = result["ready"].get("engine", {})
     previous = ({"searches": previous["searches"], "engine_steps": previous["engine_steps"], **previous["totals"]}
                 if "totals" in previous else {})
@@ -174,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", default="60s", help="per level and run, e.g. 45s or 2m")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--beams", type=int, default=20)
+    ap.add_argument("--max-concurrency", type=int, default=16, help="serve option (every run)")
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without graph compilation (faster start)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "serve_engines",
                     help="output path without suffix (.json and .md are written)")
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
             raise PrunerecError(f"--data {args.data}: no test.jsonl (a prepared data folder is needed)")
         options = LoadtestOptions(users=tuple(parse_users(args.users)), duration_s=parse_duration(args.duration),
                                   k=args.k, beams=args.beams, enforce_eager=args.enforce_eager,
-                                  max_concurrency=max(16, max(parse_users(args.users))))
+                                  max_concurrency=args.max_concurrency)
         record = measure(args.pair, args.data, engines, options, args.out)
     except PrunerecError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,7 +6,7 @@ within float32 rounding (1e-4, or 1e-6 relative for long titles), over the whole
 - 200 Games test users for a stock model (in-process core) and a head-pruned one
   (prunerec.model.surgery; vLLM's transformers backend, core in its own process), with a
   4,096-token BPE tokenizer trained on the titles;
-- the real Qwen2 tokenizer (151,936-token vocabulary) on fewer users: its transformers
+- the real Qwen2 tokenizer (151,936-token vocabulary) on 16 users: its transformers
   reference costs ~0.7 s a user on one busy core (200 users would add minutes).
 One vLLM engine per model."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.serve import vllm_models
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.skipif(not vllm_models.available(), reason="needs the shared Games data and tokenizer")
 
-QWEN2_USERS = 24
+QWEN2_USERS = 16
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +96,5 @@ def test_qwen2_tokenizer_over_games_titles(tmp_path_factory, games_users):
         assert engine.sm.config.vocab_size == vllm_models.QWEN2_VOCAB and engine.sm.index.widest_node() > 1000
         prompts, reference = _reference(folder, games_users[:QWEN2_USERS])
         _check_same_ranking(engine, prompts, reference)
-        # free generation through the same engine: greedy tokens, no trie
-        from prunerec.serve.engines import TorchEngine
-        from prunerec.serve.model import load_serve_model
-        from prunerec.serve.worker import Deadline
-
-        torch_engine = TorchEngine(load_serve_model(folder, "torch"))
-        try:
-            for prompt in prompts[:3]:
-                want = torch_engine.generate(prompt, 12, Deadline(60))
-                assert engine.generate(prompt, 12, Deadline(60)) == want
-        finally:
-            torch_engine.close()
     finally:
         engine.close()
