@@ -291,9 +291,15 @@ class VllmEngine(WorkerEngine):
                     continue
                 with self._cv:
                     self._waiting.append(job)  # before the core sees it: a dying core fails it too
-                for request in job.adds:
-                    core.add_request(request.id, request.prompt_input(), request.params)
-                    self._live[request.id] = request
+                try:
+                    for request in job.adds:
+                        core.add_request(request.id, request.prompt_input(), request.params)
+                        self._live[request.id] = request
+                except ValueError as err:  # vLLM refused this request (validation): fail it alone
+                    with self._cv:
+                        self._waiting.remove(job)
+                    self._apply_aborts(core, [r.id for r in job.adds])
+                    job.future.set_exception(PrunerecError(f"vLLM refused a request: {err}"))
             self._resolve()
             if self._waiting and core.has_unfinished_requests():
                 outputs = core.step()
