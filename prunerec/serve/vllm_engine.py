@@ -37,6 +37,7 @@ from pathlib import Path
 from prunerec.errors import PrunerecError
 from prunerec.rec.beam import constrained_beam_search
 from prunerec.serve.model import ServeModel
+from prunerec.serve.service import MAX_K
 from prunerec.serve.vllm_live import LiveRequest, LiveStepper, SearchStats, StepJob
 from prunerec.serve.worker import Cancelled, EngineDead, WorkerEngine, cut_at_eos
 
@@ -44,7 +45,6 @@ log = logging.getLogger("prunerec.serve")
 
 PROCESSOR = "prunerec.serve.vllm_trie:TrieLogitsProcessor"
 GATHER_SECONDS = 0.02   # longest wait for the other active searches before a step
-MAX_K = 50              # prunerec.serve.service.MAX_K: num_beams = max(k, beams)
 
 
 def needs_transformers_impl(config) -> bool:
@@ -84,7 +84,7 @@ class VllmEngine(WorkerEngine):
         self.model_impl = "transformers" if needs_transformers_impl(sm.config) else "auto"
         self.gather_seconds = float(gather_seconds)
         self.multiprocess = core_runs_in_process(core, self.model_impl)
-        self.max_logprobs = 2 * max(int(beams), MAX_K)
+        self.max_logprobs = 2 * max(int(beams), MAX_K)  # a search asks 2 x num_beams, num_beams = max(k, beams)
         self.max_model_len = int(min(getattr(sm.config, "max_position_embeddings", 1 << 20),
                                      sm.settings.cutoff_tokens + sm.trie.max_len + 8))
         self._tmp = tempfile.TemporaryDirectory(prefix="prunerec-trie-")
