@@ -97,6 +97,7 @@ class VllmEngine(WorkerEngine):
         self.totals = SearchStats()
         self.steps = 0
         self.searches = 0
+        self.gather_timeouts = 0   # steps that went ahead without every active search
         self._llm = None
         self._load_error: BaseException | None = None
         self.start_worker()
@@ -131,6 +132,7 @@ class VllmEngine(WorkerEngine):
             return {"engine": self.name, "dtype": self.dtype, "model_impl": self.model_impl,
                     "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len,
                     "core": "process" if self.multiprocess else "in-process", "engine_steps": self.steps,
+                    "gather_timeouts": self.gather_timeouts,
                     "searches": self.searches, "totals": self.totals.as_dict(), "per_recommendation": per}
 
     def close(self):
@@ -268,6 +270,7 @@ class VllmEngine(WorkerEngine):
                     break
                 left = until - time.monotonic()
                 if not idle and left <= 0:
+                    self.gather_timeouts += 1
                     break
                 self._cv.wait(timeout=max(left, 0.0) if not idle else 0.5)
             if self._closed:
