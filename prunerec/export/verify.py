@@ -264,8 +264,7 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
     from prunerec.export.hf import DTYPES
     from prunerec.export.onnx_stepper import OnnxStepper, make_session
     from prunerec.rec.beam import TorchStepper
-    from prunerec.rec.encode import response_ids
-    from prunerec.rec.trie import TitleTrie
+    from prunerec.rec.title_index import TitleIndex
 
     out = Path(out)
     hf_dir, llama_dir, onnx_dir, genai_dir = out / "hf", out / "hf-llama", out / "onnx", out / "genai"
@@ -337,8 +336,8 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
         checks.append(logits)
         checks += _greedy_checks(TorchStepper(reference.model, pad), stepper, prompts, onnx_precision,
                                  logits.extra["logit_scale"])
-        titles = catalog.unique_titles()
-        trie = TitleTrie(response_ids(rec.tokenizer, titles), rec.tokenizer.eos_token_id)
+        index = TitleIndex.of_catalog(rec.tokenizer, catalog)
+        titles, trie = index.titles, index.trie
         num_beams = max(1, min(beams, len(titles)))
         score_tol = 0.0 if onnx_precision == "fp32" else 2 * tolerance(onnx_precision, logits.extra["logit_scale"])
         checks.append(_beam_check(TorchStepper(reference.model, pad), OnnxStepper(session, pad), prompts, trie,

@@ -16,11 +16,11 @@ from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.rec import metrics
 from prunerec.rec.beam import constrained_beam_search
-from prunerec.rec.encode import history_titles, prompt_ids, response_ids
+from prunerec.rec.encode import history_titles, prompt_ids
 from prunerec.rec.grounding import embed_texts, free_generate, free_token_budget, l2_rank
 from prunerec.rec.parallel import map_in_order, usable_cores
 from prunerec.rec.shared_prompt import make_stepper
-from prunerec.rec.trie import TitleTrie
+from prunerec.rec.title_index import TitleIndex
 
 GROUNDINGS = ("trie", "l2")
 
@@ -43,9 +43,8 @@ class Recommender:
 
     def __init__(self, rec: RecModel, catalog: Catalog):
         self.rec, self.catalog = rec, catalog
-        self.titles = catalog.unique_titles()
-        tokenizer = rec.tokenizer
-        self.trie = TitleTrie(response_ids(tokenizer, self.titles), tokenizer.eos_token_id)
+        self.index = TitleIndex.of_catalog(rec.tokenizer, catalog)
+        self.titles, self.trie = self.index.titles, self.index.trie
         self._title_embeddings = None
 
     def prompts(self, samples: Sequence[Sample]) -> list[list[int]]:

@@ -38,10 +38,12 @@ from prunerec.serve.schema import (
     validation_message,
 )
 from prunerec.serve.service import RecommendService
+from prunerec.serve.worker import EngineDead
 
 log = logging.getLogger("prunerec.serve")
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+FATAL_GRACE_SECONDS = 1.0   # between an engine's death and the server's exit
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class ServeOptions:
     dtype: str = "auto"
     enforce_eager: bool = False
     step_delay: float = 0.0
+    vllm_core: str = "auto"
 
     @property
     def queue_wait(self) -> float:
@@ -99,6 +102,7 @@ class Runtime:
         t0 = time.perf_counter()
         try:
             engine = self.engine_factory(self.sm, self.options)
+            engine.on_dead = self._engine_died
             self.engine = engine
             if self.closing:
                 return
@@ -115,12 +119,27 @@ class Runtime:
             log.error("the %s engine failed to start: %s", self.options.engine, self.failed,
                       exc_info=None if isinstance(err, PrunerecError) else err)
             if self.on_fatal:
-                self.on_fatal(self.failed)
+                self.on_fatal(f"failed to start: {self.failed}")
+            return
+        if self.failed:  # died during the warm-up
             return
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: %s engine loaded in %.1f s, warm-up request %.0f ms", self.options.engine,
                  self.load_seconds, self.warmup_ms)
+
+    def _engine_died(self, reason: str) -> None:
+        """The engine failed after it started: every request gets 503 from now on and the
+        server exits non-zero (a supervisor restarts it)."""
+        self.ready = False
+        self.failed = f"died: {reason}"
+        self.metrics.ready.set(0)
+        if self.on_fatal and not self.closing:
+            # a moment of 503s (/ready included) before the exit, so that waiting clients and
+            # health checks see why
+            timer = threading.Timer(FATAL_GRACE_SECONDS, self.on_fatal, args=(self.failed,))
+            timer.daemon = True
+            timer.start()
 
     def close(self) -> None:
         self.closing = True
@@ -137,7 +156,8 @@ class Runtime:
 def _default_engine(sm: ServeModel, options: ServeOptions) -> Engine:
     return build_engine(sm, max_batch=options.max_batch, step_delay=options.step_delay,
                         tensor_parallel_size=options.tensor_parallel_size, dtype=options.dtype,
-                        enforce_eager=options.enforce_eager)
+                        enforce_eager=options.enforce_eager, beams=options.beams,
+                        vllm_core=options.vllm_core)
 
 
 # ----------------------------------------------------------------------------- middleware
@@ -221,6 +241,11 @@ class GuardMiddleware:
 
 
 # ----------------------------------------------------------------------------- app
+def _engine_failed(runtime: Runtime) -> JSONResponse:
+    return _error(503, f"the {runtime.options.engine} engine {runtime.failed or 'died'}; the server is restarting",
+                  headers={"Retry-After": "5"})
+
+
 def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], None] | None = None,
                engine_factory=None) -> FastAPI:
     runtime = Runtime(sm, options, on_fatal, engine_factory)
@@ -279,6 +304,8 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
         body = parse_request(await request.body())
         if not runtime.ready:
             m.rejected.labels("not_ready").inc()
+            if runtime.failed:
+                return _engine_failed(runtime)
             return _error(503, "the engine is warming up; retry shortly (GET /ready)", headers={"Retry-After": "5"})
         runtime.service.check_k(body.k)
         deadline = Deadline(options.request_timeout)
@@ -309,6 +336,9 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
                 deadline.cancel()
                 m.rejected.labels("timeout").inc()
                 return _error(504, f"not answered within --request-timeout {options.request_timeout:g} s")
+            except EngineDead:
+                m.rejected.labels("engine_failed").inc()
+                return _engine_failed(runtime)
         finally:
             sem.release()
         result["timing"]["queue_ms"] = round(queued * 1000, 3)

@@ -73,6 +73,10 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
               show_default=True,
               help="vLLM only: compute dtype (auto: float32, what the torch reference computes in, so answers match).")
 @click.option("--enforce-eager", is_flag=True, help="vLLM only: skip graph compilation (faster start, slower steps).")
+@click.option("--vllm-core", type=click.Choice(["auto", "inline", "process"]), default="auto", show_default=True,
+              help="vLLM only: run vLLM's engine core in this process (inline: fastest on CPUs) or in its own "
+                   "process; auto: inline unless the model needs vLLM's transformers backend. Either way the "
+                   "server exits non-zero if the engine dies.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
               help="torch/onnx only: waiting requests batched into one search.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -81,8 +85,8 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
               help="Testing aid: sleep this long before each engine step.")
 @friendly_errors
 def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_concurrency, max_queue, max_body_bytes,
-          request_timeout, queue_timeout, beams, tensor_parallel_size, dtype, enforce_eager, max_batch, log_level,
-          debug_step_delay):
+          request_timeout, queue_timeout, beams, tensor_parallel_size, dtype, enforce_eager, vllm_core, max_batch,
+          log_level, debug_step_delay):
     """Serve recommendations over HTTP: POST /v1/recommend with {"history": [ids or titles], "k": 10}
     returns k distinct catalog items ranked by trie-constrained beam search (the ranking of
     `prunerec evaluate`), with L2 grounding of a free generation when the search finds fewer.
@@ -103,8 +107,9 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
     from prunerec.serve.app import ServeOptions, create_app
     from prunerec.serve.model import load_serve_model
 
-    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager):
-        raise PrunerecError("--tensor-parallel-size, --dtype and --enforce-eager apply to --engine vllm only")
+    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "auto"):
+        raise PrunerecError("--tensor-parallel-size, --dtype, --enforce-eager and --vllm-core apply to --engine vllm "
+                            "only")
     check_exposure(host, api_key, allow_unauthenticated)
     if queue_timeout is not None and queue_timeout >= request_timeout:
         raise PrunerecError(f"--queue-timeout {queue_timeout:g} must be less than --request-timeout "
@@ -120,7 +125,7 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
                            max_body_bytes=max_body_bytes, request_timeout=request_timeout,
                            queue_timeout=queue_timeout, beams=beams,
                            max_batch=max_batch, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                           enforce_eager=enforce_eager, step_delay=debug_step_delay)
+                           enforce_eager=enforce_eager, step_delay=debug_step_delay, vllm_core=vllm_core)
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -142,7 +147,7 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if fatal:
-        raise PrunerecError(f"the {engine} engine failed to start: {fatal[0]}")
+        raise PrunerecError(f"the {engine} engine {fatal[0]}")
     if not server.started:
         sys.exit(1)
 

@@ -1,6 +1,7 @@
 """Engines behind one interface: rank a prompt by trie-constrained beam search, and write a free
 (greedy) generation. `torch` and `onnx` run prunerec.rec.beam's search on a `Stepper` in one
-worker thread that batches requests waiting at the same time; `vllm` lives in vllm_engine.py.
+worker thread (prunerec.serve.worker) that batches requests waiting at the same time; `vllm`
+lives in vllm_engine.py (this module imports it only inside `build_engine`).
 
 Every engine answers from one thread of its own, so callers (the HTTP server's request
 threads) may call `rank` and `generate` concurrently. A `Deadline` cancels work that nobody
@@ -12,88 +13,16 @@ import copy
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import torch
 
 from prunerec.errors import PrunerecError
 from prunerec.rec.beam import constrained_beam_search
 from prunerec.serve.model import ServeModel
+from prunerec.serve.worker import Cancelled, Deadline, Engine, Job, WorkerEngine, unexpired
 
 log = logging.getLogger("prunerec.serve")
-
-Ranked = list[tuple[int, float]]  # (title index, summed log-probability), best first
-
-
-class Cancelled(Exception):
-    """The request's deadline passed (or the engine closed) before its work finished."""
-
-
-class Deadline:
-    """A point in time (monotonic clock) after which work for a request is abandoned."""
-
-    def __init__(self, seconds: float | None = None):
-        self.at = None if seconds is None else time.monotonic() + seconds
-        self._cancelled = False
-
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    def expired(self) -> bool:
-        return self._cancelled or (self.at is not None and time.monotonic() >= self.at)
-
-    def remaining(self) -> float | None:
-        return None if self.at is None else max(0.0, self.at - time.monotonic())
-
-    def check(self) -> None:
-        if self.expired():
-            raise Cancelled("request deadline passed")
-
-
-class Engine:
-    """What the service needs from an engine. Implementations are thread-safe."""
-
-    name = "engine"
-
-    def __init__(self, sm: ServeModel, step_delay: float = 0.0):
-        self.sm, self.step_delay = sm, float(step_delay)
-
-    def rank(self, prompt: Sequence[int], num_beams: int, deadline: Deadline) -> Ranked:
-        raise NotImplementedError
-
-    def generate(self, prompt: Sequence[int], max_new_tokens: int, deadline: Deadline) -> list[int]:
-        """Greedy tokens after `prompt`, up to (not including) EOS."""
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"engine": self.name}
-
-    def torch_model(self):
-        """The engine's transformers model when it has one (shared with L2 grounding)."""
-        return
-
-    def close(self) -> None:
-        pass
-
-
-def unexpired(jobs):
-    """The jobs still within their deadline; each expired one gets Cancelled on its future."""
-    live = []
-    for job in jobs:
-        if job.deadline.expired():
-            job.future.set_exception(Cancelled("request deadline passed"))
-        else:
-            live.append(job)
-    return live
-
-
-def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
-    tokens = list(tokens)
-    return tokens[:tokens.index(eos)] if eos in tokens else tokens
-
 
 def greedy_tokens(stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: int,
                   n_tokens: int | None = None) -> list[list[int]]:
@@ -138,29 +67,22 @@ class _GuardedStepper:
         return self.inner.advance(parents, tokens)
 
 
-@dataclass
-class _Job:
-    kind: str            # "rank" or "generate"
-    param: int           # num_beams or max_new_tokens
-    prompt: list[int]
-    deadline: Deadline
-    future: Future = field(default_factory=Future)
+class _Job(Job):
+    def __init__(self, kind: str, param: int, prompt: list[int], deadline: Deadline):
+        super().__init__(deadline)
+        self.kind = kind        # "rank" or "generate"
+        self.param = param      # num_beams or max_new_tokens
+        self.prompt = prompt
 
 
-class BatchingEngine(Engine):
-    """Runs jobs on one worker thread; jobs of the same kind and parameter that wait together
-    (up to max_batch) share one batched search, as `prunerec evaluate` batches users."""
+class BatchingEngine(WorkerEngine):
+    """Runs jobs on one worker thread in arrival order: the oldest job and the jobs right behind
+    it of the same kind and parameter (up to max_batch) share one batched search, as `prunerec
+    evaluate` batches users. A job never waits behind a later one (no starvation)."""
 
     def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0):
         super().__init__(sm, step_delay)
         self.max_batch = max(1, int(max_batch))
-        self._jobs: deque[_Job] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-engine", daemon=True)
-
-    def start_worker(self) -> None:
-        self._thread.start()
 
     def new_stepper(self):
         raise NotImplementedError
@@ -172,45 +94,17 @@ class BatchingEngine(Engine):
     def generate(self, prompt, max_new_tokens, deadline):
         return self._submit(_Job("generate", int(max_new_tokens), list(prompt), deadline))
 
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            pending = list(self._jobs)
-            self._jobs.clear()
-            self._cv.notify_all()
-        for job in pending:
-            job.future.set_exception(Cancelled("the engine is shutting down"))
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
-
     # ---------------------------------------------------------------- worker
-    def _submit(self, job: _Job):
-        with self._cv:
-            if self._closed:
-                raise Cancelled("the engine is shutting down")
-            self._jobs.append(job)
-            self._cv.notify()
-        try:
-            return job.future.result(timeout=job.deadline.remaining())
-        except TimeoutError:
-            job.deadline.cancel()
-            raise Cancelled("request deadline passed") from None
-
     def _take_batch(self) -> list[_Job] | None:
         with self._cv:
             while not self._jobs and not self._closed:
                 self._cv.wait()
             if self._closed:
                 return None
-            first = self._jobs.popleft()
-            batch, rest = [first], deque()
-            while self._jobs:
-                job = self._jobs.popleft()
-                if len(batch) < self.max_batch and (job.kind, job.param) == (first.kind, first.param):
-                    batch.append(job)
-                else:
-                    rest.append(job)
-            self._jobs.extendleft(reversed(rest))
+            batch = [self._jobs.popleft()]
+            while (self._jobs and len(batch) < self.max_batch
+                   and (self._jobs[0].kind, self._jobs[0].param) == (batch[0].kind, batch[0].param)):
+                batch.append(self._jobs.popleft())
         return batch
 
     def _run(self, batch: list[_Job]):
@@ -221,7 +115,7 @@ class BatchingEngine(Engine):
                 return constrained_beam_search(stepper, prompts, self.sm.trie, batch[0].param)
             return greedy_tokens(stepper, prompts, batch[0].param, self.sm.eos_id, len(self.sm.tokenizer))
 
-    def _loop(self) -> None:
+    def _work(self) -> None:
         while True:
             batch = self._take_batch()
             if batch is None:
@@ -234,9 +128,7 @@ class BatchingEngine(Engine):
             except Exception as err:  # handed to the waiting request threads
                 if not isinstance(err, Cancelled):
                     log.exception("%s engine failed on a batch of %d", self.name, len(live))
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(err)
+                self._fail(live, err)
                 continue
             for job, result in zip(live, results):
                 if not job.future.done():
@@ -345,7 +237,8 @@ def grounder_for(sm: ServeModel, engine: Engine) -> L2Grounder:
 
 
 def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
-                 dtype: str = "auto", enforce_eager: bool = False) -> Engine:
+                 dtype: str = "auto", enforce_eager: bool = False, beams: int = 20,
+                 vllm_core: str = "auto") -> Engine:
     if sm.engine == "torch":
         return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay)
     if sm.engine == "onnx":
@@ -354,5 +247,5 @@ def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0,
         from prunerec.serve.vllm_engine import VllmEngine
 
         return VllmEngine(sm, tensor_parallel_size=tensor_parallel_size, dtype=dtype, enforce_eager=enforce_eager,
-                          step_delay=step_delay)
+                          step_delay=step_delay, beams=beams, core=vllm_core)
     raise PrunerecError(f"unknown engine '{sm.engine}'")

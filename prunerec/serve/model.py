@@ -15,9 +15,10 @@ from pathlib import Path
 from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import CATALOG_FILE, read_model_files, ready_tokenizer
-from prunerec.rec.encode import prompt_ids, response_ids
+from prunerec.rec.encode import prompt_ids
 from prunerec.rec.grounding import free_token_budget
 from prunerec.rec.prompt import PromptSettings
+from prunerec.rec.title_index import TitleIndex
 from prunerec.rec.trie import TitleTrie
 
 ENGINES = ("vllm", "torch", "onnx")
@@ -73,14 +74,25 @@ class ServeModel:
     config: object
     catalog: Catalog
     settings: PromptSettings
-    titles: list[str]                 # unique titles in catalog order; index = trie title index
-    responses: list[list[int]]        # token ids each title is written as (quoted, newline, EOS)
-    trie: TitleTrie
+    index: TitleIndex                 # unique titles, their response token ids, the trie
     torch_folder: Path | None         # PyTorch weights of the same model, if any
     first_ids: list[int] = field(default_factory=list)  # title index -> first catalog id
     generations: list[str] = field(default_factory=list)  # title index -> its response as text
     # request threads share the tokenizer; a Rust tokenizer may refuse concurrent use ("Already borrowed")
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def titles(self) -> list[str]:
+        """Unique titles in catalog order; index = trie title index."""
+        return self.index.titles
+
+    @property
+    def responses(self) -> list[list[int]]:
+        return self.index.responses
+
+    @property
+    def trie(self) -> TitleTrie:
+        return self.index.trie
 
     @property
     def max_history(self) -> int:
@@ -168,10 +180,8 @@ def load_serve_model(model: str | Path, engine: str) -> ServeModel:
     if config.model_type not in ("qwen2", "llama"):
         raise PrunerecError(f"{folder} is a '{config.model_type}' model; prunerec serves Qwen2-family causal LMs")
     ready_tokenizer(tokenizer, folder)
-    titles = catalog.unique_titles()
-    responses = response_ids(tokenizer, titles)
-    trie = TitleTrie(responses, tokenizer.eos_token_id)
-    first_ids = [catalog.first_id(t) for t in titles]
-    generations = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return ServeModel(folder, engine, tokenizer, config, catalog, settings, titles, responses, trie,
-                      torch_weights_folder(folder), first_ids, generations)
+    index = TitleIndex.of_catalog(tokenizer, catalog)
+    first_ids = [catalog.first_id(t) for t in index.titles]
+    generations = tokenizer.batch_decode(index.responses, skip_special_tokens=True)
+    return ServeModel(folder, engine, tokenizer, config, catalog, settings, index, torch_weights_folder(folder),
+                      first_ids, generations)

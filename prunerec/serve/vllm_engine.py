@@ -1,41 +1,52 @@
-"""The vLLM engine: prunerec.rec.beam's constrained search, one token a step, on `llm.generate`.
+"""The vLLM engine: prunerec.rec.beam's constrained search with the trie inside vLLM and
+requests that live across beam steps.
 
-vLLM 0.32 returns log-probabilities of the token ids a request names
-(`SamplingParams.logprob_token_ids`, at most 128 a request), not the full vocabulary. So each
-running beam becomes one request `TokensPrompt(prompt + beam)` (more when its trie node has over
-128 children) that names exactly the children the trie allows, with `max_tokens=1`; prefix
-caching keeps the repeated prompt cheap. `VllmStepper.start/advance` return a `SparseLogprobs`
-that holds those values and answers `logprobs[row, allowed]` like the dense tensor the search
-expects, so the ranking logic is prunerec.rec.beam's own, unchanged (the same titles in the
-same order as TorchStepper; see STACK.md).
+- The trie runs in the engine: prunerec.serve.vllm_trie's logits processor turns each
+  constrained request's row into log_softmax(row) at its trie node's children (-inf elsewhere);
+  with `logprobs_mode="processed_logits"` and `logprobs = 2 x beams` a request's top-k are
+  exactly the full-softmax log-probabilities of the allowed children, and its greedy token is
+  the best allowed child.
+- A beam is a position in a vLLM request. When the search extends a beam by the token its
+  request already decoded there, the new beam keeps the request (and its KV cache); any other
+  child starts a new request (prompt + beam + child); requests no beam needs are aborted.
+  `LiveStepper` does this behind the `Stepper` interface, so the ranking is beam.py's own
+  (Hugging Face beam semantics, length_penalty 0: the same titles, order and scores as
+  `prunerec evaluate`).
+- One engine thread drives `LLMEngine` step by step (`add_request` / `step` / `abort_request`).
+  Each search runs in its HTTP request's thread and hands the engine a `_StepJob` (requests to
+  add and abort, outputs it waits for); before each step the engine waits briefly until every
+  active search has handed in, so concurrent searches share engine steps.
 
-Continuous batching: each HTTP request runs its search in its own thread; a search's step is a
-list of requests handed to the engine thread, which waits a moment for the steps of the other
-active searches and sends them all in one `llm.generate` call. New requests join at the next
-call. Only the engine thread touches the `LLM` object.
+The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0; faster on CPUs, and adds and
+aborts take effect at the next step) unless `core="process"`, or `"auto"` with a model that needs
+vLLM's transformers backend (see `core_runs_in_process`); then vLLM's core keeps its own process
+and its requests may decode ahead of the search (buffered, see vllm_live).
+Either way an exception from the core (a killed core process, out of memory) kills the engine:
+see prunerec.serve.worker.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future
-
-import torch
+from pathlib import Path
 
 from prunerec.errors import PrunerecError
 from prunerec.model.dtypes import vllm_dtype
 from prunerec.model.vocab import generation_ids
 from prunerec.rec.beam import constrained_beam_search
-from prunerec.serve.engines import Cancelled, Deadline, Engine, cut_at_eos, unexpired
 from prunerec.serve.model import ServeModel
+from prunerec.serve.service import MAX_K
+from prunerec.serve.vllm_live import LiveRequest, LiveStepper, SearchStats, StepJob
+from prunerec.serve.worker import Cancelled, EngineDead, WorkerEngine, cut_at_eos
 
 log = logging.getLogger("prunerec.serve")
 
-MAX_IDS_PER_REQUEST = 128   # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
-GATHER_SECONDS = 0.01       # how long a step waits for the other active searches' steps
+PROCESSOR = "prunerec.serve.vllm_trie:TrieLogitsProcessor"
+GATHER_SECONDS = 0.02   # longest wait for the other active searches before a step
 
 
 def needs_transformers_impl(config) -> bool:
@@ -45,130 +56,118 @@ def needs_transformers_impl(config) -> bool:
     return config.model_type == "qwen2" and heads * int(head_dim) != int(config.hidden_size)
 
 
-def checkpoint_dtype(config) -> str:
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    return str(dtype).replace("torch.", "")
+def core_runs_in_process(core: str, model_impl: str) -> bool:
+    """Whether vLLM's engine core gets its own process. `auto`: in this process, except for
+    vLLM's transformers backend, which patches transformers' model classes process-wide (a
+    transformers model loaded later in the server, e.g. for L2 grounding, would break)."""
+    if core not in ("auto", "inline", "process"):
+        raise PrunerecError(f"unknown vLLM core mode '{core}' (auto, inline or process)")
+    if core == "inline" and model_impl == "transformers":
+        raise PrunerecError("--vllm-core inline cannot serve this model: its heads x head_dim differs from hidden "
+                            "size, so vLLM serves it with its transformers backend, which must run in its own "
+                            "process; use --vllm-core auto or process")
+    return core == "process" or (core == "auto" and model_impl == "transformers")
 
 
-class SparseLogprobs:
-    """Log-probabilities of some token ids per row; `x[row, ids]` gives a float tensor like a
-    dense [rows, vocab] tensor would (-inf for ids that were not asked for)."""
-
-    def __init__(self, rows: list[dict[int, float]]):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, key):
-        row, ids = key
-        values = self.rows[int(row)]
-        return torch.tensor([values.get(int(t), float("-inf")) for t in ids], dtype=torch.float32)
-
-
-class VllmStepper:
-    """beam.Stepper over the engine thread: rows are token sequences, not KV caches (vLLM's
-    prefix cache holds those). Asks only for the trie's allowed children of each row."""
-
-    def __init__(self, engine: VllmEngine, deadline: Deadline):
-        self.engine, self.deadline = engine, deadline
-        self.seqs: list[list[int]] = []
-        self.nodes: list[dict] = []
-
-    def start(self, prompts):
-        self.seqs = [list(p) for p in prompts]
-        self.nodes = [self.engine.sm.trie.root for _ in prompts]
-        return self._step()
-
-    def advance(self, parents, tokens):
-        self.seqs = [self.seqs[p] + [int(t)] for p, t in zip(parents, tokens)]
-        self.nodes = [self.nodes[p].get(int(t), {}) for p, t in zip(parents, tokens)]
-        return self._step()
-
-    def _step(self) -> SparseLogprobs:
-        requests, owners = [], []
-        for row, (seq, node) in enumerate(zip(self.seqs, self.nodes)):
-            allowed = sorted(node)
-            for begin in range(0, len(allowed), MAX_IDS_PER_REQUEST):
-                requests.append((seq, allowed[begin:begin + MAX_IDS_PER_REQUEST]))
-                owners.append(row)
-        rows: list[dict[int, float]] = [{} for _ in self.seqs]
-        if requests:
-            for row, (ids, values) in zip(owners, self.engine.score(requests, self.deadline)):
-                wanted = rows[row]
-                for token, value in zip(ids, values):
-                    wanted[token] = value
-        return SparseLogprobs(rows)
-
-
-class _Batch:
-    def __init__(self, kind: str, items: list, deadline: Deadline):
-        self.kind, self.items, self.deadline, self.future = kind, items, deadline, Future()
-
-
-class VllmEngine(Engine):
+class VllmEngine(WorkerEngine):
     name = "vllm"
 
     def __init__(self, sm: ServeModel, tensor_parallel_size: int = 1, dtype: str = "auto",
-                 enforce_eager: bool = False, step_delay: float = 0.0, gather_seconds: float = GATHER_SECONDS):
+                 enforce_eager: bool = False, step_delay: float = 0.0, beams: int = 20,
+                 gather_seconds: float = GATHER_SECONDS, core: str = "auto"):
         super().__init__(sm, step_delay)
         self.tensor_parallel_size, self.enforce_eager = int(tensor_parallel_size), bool(enforce_eager)
         self.dtype = vllm_dtype(dtype)  # float32 for auto: the torch reference's dtype
         self.model_impl = "transformers" if needs_transformers_impl(sm.config) else "auto"
-        self.gather_seconds = gather_seconds
+        self.gather_seconds = float(gather_seconds)
+        self.multiprocess = core_runs_in_process(core, self.model_impl)
+        self.max_logprobs = 2 * max(int(beams), MAX_K)  # a search asks 2 x num_beams, num_beams = max(k, beams)
         self.max_model_len = int(min(getattr(sm.config, "max_position_embeddings", 1 << 20),
                                      sm.settings.cutoff_tokens + sm.trie.max_len + 8))
-        self._cv = threading.Condition()
-        self._pending: list[_Batch] = []
-        self._active = 0          # searches/generations in progress (each has <= 1 batch pending)
-        self._closed = False
-        self._loaded = threading.Event()
+        self._tmp = tempfile.TemporaryDirectory(prefix="prunerec-trie-")
+        self.trie_path = str(sm.index.arrays.save(Path(self._tmp.name) / "trie.npz"))
+        self._ids = itertools.count()
+        self._active = 0                         # searches and generations in progress
+        self._waiting: list[StepJob] = []        # jobs whose outputs are not all there yet
+        self._live: dict[str, LiveRequest] = {}  # unfinished vLLM requests by id
+        self._aborts: list[str] = []
+        self.totals = SearchStats()
+        self.steps = 0
+        self.searches = 0
+        self.gather_timeouts = 0   # steps that went ahead without every active search
+        self._llm = None
         self._load_error: BaseException | None = None
-        self.calls = 0            # llm.generate calls
-        self.requests = 0         # vLLM requests sent
-        self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
-        self._thread.start()
-        self._loaded.wait()
-        if self._load_error is not None:
-            raise PrunerecError(f"vLLM could not load {sm.folder}: {self._load_error}") from self._load_error
+        self.start_worker()
+        self._loaded_wait()
 
     # ------------------------------------------------------------------ public interface
     def rank(self, prompt, num_beams, deadline):
-        with self._searching():
-            ranked = constrained_beam_search(VllmStepper(self, deadline), [list(prompt)], self.sm.trie, num_beams)
+        stepper = LiveStepper(self, deadline, self.sm.index.arrays, self.trie_path, int(num_beams))
+        with self._session():
+            try:
+                ranked = constrained_beam_search(stepper, [list(prompt)], self.sm.trie, num_beams)
+            finally:
+                self.release(stepper.requests())
+        with self._cv:
+            self.searches += 1
+            self.totals.add(stepper.stats)
         return ranked[0]
 
     def generate(self, prompt, max_new_tokens, deadline):
-        with self._searching():
-            (tokens,) = self._submit("generate", [(list(prompt), int(max_new_tokens))], deadline)
-        return cut_at_eos(tokens, self.sm.eos_id)
-
-    def score(self, requests: Sequence[tuple[list[int], list[int]]], deadline: Deadline):
-        """[(ids, logprobs)] for [(sequence, ids)]: the log-probability of each id after each sequence."""
-        return self._submit("score", list(requests), deadline)
+        request = LiveRequest(self.new_id(), list(prompt), self._generate_params(int(max_new_tokens)))
+        job = StepJob(deadline, adds=[request], needs=[(request, None)])
+        with self._session():
+            try:
+                self.submit(job)
+            finally:
+                self.release([request])
+        return cut_at_eos(request.tokens(), self.sm.eos_id)
 
     def describe(self):
-        return {"engine": self.name, "dtype": self.dtype, "model_impl": self.model_impl,
-                "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len,
-                "generate_calls": self.calls, "vllm_requests": self.requests}
+        with self._cv:
+            per = self.totals.per(self.searches)
+            return {"engine": self.name, "dtype": self.dtype, "model_impl": self.model_impl,
+                    "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len,
+                    "core": "process" if self.multiprocess else "in-process", "engine_steps": self.steps,
+                    "gather_timeouts": self.gather_timeouts,
+                    "searches": self.searches, "totals": self.totals.as_dict(), "per_recommendation": per}
 
     def close(self):
+        super().close()
         with self._cv:
-            self._closed = True
-            pending, self._pending = self._pending, []
-            self._cv.notify_all()
-        for batch in pending:
-            batch.future.set_exception(Cancelled("the engine is shutting down"))
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=60)
+            waiting, self._waiting = self._waiting, []
+        self._fail(waiting, Cancelled("the engine is shutting down"))
+        self._tmp.cleanup()
 
-    # ------------------------------------------------------------------ request side
-    class _Active:
+    # ------------------------------------------------------------------ search side
+    def new_id(self) -> str:
+        return f"r{next(self._ids)}"
+
+    def trie_params(self, node: int, max_tokens: int, logprobs: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        from prunerec.serve.vllm_trie import trie_args
+
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False, logprobs=logprobs,
+                              stop_token_ids=[self.sm.eos_id], output_kind=RequestOutputKind.DELTA,
+                              extra_args=trie_args(self.trie_path, node))
+
+    def _generate_params(self, max_tokens: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False,
+                              stop_token_ids=[self.sm.eos_id], output_kind=RequestOutputKind.DELTA,
+                              allowed_token_ids=generation_ids(self.sm.tokenizer, self.sm.config.vocab_size))
+
+    class _Session:
         def __init__(self, engine):
             self.engine = engine
 
         def __enter__(self):
             with self.engine._cv:
+                self.engine._refuse_if_stopped()
                 self.engine._active += 1
 
         def __exit__(self, *exc):
@@ -176,26 +175,31 @@ class VllmEngine(Engine):
                 self.engine._active -= 1
                 self.engine._cv.notify_all()
 
-    def _searching(self):
-        return VllmEngine._Active(self)
+    def _session(self):
+        return VllmEngine._Session(self)
 
-    def _submit(self, kind: str, items: list, deadline: Deadline):
+    def submit(self, job: StepJob):
+        """Hand a step to the engine thread and wait for the outputs it needs."""
         if self.step_delay:
             time.sleep(self.step_delay)
-        deadline.check()
-        batch = _Batch(kind, items, deadline)
+        job.deadline.check()
+        return self._submit(job)
+
+    def release(self, requests) -> None:
+        """Abort the unfinished ones of `requests` at the next step (nothing waits for them)."""
         with self._cv:
-            if self._closed:
-                raise Cancelled("the engine is shutting down")
-            self._pending.append(batch)
+            self._aborts.extend(r.id for r in requests if not r.finished)
             self._cv.notify_all()
-        try:
-            return batch.future.result(timeout=deadline.remaining())
-        except TimeoutError:
-            deadline.cancel()
-            raise Cancelled("request deadline passed") from None
 
     # ------------------------------------------------------------------ engine thread
+    def _loaded_wait(self):
+        with self._cv:
+            while self._llm is None and self._load_error is None and self.dead is None:
+                self._cv.wait(timeout=0.5)
+        if self._load_error is not None:
+            self.close()
+            raise PrunerecError(f"vLLM could not load {self.sm.folder}: {self._load_error}") from self._load_error
+
     def _check_cpu_head_size(self):
         """vLLM's CPU attention kernels support some head sizes only; an unsupported one would
         load and then kill the engine at the first request."""
@@ -215,101 +219,150 @@ class VllmEngine(Engine):
 
     def _load(self):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if self.multiprocess else "0"
         self._check_cpu_head_size()
+        import vllm.envs
         from vllm import LLM
+
+        # an in-process core caches vLLM's environment variables; a later engine reads them afresh
+        getattr(vllm.envs, "disable_envs_cache", lambda: None)()
 
         kwargs = {"model": str(self.sm.folder), "tokenizer": str(self.sm.folder), "dtype": self.dtype,
                   "tensor_parallel_size": self.tensor_parallel_size, "enable_prefix_caching": True, "block_size": 32,
-                  "max_logprobs": MAX_IDS_PER_REQUEST, "max_model_len": self.max_model_len, "seed": 0,
+                  "max_logprobs": self.max_logprobs, "logprobs_mode": "processed_logits",
+                  "logits_processors": [PROCESSOR], "max_model_len": self.max_model_len, "seed": 0,
                   "enforce_eager": self.enforce_eager}
         if self.model_impl != "auto":
             kwargs["model_impl"] = self.model_impl
-        log.info("starting vLLM on %s (%s)", self.sm.folder, ", ".join(f"{k}={v}" for k, v in kwargs.items()
-                                                                      if k not in ("model", "tokenizer")))
+        log.info("starting vLLM on %s (%s)", self.sm.folder, ", ".join(
+            f"{k}={v}" for k, v in kwargs.items() if k not in ("model", "tokenizer")))
         return LLM(**kwargs)
 
-    def _take(self) -> list[_Batch] | None:
-        with self._cv:
-            while not self._pending and not self._closed:
-                self._cv.wait(timeout=0.5)
-            if self._closed:
-                return None
-            # wait briefly for the other active searches to hand in their next step
-            until = time.monotonic() + self.gather_seconds
-            while len(self._pending) < self._active and not self._closed:
-                left = until - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(timeout=left)
-            taken, self._pending = self._pending, []
-        return taken
-
-    def _run(self):
+    def _work(self):
         try:
             llm = self._load()
         except BaseException as err:  # noqa: BLE001 - reported by the constructor
-            self._load_error = err
-            self._loaded.set()
+            with self._cv:
+                self._load_error = err
+                self._cv.notify_all()
             return
-        self._loaded.set()
+        with self._cv:
+            self._llm = llm
+            self._cv.notify_all()
+        if self.multiprocess:
+            threading.Thread(target=self._watch_core, args=(llm.llm_engine,), name="vllm-core-watch",
+                             daemon=True).start()
         try:
-            while True:
-                taken = self._take()
-                if taken is None:
-                    return
-                live = unexpired(taken)
-                if not live:
-                    continue
-                try:
-                    results = self._generate(llm, live)
-                except Exception as err:  # handed to the waiting request threads
-                    log.exception("vLLM generate failed")
-                    for batch in live:
-                        batch.future.set_exception(err)
-                    continue
-                for batch, result in zip(live, results):
-                    batch.future.set_result(result)
+            self._drive(llm.llm_engine)
         finally:
             self._shutdown(llm)
 
-    def _request(self, kind: str, item) -> tuple[object, object]:
-        """(prompt, SamplingParams) of one vLLM request."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+    def _gather(self) -> tuple[list[StepJob], list[str]] | None:
+        """New jobs and aborts, after waiting (briefly) for every active search to hand in."""
+        with self._cv:
+            until = time.monotonic() + self.gather_seconds
+            while not self._closed:
+                handed_in = len(self._jobs) + len(self._waiting)
+                idle = not self._jobs and not self._waiting
+                if handed_in >= self._active and not idle:
+                    break
+                left = until - time.monotonic()
+                if not idle and left <= 0:
+                    self.gather_timeouts += 1
+                    break
+                self._cv.wait(timeout=max(left, 0.0) if not idle else 0.5)
+            if self._closed:
+                return None
+            jobs, aborts = list(self._jobs), self._aborts
+            self._jobs.clear()
+            self._aborts = []
+        return jobs, aborts
 
-        if kind == "score":
-            seq, ids = item
-            return TokensPrompt(prompt_token_ids=seq), SamplingParams(
-                max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=list(ids))
-        seq, max_new = item
-        return TokensPrompt(prompt_token_ids=seq), SamplingParams(
-            max_tokens=max_new, temperature=0.0, detokenize=False, stop_token_ids=[self.sm.eos_id],
-            allowed_token_ids=generation_ids(self.sm.tokenizer, self.sm.config.vocab_size))  # no padding rows
+    def _drive(self, core):
+        while True:
+            taken = self._gather()
+            if taken is None:
+                return
+            jobs, aborts = taken
+            self._apply_aborts(core, aborts)
+            for job in jobs:
+                if job.deadline.expired():
+                    job.future.set_exception(Cancelled("request deadline passed"))
+                    self._apply_aborts(core, [r.id for r in job.adds])
+                    continue
+                with self._cv:
+                    self._waiting.append(job)  # before the core sees it: a dying core fails it too
+                try:
+                    for request in job.adds:
+                        core.add_request(request.id, request.prompt_input(), request.params)
+                        self._live[request.id] = request
+                except ValueError as err:  # vLLM refused this request (validation): fail it alone
+                    with self._cv:
+                        self._waiting.remove(job)
+                    self._apply_aborts(core, [r.id for r in job.adds])
+                    job.future.set_exception(PrunerecError(f"vLLM refused a request: {err}"))
+            self._resolve()
+            if self._waiting and core.has_unfinished_requests():
+                outputs = core.step()
+                self.steps += 1
+                for output in outputs:
+                    self._record(output)
+                self._resolve()
 
-    def _generate(self, llm, batches: list[_Batch]) -> list[list]:
-        prompts, params = [], []
-        for batch in batches:
-            for item in batch.items:
-                prompt, param = self._request(batch.kind, item)
-                prompts.append(prompt)
-                params.append(param)
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        self.calls += 1
-        self.requests += len(prompts)
-        results, at = [], 0
-        for batch in batches:
-            rows = []
-            for item in batch.items:
-                completion = outputs[at].outputs[0]
-                at += 1
-                if batch.kind == "score":
-                    _, ids = item
-                    got = completion.logprobs[0]
-                    rows.append((ids, [float(got[t].logprob) for t in ids]))
-                else:
-                    rows.append(list(completion.token_ids))
-            results.append(rows)
-        return results
+    def _apply_aborts(self, core, ids):
+        ids = [i for i in ids if self._live.pop(i, None) is not None]
+        if ids:
+            core.abort_request(ids)
+
+    def _record(self, output):
+        request = self._live.get(output.request_id)
+        if request is None:
+            return
+        request.record(output)
+        if output.finished:
+            self._live.pop(output.request_id, None)
+
+    def _resolve(self):
+        still = []
+        for job in self._waiting:
+            if job.deadline.expired():
+                job.future.set_exception(Cancelled("request deadline passed"))
+            elif job.satisfied():
+                job.future.set_result(None)
+            elif any(not r.finished and r.id not in self._live for r, _ in job.needs):
+                job.future.set_exception(PrunerecError("a step waits for a vLLM request that was aborted"))
+            else:
+                still.append(job)
+        with self._cv:
+            self._waiting = still
+
+    def _watch_core(self, core, every: float = 0.25):
+        """A separate core process that dies leaves `step()` waiting forever for its outputs:
+        vLLM's client marks the core dead; this turns that mark into the engine's death and
+        wakes the engine thread."""
+        client = getattr(core, "engine_core", None)
+        resources = getattr(client, "resources", None)
+        while not self._closed and self.dead is None:
+            if getattr(resources, "engine_dead", False):
+                outputs = getattr(client, "outputs_queue", None)
+                if outputs is not None:
+                    from vllm.v1.engine.exceptions import EngineDeadError
+
+                    outputs.put_nowait(EngineDeadError())
+                self._die("vLLM's engine core process died")
+                return
+            time.sleep(every)
+
+    def _die(self, reason, err=None):
+        with self._cv:
+            if self.dead is not None:
+                return
+            waiting, self._waiting = self._waiting, []
+        super()._die(reason, err)
+        self._fail(waiting, self._dead_error())
+
+    def _dead_error(self):
+        return EngineDead(self.dead or "the vLLM engine died")
 
     def _shutdown(self, llm):
         try:

