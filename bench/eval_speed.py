@@ -29,10 +29,10 @@ from prunerec.data.catalog import load_dataset
 from prunerec.io import write_json
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.presets import PRESETS
+from prunerec.model.prompt import PromptSettings
 from prunerec.rec.beam import TorchStepper, constrained_beam_search
 from prunerec.rec.evaluate import EvalOptions, Recommender, pick_users, rank_users
 from prunerec.rec.parallel import usable_cores
-from prunerec.rec.prompt import PromptSettings
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"

@@ -27,11 +27,11 @@ from transformers import Qwen2ForCausalLM
 from prunerec.data.catalog import load_dataset
 from prunerec.io import write_json
 from prunerec.model.presets import PRESETS
+from prunerec.model.prompt import PromptSettings
 from prunerec.model.surgery import count_parameters
 from prunerec.model.tokenizer import train_tokenizer
 from prunerec.rec.batching import collate, length_batches, response_ce
 from prunerec.rec.encode import build_examples
-from prunerec.rec.prompt import PromptSettings
 from prunerec.rec.sft import subsample, tokenizer_corpus
 
 HERE = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ from pathlib import Path
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
 from prunerec.model.presets import PRESETS
-from prunerec.rec.prompt import PromptSettings
+from prunerec.model.prompt import PromptSettings
 from prunerec.rec.trainer import TrainConfig
 
 SCRATCH_LR, CHECKPOINT_LR = 1e-3, 3e-4

@@ -9,7 +9,7 @@ sizes:
   KV groups kept: the same proportion of the KV heads, moved to the nearest count that the kept
   query heads divide evenly over;
 - hidden: kept heads x head_dim when the base model has hidden == heads x head_dim (so the pruned
-  model keeps that identity, which vLLM's native Qwen2 needs, see STACK.md); otherwise the
+  model keeps that identity, which vLLM's native Qwen2 needs: it ignores config.head_dim); otherwise the
   proportion rounded to a multiple of head_dim;
 - MLP: the proportion rounded to a multiple of 64 (32 below 256 channels), at least 32;
 - layers: the proportion rounded, at least 1.
@@ -46,7 +46,7 @@ __all__ = [
 
 Amount = int | float
 
-# Qwen2-0.5B -> PruneRec's compressed model (METHOD.md).
+# Qwen2-0.5B -> PruneRec's compressed model (the paper's shape).
 PAPER_PROPORTIONS = {
     "heads": Fraction(7, 14),
     "hidden": Fraction(448, 896),
@@ -302,7 +302,8 @@ def resolve_targets(config, *, heads: Amount | None = None, kv_heads: Amount | N
         t_hidden = _hidden_round(n_h * ratio, n_h, hd)
     if t_hidden != t_heads * hd:
         notes.append(f"hidden {t_hidden} != heads x head_dim ({t_heads} x {hd} = {t_heads * hd}): transformers "
-                     "loads it, vLLM's native Qwen2 does not (serve with --model-impl transformers)")
+                     "loads it, vLLM's native Qwen2 does not (`prunerec serve` switches vLLM to its "
+                     "transformers backend for such models by itself)")
 
     # MLP
     a = given.get("mlp")

@@ -1,6 +1,6 @@
 """Amazon Reviews 2018: prepare the raw files into the uniform data form (download: data/download.py).
 
-Protocol (METHOD.md, "Data protocol of the paper's data"):
+Protocol (BIGRec's, as the PruneRec paper uses it):
   * time window [start, window_end) on `unixReviewTime`; start = window_end minus one year,
     moved back one year at a time while fewer than `min_items` items survive all filtering
     and earlier data exists;

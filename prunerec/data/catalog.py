@@ -1,6 +1,6 @@
 """The uniform prepared data form: a catalog of items and train/valid/test samples.
 
-Folder layout (the one ../shared/data uses):
+Folder layout:
   items.jsonl                      {"item_id": int, "title": str, "asin": str?}  ids 0..N-1
   train.jsonl, valid.jsonl, test.jsonl
                                    {"user": int, "history": [item_id, ...], "target": item_id,

@@ -125,7 +125,8 @@ def model_card(*, name: str, shape: dict, parameters: dict, dtype: str, prov: di
               "With vLLM (`python -m vllm.entrypoints.openai.api_server --model FOLDER`): serve "
               + f"the `{vllm_folder}/` folder of the export"
               + ("; this model has heads x head_dim != hidden size, which vLLM's native Qwen2 gets wrong, so use "
-                 "the Llama copy (or `--model-impl transformers`)." if vllm_folder != "hf" else "."), ""]
+                 "the Llama copy (or pass vLLM's own `--model-impl transformers`; `prunerec serve` "
+                 "picks that backend by itself)." if vllm_folder != "hf" else "."), ""]
     if genai_path:
         lines += _genai_rows(genai_path)
     return "\n".join(lines)

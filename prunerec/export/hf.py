@@ -1,7 +1,7 @@
 """The Hugging Face side of an export: OUT/hf (stock Qwen2 folder in the chosen dtype) and,
 when num_attention_heads x head_dim != hidden_size, OUT/hf-llama (the same weights as a
 LlamaForCausalLM with attention_bias=True and a zero o_proj bias: vLLM's native Qwen2 ignores
-config.head_dim, its Llama honours it; see STACK.md)."""
+config.head_dim (it assumes hidden_size // heads), its Llama honours it)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -59,7 +59,8 @@ def llama_config(config) -> LlamaConfig:
         raise PrunerecError(f"a Llama copy is made from Qwen2 models, not '{config.model_type}'")
     if _uses_sliding_window(config):
         raise PrunerecError("the model uses sliding-window attention, which a Llama config cannot express; "
-                            "serve it with vLLM's --model-impl transformers instead")
+                            "serve OUT/hf with `prunerec serve` (it picks vLLM's transformers backend by "
+                            "itself) or with vLLM's own server and its --model-impl transformers flag")
     rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
     return LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,

@@ -141,7 +141,8 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
             folders["hf-llama"] = {"path": str(out / "hf-llama")}
             notes.append(f"heads x head_dim = {shape['heads'] * shape['head_dim']} != hidden {shape['hidden']}: "
                          "vLLM's native Qwen2 would ignore head_dim; serve OUT/hf-llama with vLLM "
-                         "(or OUT/hf with --model-impl transformers)")
+                         "(or OUT/hf with vLLM's own --model-impl transformers; `prunerec serve` picks that "
+                         "backend by itself)")
         elif (out / "hf-llama").exists():
             shutil.rmtree(out / "hf-llama")
         seconds["hf"] = round(time.perf_counter() - t0, 2)

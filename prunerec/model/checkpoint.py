@@ -18,7 +18,7 @@ from prunerec.data.catalog import Catalog, DataError, load_catalog
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_jsonl
 from prunerec.model.dtypes import COMPUTE_DTYPE, stored_as, stored_dtype
-from prunerec.rec.prompt import PromptSettings
+from prunerec.model.prompt import PromptSettings
 
 SETTINGS_FILE = "prunerec.json"
 CATALOG_FILE = "catalog.jsonl"

@@ -6,7 +6,8 @@ modules and patches ``model.config`` so that ``save_pretrained`` followed by a s
 exactly the same network.  Every layer keeps the same shape (the stock Qwen2 classes cannot
 load anything else), and ``config.head_dim`` is always written explicitly, because after head
 or hidden pruning ``num_attention_heads * head_dim`` usually differs from ``hidden_size``
-(transformers honours an explicit ``head_dim``; vLLM's native Qwen2 does not, see STACK.md).
+(transformers honours an explicit ``head_dim``; vLLM's native Qwen2 ignores it and assumes
+``hidden_size // num_attention_heads``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prunerec.data.catalog import Catalog, Sample
-from prunerec.rec.prompt import PromptSettings, format_prompt, format_response
+from prunerec.model.prompt import PromptSettings, format_prompt, format_response
 
 
 @dataclass(frozen=True)

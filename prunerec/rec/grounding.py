@@ -5,8 +5,8 @@ from collections.abc import Sequence
 
 import torch
 
+from prunerec.model.prompt import parse_response
 from prunerec.model.vocab import padding_ids
-from prunerec.rec.prompt import parse_response
 
 
 @torch.no_grad()

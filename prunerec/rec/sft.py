@@ -23,11 +23,11 @@ from prunerec.data.catalog import Catalog, Dataset, Sample, load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.presets import PRESETS, Preset
+from prunerec.model.prompt import PromptSettings, format_prompt, format_response
 from prunerec.model.tokenizer import train_tokenizer
 from prunerec.plots import pyplot, save_png
 from prunerec.rec.batching import response_ce
 from prunerec.rec.encode import build_examples, history_titles
-from prunerec.rec.prompt import PromptSettings, format_prompt, format_response
 from prunerec.rec.trainer import TrainConfig, Trainer
 
 STATE_DIR = ".train-state"

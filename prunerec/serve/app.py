@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 
 from prunerec.errors import PrunerecError
-from prunerec.serve.engines import Cancelled, Deadline, Engine, build_engine
+from prunerec.serve.engines import Cancelled, Deadline, Engine, OnnxEngine, TorchEngine
 from prunerec.serve.metrics import Metrics, route_label
 from prunerec.serve.model import InputError, ServeModel
 from prunerec.serve.schema import (
@@ -151,6 +151,21 @@ class Runtime:
             self.engine.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("engine closed")
+
+
+def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
+                 dtype: str = "auto", enforce_eager: bool = False, beams: int = 20,
+                 vllm_core: str = "auto") -> Engine:
+    if sm.engine == "torch":
+        return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay)
+    if sm.engine == "onnx":
+        return OnnxEngine(sm, max_batch=max_batch, step_delay=step_delay)
+    if sm.engine == "vllm":
+        from prunerec.serve.vllm_engine import VllmEngine  # vLLM is imported only when it serves
+
+        return VllmEngine(sm, tensor_parallel_size=tensor_parallel_size, dtype=dtype, enforce_eager=enforce_eager,
+                          step_delay=step_delay, beams=beams, core=vllm_core)
+    raise PrunerecError(f"unknown engine '{sm.engine}'")
 
 
 def _default_engine(sm: ServeModel, options: ServeOptions) -> Engine:

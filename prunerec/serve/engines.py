@@ -1,7 +1,7 @@
 """Engines behind one interface: rank a prompt by trie-constrained beam search, and write a free
 (greedy) generation. `torch` and `onnx` run prunerec.rec.beam's search on a `Stepper` in one
 worker thread (prunerec.serve.worker) that batches requests waiting at the same time; `vllm`
-lives in vllm_engine.py (this module imports it only inside `build_engine`).
+lives in vllm_engine.py; serve/app.py's `build_engine` picks one.
 
 Every engine answers from one thread of its own, so callers (the HTTP server's request
 threads) may call `rank` and `generate` concurrently. A `Deadline` cancels work that nobody
@@ -234,18 +234,3 @@ def grounder_for(sm: ServeModel, engine: Engine) -> L2Grounder:
         return AutoModelForCausalLM.from_pretrained(sm.torch_folder, dtype=torch.float32).eval()
 
     return L2Grounder(sm, load)
-
-
-def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
-                 dtype: str = "auto", enforce_eager: bool = False, beams: int = 20,
-                 vllm_core: str = "auto") -> Engine:
-    if sm.engine == "torch":
-        return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay)
-    if sm.engine == "onnx":
-        return OnnxEngine(sm, max_batch=max_batch, step_delay=step_delay)
-    if sm.engine == "vllm":
-        from prunerec.serve.vllm_engine import VllmEngine
-
-        return VllmEngine(sm, tensor_parallel_size=tensor_parallel_size, dtype=dtype, enforce_eager=enforce_eager,
-                          step_delay=step_delay, beams=beams, core=vllm_core)
-    raise PrunerecError(f"unknown engine '{sm.engine}'")

@@ -15,9 +15,9 @@ from pathlib import Path
 from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import CATALOG_FILE, read_model_files, ready_tokenizer
+from prunerec.model.prompt import PromptSettings
 from prunerec.rec.encode import prompt_ids
 from prunerec.rec.grounding import free_token_budget
-from prunerec.rec.prompt import PromptSettings
 from prunerec.rec.title_index import TitleIndex
 from prunerec.rec.trie import TitleTrie
 

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from prunerec.rec.prompt import parse_response
+from prunerec.model.prompt import parse_response
 from prunerec.serve.engines import Deadline, Engine, L2Grounder, grounder_for
 from prunerec.serve.model import InputError, ServeModel
 

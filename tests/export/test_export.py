@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from prunerec.data.catalog import Catalog, Sample, write_dataset
 from prunerec.model.checkpoint import RecModel
-from prunerec.rec.prompt import PromptSettings
+from prunerec.model.prompt import PromptSettings
 from tests.helpers import TITLES, scale_biggest_initializer, tiny_model, tiny_tokenizer
 
 pytest.importorskip("onnxruntime")

@@ -12,7 +12,7 @@ from transformers import Qwen2ForCausalLM
 from prunerec.data.catalog import Catalog
 from prunerec.model.checkpoint import RecModel
 from prunerec.model.presets import PRESETS
-from prunerec.rec.prompt import PromptSettings
+from prunerec.model.prompt import PromptSettings
 from tests.helpers import TITLES, scale_biggest_initializer, tiny_model, tiny_tokenizer
 
 og = pytest.importorskip("onnxruntime_genai")

@@ -10,9 +10,9 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from prunerec.data.catalog import Catalog
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.dtypes import stored_dtype, vllm_dtype
+from prunerec.model.prompt import PromptSettings
 from prunerec.model.vocab import generation_ids, padding_ids
 from prunerec.rec.grounding import free_generate
-from prunerec.rec.prompt import PromptSettings
 from tests.helpers import TITLES, tiny_model, tiny_tokenizer
 
 PADDING = 40

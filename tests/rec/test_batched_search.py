@@ -8,10 +8,10 @@ import torch
 
 from prunerec.data.catalog import Catalog
 from prunerec.model.checkpoint import RecModel
+from prunerec.model.prompt import PromptSettings
 from prunerec.rec.beam import TorchStepper, constrained_beam_search
 from prunerec.rec.encode import response_ids
 from prunerec.rec.evaluate import EvalOptions, Recommender, length_batches, rank_users
-from prunerec.rec.prompt import PromptSettings
 from prunerec.rec.shared_prompt import SharedPromptStepper, make_stepper, supports
 from prunerec.rec.trie import TitleTrie
 from tests.helpers import TITLES, tiny_model, tiny_tokenizer

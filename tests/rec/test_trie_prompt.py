@@ -1,8 +1,8 @@
 import pytest
 
 from prunerec.data.catalog import Catalog, Sample
+from prunerec.model.prompt import PromptSettings, format_prompt, format_response, parse_response
 from prunerec.rec.encode import build_examples, response_ids
-from prunerec.rec.prompt import PromptSettings, format_prompt, format_response, parse_response
 from prunerec.rec.trie import TitleTrie
 from tests.helpers import TITLES, tiny_tokenizer
 

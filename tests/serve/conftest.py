@@ -14,7 +14,7 @@ import requests
 
 from prunerec.data.catalog import Catalog, Sample, write_dataset
 from prunerec.model.checkpoint import RecModel
-from prunerec.rec.prompt import PromptSettings
+from prunerec.model.prompt import PromptSettings
 from tests.helpers import TITLES, one_thread, tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

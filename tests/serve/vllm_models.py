@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prunerec.data.catalog import load_catalog
 from prunerec.model.checkpoint import RecModel
-from prunerec.rec.prompt import PromptSettings
+from prunerec.model.prompt import PromptSettings
 from tests.helpers import tiny_model
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
