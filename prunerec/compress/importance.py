@@ -19,20 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from prunerec.compress import baselines
 from prunerec.compress.activations import mlp_activation_share
-from prunerec.compress.baselines import (
-    magnitude_head_scores,
-    magnitude_hidden_scores,
-    magnitude_mlp_scores,
-    random_head_scores,
-    random_hidden_scores,
-    random_layer_scores,
-    random_mlp_scores,
-    shortgpt_layer_scores,
-    wanda_head_scores,
-    wanda_hidden_scores,
-    wanda_mlp_scores,
-)
+from prunerec.compress.baselines import *  # noqa: F403 (every score is importable from here)
 from prunerec.compress.head_kl import head_importance_kl, select_heads
 from prunerec.compress.hooks import (
     _batches,
@@ -58,17 +47,7 @@ __all__ = [
     "mlp_activation_share",
     "calibration_perplexity",
     "greedy_layer_removal",
-    "shortgpt_layer_scores",
-    "magnitude_head_scores",
-    "magnitude_hidden_scores",
-    "magnitude_mlp_scores",
-    "wanda_head_scores",
-    "wanda_hidden_scores",
-    "wanda_mlp_scores",
-    "random_head_scores",
-    "random_hidden_scores",
-    "random_mlp_scores",
-    "random_layer_scores",
+    *baselines.__all__,
 ]
 
 # ----------------------------------------------------------------------------- hidden (Stage I)
