@@ -24,7 +24,7 @@ from prunerec.compress.criteria import LAYER, WIDTH
 from prunerec.compress.targets import Targets, base_shape
 from prunerec.errors import PrunerecError
 from prunerec.model import surgery
-from prunerec.rec.batching import collate
+from prunerec.rec.batching import collate, pad_rows
 from prunerec.rec.encode import Example
 
 __all__ = [
@@ -91,16 +91,6 @@ class Calibration:
     n_samples: int
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
 def build_calibration(examples: Sequence[Example], pad_id: int, batch_size: int = 16) -> Calibration:
     examples = [e for e in examples if len(e.input_ids) > e.n_response]
     if not examples:
@@ -108,7 +98,7 @@ def build_calibration(examples: Sequence[Example], pad_id: int, batch_size: int 
     prompts, full = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        ids, mask = _pad([e.input_ids[:len(e.input_ids) - e.n_response] for e in chunk], pad_id)
+        ids, mask = pad_rows([e.input_ids[:len(e.input_ids) - e.n_response] for e in chunk], pad_id, left=False)
         prompts.append({"input_ids": ids, "attention_mask": mask})
         b = collate(chunk, pad_id)
         labels = torch.full_like(b["input_ids"], -100)

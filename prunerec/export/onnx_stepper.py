@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from prunerec.export.onnx_export import MODEL_FILE
+from prunerec.rec.batching import pad_rows, positions_of
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -94,14 +95,9 @@ class OnnxStepper:
 
     # ------------------------------------------------------------------ Stepper
     def start(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(prompts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            if len(prompt):
-                ids[row, width - len(prompt):] = prompt
-                mask[row, width - len(prompt):] = 1
-        positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+        ids, mask = pad_rows(prompts, self.pad_id, left=True)
+        ids, mask, positions = ids.numpy(), mask.numpy(), positions_of(mask).numpy()
+        width = ids.shape[1]
         rows = max(1, self.max_logits // max(1, width * (self.vocab or 1)))
         last, chunks = [], []
         for begin in range(0, len(prompts), rows):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from prunerec.errors import PrunerecError
+from prunerec.rec.batching import pad_rows, positions_of
 
 GREEDY_STEPS = 32
 # fp32: absolute; fp16 / bf16: relative to max(1, max |reference logit|)
@@ -99,13 +100,8 @@ def _worse(worst: float, value: float) -> float:
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
-    return ids, mask, np.clip(mask.cumsum(-1) - 1, 0, None)
+    ids, mask = pad_rows(prompts, pad_id, left=True)
+    return ids.numpy(), mask.numpy(), positions_of(mask).numpy()
 
 
 def _row_chunks(prompts, vocab: int):

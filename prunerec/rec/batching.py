@@ -9,6 +9,25 @@ import torch
 from prunerec.rec.encode import Example
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to the longest: [rows, width] ids and a 0/1 mask (long). Left padding
+    puts every row's last token in the last column, as generation wants."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        if len(row):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, span] = 1
+    return ids, mask
+
+
+def positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: 0 at each row's first real token (and at its padding)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ids plus the flat (row, position) pairs that predict response tokens.
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from prunerec.rec.batching import pad_rows, positions_of
 from prunerec.rec.trie import TitleTrie
 
 
@@ -109,13 +110,8 @@ class TorchStepper:
 
     @torch.no_grad()
     def start(self, prompts):
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask = pad_rows(prompts, self.pad_id, left=True)
+        positions = positions_of(mask)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
         self.cache, self.mask, self.positions = out.past_key_values, mask, positions[:, -1]

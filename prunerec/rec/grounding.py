@@ -7,6 +7,7 @@ import torch
 
 from prunerec.model.prompt import parse_response
 from prunerec.model.vocab import padding_ids
+from prunerec.rec.batching import pad_rows
 
 
 @torch.no_grad()
@@ -16,12 +17,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -
     for start in range(0, len(texts), batch_size):
         ids = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False)["input_ids"]
         ids = [x or [tokenizer.eos_token_id] for x in ids]
-        width = max(len(x) for x in ids)
-        batch = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for row, x in enumerate(ids):
-            batch[row, :len(x)] = torch.tensor(x)
-            mask[row, :len(x)] = 1
+        batch, mask = pad_rows(ids, tokenizer.pad_token_id, left=False)
         hidden = model.model(input_ids=batch, attention_mask=mask).last_hidden_state
         last = mask.sum(1) - 1
         rows.append(hidden[torch.arange(len(ids)), last].float())
@@ -52,10 +48,9 @@ def free_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_to
                   num_beams: int = 4) -> list[str]:
     """Unconstrained beam search (best beam; never the embedding rows past the tokenizer),
     parsed back to a title string."""
-    width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = pad_rows(prompts, pad, left=True)
+    width = ids.shape[1]
     out = model.generate(ids, attention_mask=mask, num_beams=num_beams, do_sample=False,
                          max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
                          suppress_tokens=padding_ids(tokenizer, model.config.vocab_size) or None)

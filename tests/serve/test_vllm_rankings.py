@@ -1,6 +1,6 @@
 """The vLLM engine (trie inside vLLM, long-lived requests) ranks exactly like `prunerec
 evaluate` (Recommender.rank_trie on transformers): the same titles in the same order, scores
-within float32 rounding (1e-4, or 1e-6 relative for long titles), over the whole Games catalog
+within float32 rounding (1e-4, or 5e-6 relative for long titles), over the whole Games catalog
 (16,862 titles; trie nodes far wider than 128 children), searches running concurrently.
 
 - 200 Games test users for a stock model (in-process core) and a head-pruned one
@@ -66,7 +66,9 @@ def _check_same_ranking(engine, prompts, reference):
     titles = engine.sm.titles
     for user, (want, have) in enumerate(zip(reference, got)):
         assert [titles[i] for i, _ in have] == [t for t, _ in want], f"user {user}"
-        assert [s for _, s in have] == pytest.approx([s for _, s in want], rel=1e-6, abs=1e-4), f"user {user}"
+        # summed float32 log-probs of ~30-token titles from two attention implementations: 1e-4
+        # absolute, or 5e-6 relative for the long, unlikely titles (scores near -100)
+        assert [s for _, s in have] == pytest.approx([s for _, s in want], rel=5e-6, abs=1e-4), f"user {user}"
     per = engine.describe()["per_recommendation"]
     # a continuing beam keeps its request: far fewer requests than beam rows over the search
     assert 0 < per["vllm_requests"] < 20 * per["steps"]
