@@ -6,6 +6,8 @@ import json
 import click
 
 from prunerec.errors import friendly_errors
+from prunerec.options import click_options
+from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -108,35 +110,11 @@ def data_demo(out, seed, n_items, n_users, overwrite):
 
 
 # --- train --------------------------------------------------------------------------------
-def _train_options(command):
-    options = [
-        click.option("--epochs", default=3, show_default=True),
-        click.option("--batch-size", default=32, show_default=True),
-        click.option("--lr", type=float, default=None, help="Default: 3e-4 for checkpoints, 1e-3 for scratch presets."),
-        click.option("--warmup", default=20, show_default=True, help="Warm-up steps."),
-        click.option("--patience", default=1, show_default=True,
-                     help="Validations without improvement before stopping."),
-        click.option("--eval-every", default=0, show_default=True, help="Steps between validations (0: each epoch)."),
-        click.option("--max-steps", default=0, show_default=True, help="Stop after this many steps (0: no limit)."),
-        click.option("--time-budget", default=0.0, show_default=True,
-                     help="Minutes of training, then stop at the next validation (0: no limit)."),
-        click.option("--decay-to-budget", is_flag=True,
-                     help="Let the learning rate fall linearly to zero when --time-budget ends, and stop there "
-                          "(for runs the budget, not the epochs, will end)."),
-        click.option("--train-limit", type=int, default=None,
-                     help="Train on a seeded random subset of this many rows."),
-        click.option("--valid-limit", type=int, default=1000, show_default=True,
-                     help="Validation rows used for the loss."),
-        click.option("--seed", default=0, show_default=True),
-        click.option("--resume", is_flag=True,
-                     help="Continue the interrupted run in --out (refused if the data, the model or an option "
-                          "that shapes the result changed)."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace an earlier run's results in --out (without it they are refused)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+_resume_train = click.option("--resume", is_flag=True,
+                             help="Continue the interrupted run in --out (refused if the data, the model or an "
+                                  "option that shapes the result changed).")
+_overwrite_train = click.option("--overwrite", is_flag=True,
+                                help="Replace an earlier run's results in --out (without it they are refused).")
 
 
 def _prompt_options(command):
@@ -161,7 +139,9 @@ def _prompt_options(command):
               help="A scratch preset (tiny, small, deep) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
 @_prompt_options
-@_train_options
+@click_options(TrainingOptions, TRAINING_FLAGS)
+@_resume_train
+@_overwrite_train
 @friendly_errors
 def train(data_dir, model_ref, out, template, category, max_history, cutoff, **train_kwargs):
     """BIGRec supervised fine-tuning: learn to write the next item's title.

@@ -11,7 +11,6 @@ from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
 from prunerec.model.presets import PRESETS
 from prunerec.model.prompt import PromptSettings
-from prunerec.rec.trainer import TrainConfig
 
 SCRATCH_LR, CHECKPOINT_LR = 1e-3, 3e-4
 
@@ -34,31 +33,24 @@ def _positive(name: str, value, allow_zero: bool = False):
 
 
 def run_train(data_dir, model_ref, out, *, template=None, category=None, max_history=10, cutoff=512,
-              epochs=3, batch_size=32, lr=None, warmup=20, patience=1, eval_every=0, max_steps=0,
-              time_budget=0.0, decay_to_budget=False, train_limit=None, valid_limit=1000, seed=0,
-              resume=False, overwrite=False) -> dict:
+              resume=False, overwrite=False, **training) -> dict:
+    """`prunerec train`; `training` holds TrainingOptions fields (epochs, lr, ...)."""
     from prunerec.model.checkpoint import check_checkpoint
     from prunerec.rec.sft import train_recommender
+    from prunerec.rec.train_options import TrainingOptions
 
-    for name, value in [("epochs", epochs), ("batch-size", batch_size), ("max-history", max_history),
-                        ("cutoff", cutoff), ("train-limit", train_limit), ("valid-limit", valid_limit)]:
+    for name, value in [("max-history", max_history), ("cutoff", cutoff)]:
         _positive(name, value)
-    for name, value in [("warmup", warmup), ("patience", patience), ("eval-every", eval_every),
-                        ("max-steps", max_steps), ("time-budget", time_budget)]:
-        _positive(name, value, allow_zero=True)
-    if decay_to_budget and not time_budget:
-        raise PrunerecError("--decay-to-budget needs a --time-budget to decay to")
+    options = TrainingOptions(**training).check()
     scratch = model_ref in PRESETS
     if not scratch:
         check_checkpoint(model_ref)
     settings = PromptSettings(template=template or ("compact" if scratch else "alpaca"),
                               category=category or data_category(data_dir), max_history=max_history,
                               cutoff_tokens=cutoff)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr or (SCRATCH_LR if scratch else CHECKPOINT_LR),
-                         warmup_steps=warmup, patience=patience, eval_every=eval_every, max_steps=max_steps,
-                         time_budget_s=time_budget * 60, decay_to_budget=decay_to_budget, seed=seed)
+    config = options.config(default_lr=SCRATCH_LR if scratch else CHECKPOINT_LR)
     return train_recommender(data_dir, model_ref, out, settings=settings, config=config,
-                             train_limit=train_limit, valid_limit=valid_limit, resume=resume,
+                             train_limit=options.train_limit, valid_limit=options.valid_limit, resume=resume,
                              overwrite=overwrite)
 
 

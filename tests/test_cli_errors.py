@@ -48,7 +48,7 @@ def test_malformed_data_is_reported_with_line(runner, demo_data, tmp_path):
 def test_bad_numbers_are_refused(runner, demo_data, tmp_path):
     result = runner.invoke(main, ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(tmp_path / "m"),
                                   "--batch-size", "0"])
-    _assert_clean_failure(result, "--batch-size must be > 0")
+    _assert_clean_failure(result, "--batch-size", "0 is not in the range x>=1")
     result = runner.invoke(main, ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(tmp_path / "m"),
                                   "--decay-to-budget"])
     _assert_clean_failure(result, "--decay-to-budget needs a --time-budget")

@@ -1,6 +1,6 @@
 """A catalog whose titles hold double-escaped HTML entities (as real Amazon catalogs do) goes
-through prepare, train, evaluate, compress and export: the catalog saved beside a model equals
-the data's catalog read back, at every step."""
+through prepare, train, evaluate, compress, export and serve: the catalog saved beside a model
+equals the data's catalog read back, at every step, and the server takes the cleaned title."""
 import json
 
 import pytest
@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from prunerec.cli import main
 from prunerec.data.catalog import clean_title, load_catalog, load_dataset
 from tests.helpers import ENTITY_TITLES, entity_data, raw_amazon_from
+from tests.serve.conftest import ready_server
 
 
 def cli(*args):
@@ -37,7 +38,7 @@ def test_prepare_cleans_double_escaped_titles_once_for_all(tmp_path):
     assert set(titles) <= set(load_dataset(data).catalog.titles)
 
 
-def test_double_escaped_catalog_goes_through_train_evaluate_compress_export(tmp_path):
+def test_double_escaped_catalog_goes_through_train_evaluate_compress_export_serve(tmp_path):
     data = entity_data(tmp_path / "data")
     model, pruned, export = tmp_path / "model", tmp_path / "pruned", tmp_path / "export"
     cli("train", "--data", data, "--model", "tiny", "--out", model, "--max-steps", "4", "--eval-every", "2",
@@ -53,3 +54,11 @@ def test_double_escaped_catalog_goes_through_train_evaluate_compress_export(tmp_
     cli("export", "--model", pruned / "final", "--out", export, "--format", "hf", "--data", data, "--users", "2",
         "--beams", "2")
     assert load_catalog(export / "hf" / "catalog.jsonl").titles == saved
+    server = ready_server(["--model", export / "hf", "--engine", "torch", "--beams", "4"], tmp_path / "serve.log",
+                          timeout=120)
+    try:
+        answer = server.post({"history": [saved[0], 1], "k": 3})  # the cleaned title, as the catalog holds it
+    finally:
+        assert server.stop() == 0
+    assert answer.status_code == 200, answer.text
+    assert {item["title"] for item in answer.json()["items"]} <= set(saved)

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
 from prunerec.cli import main
 from prunerec.data.catalog import load_dataset, write_dataset
 from prunerec.data.subcatalog import restrict_to_top
-from tests.serve.conftest import Server, evaluate_rankings
+from tests.serve.conftest import evaluate_rankings, ready_server
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 QWEN2 = SHARED / "models" / "qwen2-0.5b"
@@ -62,13 +62,7 @@ def _stored(folder: Path) -> tuple[set, dict]:
 def _serve(engine, folder, log):
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"} if engine == "vllm" else None
     extra = ["--enforce-eager"] if engine == "vllm" else []
-    srv = Server(["--model", str(folder), "--engine", engine, *extra, "--log-level", "warning"], log, env=env)
-    try:
-        srv.wait_ready(timeout=400)
-    except BaseException:
-        srv.stop()
-        raise
-    return srv
+    return ready_server(["--model", folder, "--engine", engine, *extra, "--log-level", "warning"], log, env=env)
 
 
 def test_user_qwen2_checkpoint_every_command(tmp_path):

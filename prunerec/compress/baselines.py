@@ -150,16 +150,15 @@ def wanda_hidden_scores(model, batches) -> torch.Tensor:
     q/k/v/gate/up and of the LM head, and over the output rows j of o_proj/down_proj. [D]."""
     mods = {"lm": model.lm_head}
     for l, layer in enumerate(_layers(model)):
-        a, m = layer.self_attn, layer.mlp
-        mods.update({f"{l}.q": a.q_proj, f"{l}.k": a.k_proj, f"{l}.v": a.v_proj, f"{l}.g": m.gate_proj})
-        mods.update({f"{l}.u": m.up_proj, f"{l}.o": a.o_proj, f"{l}.d": m.down_proj})
+        mods.update({f"{l}.read{i}": lin for i, lin in enumerate(surgery.residual_readers(layer))})
+        mods.update({f"{l}.write{i}": lin for i, lin in enumerate(surgery.residual_writers(layer))})
     norms = _input_norms(model, batches, mods)
     score = _wanda(model.lm_head, norms["lm"]).sum(0)
     for name, lin in mods.items():
         if name == "lm":
             continue
         w = _wanda(lin, norms[name])
-        score = score + (w.sum(1) if name[-1] in "od" else w.sum(0))
+        score = score + (w.sum(1) if ".write" in name else w.sum(0))
     return score.cpu()
 
 

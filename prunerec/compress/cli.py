@@ -6,7 +6,10 @@ import json
 import click
 
 from prunerec.compress.criteria import LAYER, WIDTH
+from prunerec.compress.pipeline import CompressOptions
 from prunerec.errors import friendly_errors
+from prunerec.options import click_options
+from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 
 __all__ = ["COMMANDS", "compress", "analyze"]
 
@@ -49,24 +52,12 @@ _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
                    "(doubles scoring time).")
 @click.option("--lambda", "lam", default=0.2, show_default=True, help="Weight of the ground-truth CE in distillation.")
 @click.option("--tau", default=1.0, show_default=True, help="Distillation temperature.")
-@click.option("--epochs", default=3, show_default=True, help="Epochs per distillation.")
-@click.option("--batch-size", default=32, show_default=True, help="Distillation batch size.")
-@click.option("--lr", default=3e-4, show_default=True)
-@click.option("--warmup", default=20, show_default=True, help="Warm-up steps.")
-@click.option("--weight-decay", default=0.01, show_default=True)
-@click.option("--patience", default=1, show_default=True, help="Validations without improvement before stopping.")
-@click.option("--eval-every", default=0, show_default=True, help="Steps between validation losses (0: each epoch).")
-@click.option("--max-steps", default=0, show_default=True, help="Steps per distillation (0: no limit).")
-@click.option("--time-budget", default=0.0, show_default=True,
-              help="Minutes per distillation, then stop at the next validation (0: no limit).")
-@click.option("--train-limit", type=int, default=None, help="Distil on a seeded subset of this many training rows.")
-@click.option("--valid-limit", type=int, default=500, show_default=True,
-              help="Validation rows for the distillation loss.")
+@click_options(TrainingOptions, TRAINING_FLAGS,
+               defaults={name: getattr(CompressOptions, name) for name in TRAINING_FLAGS})
 @click.option("--eval-users", default=500, show_default=True,
               help="Validation users for HR/NDCG after each stage (0: skip the evaluation).")
 @click.option("--eval-batch-size", default=8, show_default=True)
 @click.option("--beams", default=20, show_default=True, help="Beams of the constrained search = ranked items.")
-@click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last finished stage "
                                              "or distillation checkpoint (same options required).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier compress run's results in --out "
@@ -90,7 +81,7 @@ def compress(model_ref, data_dir, out, method, layer_method, heads, kv_heads, hi
       prunerec compress --model runs/base --data data/Games --out runs/pruned
       prunerec compress ... --heads 0.5 --mlp 256 --layers 4 --method wanda-sp
     """
-    from prunerec.compress.pipeline import CompressOptions, run_compress
+    from prunerec.compress.pipeline import run_compress
 
     options = CompressOptions(method=method, layer_method=None if layer_method == "auto" else layer_method,
                               heads=heads, kv_heads=kv_heads, hidden=hidden, mlp=mlp, layers=layers,

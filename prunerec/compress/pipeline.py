@@ -43,6 +43,7 @@ from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model
 from prunerec.model.surgery import count_parameters
 from prunerec.rec.encode import build_examples
 from prunerec.rec.sft import subsample
+from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 from prunerec.rec.trainer import TrainConfig
 
 __all__ = ["CompressOptions", "run_compress", "plan_only", "STAGE_FILE", "REPORT_KS"]
@@ -82,6 +83,7 @@ class CompressOptions:
     eval_every: int = 0
     max_steps: int = 0
     time_budget: float = 0.0  # minutes per distillation
+    decay_to_budget: bool = False
     train_limit: int | None = None
     valid_limit: int | None = 500
     # evaluation
@@ -91,32 +93,27 @@ class CompressOptions:
     seed: int = 0
 
     def check(self) -> None:
-        for name in ("calib_samples", "calib_batch_size", "epochs", "batch_size", "eval_batch_size", "beams"):
+        for name in ("calib_samples", "calib_batch_size", "eval_batch_size", "beams"):
             if getattr(self, name) <= 0:
                 raise PrunerecError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup", "patience", "eval_every", "max_steps", "time_budget", "eval_users", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise PrunerecError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("train_limit", "valid_limit"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise PrunerecError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-        if not self.lr > 0:
-            raise PrunerecError(f"--lr must be > 0, got {self.lr}")
+        if self.eval_users < 0:
+            raise PrunerecError(f"--eval-users must be >= 0, got {self.eval_users}")
+        self.training().check()
         if self.one_shot and not self.distill:
             raise PrunerecError("--one-shot distils once after all stages; it cannot be combined with --no-distill")
         DistillSettings(self.lam, self.tau)
         self.scoring()
+
+    def training(self) -> TrainingOptions:
+        """The distillation's training options (the flags `prunerec train` shares)."""
+        return TrainingOptions(**{name: getattr(self, name) for name in TRAINING_FLAGS})
 
     def scoring(self) -> ScoringOptions:
         return ScoringOptions(method=self.method, layer_method=self.layer_method or default_layer_method(self.method),
                               alpha=self.alpha, mask_mode=self.mask_mode, seed=self.seed, stability=self.stability)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup,
-                           weight_decay=self.weight_decay, patience=self.patience, eval_every=self.eval_every,
-                           checkpoint_every=100, max_steps=self.max_steps, time_budget_s=self.time_budget * 60,
-                           seed=self.seed)
+        return self.training().config(default_lr=self.lr, checkpoint_every=100)
 
     def distills_after(self, stage: str) -> bool:
         if not self.distill:

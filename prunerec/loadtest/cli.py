@@ -6,8 +6,13 @@ import sys
 import click
 
 from prunerec.errors import PrunerecError, friendly_errors
+from prunerec.options import click_options
+from prunerec.serve.app import ServeOptions
 
 __all__ = ["COMMANDS", "loadtest"]
+
+# the `prunerec serve` options both servers started here get
+SHARED_SERVE_OPTIONS = ["beams", "max_concurrency", "max_queue", "max_batch", "request_timeout", "enforce_eager"]
 
 
 @click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
@@ -28,15 +33,7 @@ __all__ = ["COMMANDS", "loadtest"]
 @click.option("--spawn-rate", type=click.FloatRange(min=0.01), default=None,
               help="Users started per second. Default: all users of a level within 1 s.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 50), help="Items asked for per request.")
-@click.option("--beams", default=20, show_default=True, type=click.IntRange(1), help="Serve option (both models).")
-@click.option("--max-concurrency", default=16, show_default=True, type=click.IntRange(1),
-              help="Serve option (both models).")
-@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0), help="Serve option (both models).")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
-              help="Serve option, torch/onnx (both models).")
-@click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.001),
-              help="Serve option (both models); locust also lets requests in flight finish this long at a level's end.")
-@click.option("--enforce-eager", is_flag=True, help="Serve option, vllm only: no graph compilation (faster start).")
+@click_options(ServeOptions, SHARED_SERVE_OPTIONS, help_suffix=" (serve option, both models)")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Loopback port of the servers started (one at a time); 0: a free one.")
 @click.option("--ready-timeout", default=600.0, show_default=True, type=click.FloatRange(1),

@@ -25,6 +25,7 @@ from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
 from prunerec.loadtest import report as rp
 from prunerec.loadtest.workload import auth_headers, bodies_from_data
+from prunerec.serve.app import ServeOptions
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `prunerec`
@@ -39,12 +40,13 @@ class LoadtestOptions:
     duration_s: int = 60                # per level and model (locust takes whole seconds)
     spawn_rate: float | None = None     # users started per second; None: all of a level within 1 s
     k: int = 10
-    beams: int = 20
-    max_concurrency: int = 16
-    max_queue: int = 64
-    max_batch: int = 8
-    request_timeout: float = 60.0
-    enforce_eager: bool = False
+    # serve options of both servers (defaults: prunerec serve's)
+    beams: int = ServeOptions.beams
+    max_concurrency: int = ServeOptions.max_concurrency
+    max_queue: int = ServeOptions.max_queue
+    max_batch: int = ServeOptions.max_batch
+    request_timeout: float = ServeOptions.request_timeout
+    enforce_eager: bool = ServeOptions.enforce_eager
     port: int = 0                       # 0: a free port for each server started
     ready_timeout: float = 600.0
     allow_remote: bool = False

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 
 from prunerec.errors import PrunerecError
+from prunerec.options import flag
 from prunerec.serve.engines import Cancelled, Deadline, Engine, OnnxEngine, TorchEngine
 from prunerec.serve.metrics import Metrics, route_label
 from prunerec.serve.model import InputError, ServeModel
@@ -48,20 +49,32 @@ FATAL_GRACE_SECONDS = 1.0   # between an engine's death and the server's exit
 
 @dataclass(frozen=True)
 class ServeOptions:
+    """The server's options: the single declaration of `prunerec serve`'s flags (and of the serve
+    options `prunerec loadtest` passes on)."""
     engine: str = "vllm"
     api_key: str | None = None
-    max_concurrency: int = 16
-    max_queue: int = 64
-    max_body_bytes: int = 64 * 1024
-    request_timeout: float = 60.0
-    queue_timeout: float | None = None  # None: half of request_timeout
-    beams: int = 20
-    max_batch: int = 8
-    tensor_parallel_size: int = 1
-    dtype: str = "auto"
-    enforce_eager: bool = False
+    max_concurrency: int = flag(16, "Recommend requests handled at once (vLLM batches their beam steps together).",
+                                low=1)
+    max_queue: int = flag(64, "Requests that may wait for a slot; more get 503.", low=0)
+    max_body_bytes: int = flag(64 * 1024, "Larger request bodies get 413.", low=64)
+    request_timeout: float = flag(60.0, "Seconds (queue + engine) before a request gets 504 and its search is "
+                                        "cancelled.", low=0.001)
+    queue_timeout: float | None = flag(
+        None, "Seconds a request may wait for a slot before it gets 503 with Retry-After (less than "
+              "--request-timeout, so that every request admitted has time to be answered).",
+        low=0.001, kind=float, default_text="half of --request-timeout")
+    beams: int = flag(20, "Beams of the constrained search (num_beams = max(k, --beams)), as in `prunerec evaluate`.",
+                      low=1)
+    max_batch: int = flag(8, "torch/onnx only: waiting requests batched into one search.", low=1)
+    tensor_parallel_size: int = flag(1, "vLLM only: devices to shard the model over.", low=1)
+    dtype: str = flag("auto", "vLLM only: compute dtype (auto: float32, what the torch reference computes in, so "
+                              "answers match).", choices=("auto", "float32", "bfloat16", "float16"))
+    enforce_eager: bool = flag(False, "vLLM only: skip graph compilation (faster start, slower steps).")
     step_delay: float = 0.0
-    vllm_core: str = "auto"
+    vllm_core: str = flag("auto", "vLLM only: run vLLM's engine core in this process (inline: fastest on CPUs) or "
+                                  "in its own process; auto: inline unless the model needs vLLM's transformers "
+                                  "backend. Either way the server exits non-zero if the engine dies.",
+                          choices=("auto", "inline", "process"))
 
     @property
     def queue_wait(self) -> float:

@@ -10,6 +10,8 @@ import sys
 import click
 
 from prunerec.errors import PrunerecError, friendly_errors
+from prunerec.options import click_options
+from prunerec.serve.app import ServeOptions
 
 __all__ = ["COMMANDS", "check_exposure", "is_loopback", "serve"]
 
@@ -53,32 +55,8 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
 @click.option("--allow-unauthenticated", is_flag=True, envvar="PRUNEREC_ALLOW_UNAUTHENTICATED", show_envvar=True,
               help="Serve a non-loopback --host without an API key on purpose (e.g. behind a proxy that "
                    "authenticates). Without it, such a bind is refused.")
-@click.option("--max-concurrency", default=16, show_default=True, type=click.IntRange(1),
-              help="Recommend requests handled at once (vLLM batches their beam steps together).")
-@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0),
-              help="Requests that may wait for a slot; more get 503.")
-@click.option("--max-body-bytes", default=65536, show_default=True, type=click.IntRange(64),
-              help="Larger request bodies get 413.")
-@click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.001),
-              help="Seconds (queue + engine) before a request gets 504 and its search is cancelled.")
-@click.option("--queue-timeout", default=None, type=click.FloatRange(0.001),
-              help="Seconds a request may wait for a slot before it gets 503 with Retry-After (less than "
-                   "--request-timeout, so that every request admitted has time to be answered). "
-                   "[default: half of --request-timeout]")
-@click.option("--beams", default=20, show_default=True, type=click.IntRange(1),
-              help="Beams of the constrained search (num_beams = max(k, --beams)), as in `prunerec evaluate`.")
-@click.option("--tensor-parallel-size", default=1, show_default=True, type=click.IntRange(1),
-              help="vLLM only: devices to shard the model over.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True,
-              help="vLLM only: compute dtype (auto: float32, what the torch reference computes in, so answers match).")
-@click.option("--enforce-eager", is_flag=True, help="vLLM only: skip graph compilation (faster start, slower steps).")
-@click.option("--vllm-core", type=click.Choice(["auto", "inline", "process"]), default="auto", show_default=True,
-              help="vLLM only: run vLLM's engine core in this process (inline: fastest on CPUs) or in its own "
-                   "process; auto: inline unless the model needs vLLM's transformers backend. Either way the "
-                   "server exits non-zero if the engine dies.")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
-              help="torch/onnx only: waiting requests batched into one search.")
+@click_options(ServeOptions, ["max_concurrency", "max_queue", "max_body_bytes", "request_timeout", "queue_timeout",
+                              "beams", "tensor_parallel_size", "dtype", "enforce_eager", "vllm_core", "max_batch"])
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.option("--debug-step-delay", default=0.0, hidden=True, type=click.FloatRange(0),
@@ -104,7 +82,7 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
     """
     import uvicorn
 
-    from prunerec.serve.app import ServeOptions, create_app
+    from prunerec.serve.app import create_app
     from prunerec.serve.model import load_serve_model
 
     if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "auto"):

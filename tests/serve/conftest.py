@@ -173,6 +173,17 @@ class Server:
         return self.proc.returncode
 
 
+def ready_server(args, log_path: Path, env: dict | None = None, timeout: float = 400) -> Server:
+    """A started server that answered /ready (stopped again if it never does)."""
+    server = Server([str(a) for a in args], log_path, env)
+    try:
+        server.wait_ready(timeout=timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 @pytest.fixture
 def start_server(tmp_path_factory):
     """start_server(args, env=None) -> Server; every server started is stopped at teardown."""

@@ -9,7 +9,7 @@ import psutil
 import pytest
 import torch
 
-from tests.serve.conftest import USERS, Server, evaluate_rankings
+from tests.serve.conftest import USERS, evaluate_rankings, ready_server
 
 pytest.importorskip("vllm")
 
@@ -17,14 +17,8 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 def _vllm_server(folder, log_dir):
-    srv = Server(["--model", folder, "--engine", "vllm", "--enforce-eager", "--log-level", "warning"],
-                 log_dir / "server.log", env=VLLM_ENV)
-    try:
-        srv.wait_ready(timeout=400)
-    except BaseException:
-        srv.stop()
-        raise
-    return srv
+    return ready_server(["--model", folder, "--engine", "vllm", "--enforce-eager", "--log-level", "warning"],
+                        log_dir / "server.log", env=VLLM_ENV)
 
 
 def _hf_greedy(folder, prompt, max_new_tokens):

@@ -1,0 +1,44 @@
+"""The training flags `prunerec train` and `prunerec compress` (for each distillation) share,
+declared once: help, bounds and defaults here; each command may override a default."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunerec.errors import PrunerecError
+from prunerec.options import check_flags, flag
+from prunerec.rec.trainer import TrainConfig
+
+TRAINING_FLAGS = ("epochs", "batch_size", "lr", "warmup", "weight_decay", "patience", "eval_every", "max_steps",
+                  "time_budget", "decay_to_budget", "train_limit", "valid_limit", "seed")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    epochs: int = flag(3, "Epochs (of each distillation, when compressing).", low=1)
+    batch_size: int = flag(32, "Examples per optimizer step.", low=1)
+    lr: float | None = flag(None, "Peak learning rate.", kind=float, low=0, open_low=True,
+                            default_text="3e-4 for checkpoints, 1e-3 for scratch presets")
+    warmup: int = flag(20, "Warm-up steps.", low=0)
+    weight_decay: float = flag(0.01, "AdamW weight decay.", low=0)
+    patience: int = flag(1, "Validations without improvement before stopping.", low=0)
+    eval_every: int = flag(0, "Steps between validations (0: each epoch).", low=0)
+    max_steps: int = flag(0, "Stop after this many steps (0: no limit; per distillation when compressing).", low=0)
+    time_budget: float = flag(0.0, "Minutes of training (per distillation when compressing), then stop at the "
+                                   "next validation (0: no limit).", low=0)
+    decay_to_budget: bool = flag(False, "Let the learning rate fall linearly to zero when --time-budget ends, and "
+                                        "stop there (for runs the budget, not the epochs, will end).")
+    train_limit: int | None = flag(None, "Train on a seeded random subset of this many rows.", kind=int, low=1)
+    valid_limit: int | None = flag(1000, "Validation rows used for the loss.", low=1)
+    seed: int = flag(0, "Seed of the data order, subsets and initialisation.")
+
+    def check(self) -> TrainingOptions:
+        check_flags(self)
+        if self.decay_to_budget and not self.time_budget:
+            raise PrunerecError("--decay-to-budget needs a --time-budget to decay to")
+        return self
+
+    def config(self, default_lr: float, checkpoint_every: int = 200) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr or default_lr,
+                           warmup_steps=self.warmup, weight_decay=self.weight_decay, patience=self.patience,
+                           eval_every=self.eval_every, checkpoint_every=checkpoint_every, max_steps=self.max_steps,
+                           time_budget_s=self.time_budget * 60, decay_to_budget=self.decay_to_budget, seed=self.seed)
