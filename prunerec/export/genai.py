@@ -92,8 +92,6 @@ def write_genai(rec, folder: Path, export_info: dict) -> dict:
     """Build the genai model of `rec` (fp32 weights; a bf16 model must have been widened with
     .float()) into `folder`, then add catalog.jsonl and prunerec.json. Returns the export record."""
     from prunerec.export import hf
-    from prunerec.io import write_json, write_jsonl
-    from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE
 
     if _version() is None:
         raise PrunerecError("--format genai needs onnxruntime-genai (pip install onnxruntime-genai)")
@@ -122,9 +120,7 @@ def write_genai(rec, folder: Path, export_info: dict) -> dict:
               "builder": f"python -m {BUILDER} -i HF_DIR -o OUT/genai -p fp32 -e cpu",
               "builder_seconds": round(seconds, 2),
               "files": sorted(p.name for p in folder.iterdir())}
-    if rec.catalog is not None:
-        write_jsonl(folder / CATALOG_FILE, ({"item_id": i, "title": t} for i, t in enumerate(rec.catalog.titles)))
-    write_json(folder / SETTINGS_FILE, {"prompt": rec.settings.to_json(), **rec.info, "export": record})
+    rec.save_recommender_files(folder, export=record)
     return record
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from prunerec.errors import PrunerecError
+from prunerec.model.checkpoint import SETTINGS_FILE
 from prunerec.rec.batching import pad_rows, positions_of
 
 GREEDY_STEPS = 32
@@ -238,7 +239,7 @@ def _beam_check(torch_stepper, onnx_stepper, prompts, trie, titles, num_beams: i
 
 
 def _export_info(folder: Path) -> dict:
-    path = folder / "prunerec.json"
+    path = folder / SETTINGS_FILE
     return (json.loads(path.read_text()).get("export") or {}) if path.is_file() else {}
 
 

@@ -40,9 +40,15 @@ class RecModel:
         with stored_as(self.model, self.storage_dtype):
             self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
+        self.save_recommender_files(out)
+
+    def save_recommender_files(self, out: str | Path, **extra) -> None:
+        """catalog.jsonl and prunerec.json (prompt settings, provenance, `extra`): what makes a model
+        folder a recommender, beside any weights format."""
+        out = Path(out)
         if self.catalog is not None:
             write_jsonl(out / CATALOG_FILE, ({"item_id": i, "title": t} for i, t in enumerate(self.catalog.titles)))
-        write_json(out / SETTINGS_FILE, {"prompt": self.settings.to_json(), **self.info})
+        write_json(out / SETTINGS_FILE, {"prompt": self.settings.to_json(), **self.info, **extra})
 
 
 def _is_local(ref: str) -> bool:
