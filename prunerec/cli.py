@@ -8,6 +8,7 @@ import click
 from prunerec.errors import friendly_errors
 from prunerec.options import click_options
 from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
+from prunerec.recipes import DemoPlan
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -187,9 +188,10 @@ def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, workers, 
 # --- demo ---------------------------------------------------------------------------------
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--minutes", default=5.0, show_default=True, help="Training budget in minutes.")
+@click.option("--minutes", default=DemoPlan.minutes, show_default=True, help="Training budget in minutes.")
 @click.option("--users", "eval_users", default=300, show_default=True, help="Test users evaluated.")
-@click.option("--distill-steps", default=150, show_default=True, help="Distillation steps after each pruning stage.")
+@click.option("--distill-steps", default=DemoPlan.distill_steps, show_default=True,
+              help="Distillation steps after each pruning stage.")
 @click.option("--engine", type=click.Choice(["vllm", "torch"]), default="vllm", show_default=True,
               help="Serving engine of the load test.")
 @click.option("--load-users", default="1,4", show_default=True,
