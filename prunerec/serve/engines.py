@@ -136,7 +136,8 @@ class BatchingEngine(WorkerEngine):
 
 
 class TorchEngine(BatchingEngine):
-    """transformers + TorchStepper: exactly the computation of `prunerec evaluate`."""
+    """transformers with `prunerec evaluate`'s stepper (rec.shared_prompt.make_stepper): the same
+    computation as evaluate."""
 
     name = "torch"
 
@@ -148,9 +149,9 @@ class TorchEngine(BatchingEngine):
         self.start_worker()
 
     def new_stepper(self):
-        from prunerec.rec.beam import TorchStepper
+        from prunerec.rec.shared_prompt import make_stepper
 
-        return TorchStepper(self.rec.model, self.sm.pad_id)
+        return make_stepper(self.rec.model, self.sm.pad_id)
 
     def torch_model(self):
         return self.rec.model
