@@ -47,6 +47,7 @@ log = logging.getLogger("prunerec.serve")
 
 PROCESSOR = "prunerec.serve.vllm_trie:TrieLogitsProcessor"
 GATHER_SECONDS = 0.02   # longest wait for the other active searches before a step
+_request_ids = itertools.count()  # process-wide: engines in one process share vllm_trie.SINK
 
 
 def needs_transformers_impl(config) -> bool:
@@ -86,7 +87,6 @@ class VllmEngine(WorkerEngine):
                                      sm.settings.cutoff_tokens + sm.trie.max_len + 8))
         self._tmp = tempfile.TemporaryDirectory(prefix="prunerec-trie-")
         self.trie_path = str(sm.index.arrays.save(Path(self._tmp.name) / "trie.npz"))
-        self._ids = itertools.count()
         self._active = 0                         # searches and generations in progress
         self._waiting: list[StepJob] = []        # jobs whose outputs are not all there yet
         self._live: dict[str, LiveRequest] = {}  # unfinished vLLM requests by id
@@ -129,6 +129,7 @@ class VllmEngine(WorkerEngine):
             return {"engine": self.name, "dtype": self.dtype, "model_impl": self.model_impl,
                     "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len,
                     "core": "process" if self.multiprocess else "in-process", "engine_steps": self.steps,
+                    "logprobs_from": "vllm logprobs" if self.multiprocess else "sink",
                     "gather_timeouts": self.gather_timeouts,
                     "searches": self.searches, "totals": self.totals.as_dict(), "per_recommendation": per}
 
@@ -141,17 +142,23 @@ class VllmEngine(WorkerEngine):
 
     # ------------------------------------------------------------------ search side
     def new_id(self) -> str:
-        return f"r{next(self._ids)}"
+        return f"r{next(_request_ids)}"
 
-    def trie_params(self, node: int, max_tokens: int, logprobs: int):
+    def trie_params(self, node: int, max_tokens: int, logprobs: int, request_id: str):
+        """A core in this process hands the children's log-probabilities over through
+        vllm_trie.SINK (no vLLM logprobs); a core process returns them as vLLM logprobs.
+        skip_clone: each params object belongs to one request, and vLLM's deep copy of it was
+        40% of add_request's time."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         from prunerec.serve.vllm_trie import trie_args
 
-        return SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False, logprobs=logprobs,
+        sink = None if self.multiprocess else request_id
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False,
+                              logprobs=logprobs if sink is None else None,
                               stop_token_ids=[self.sm.eos_id], output_kind=RequestOutputKind.DELTA,
-                              extra_args=trie_args(self.trie_path, node))
+                              extra_args=trie_args(self.trie_path, node, sink), skip_clone=True)
 
     def _generate_params(self, max_tokens: int):
         from vllm import SamplingParams
@@ -159,7 +166,8 @@ class VllmEngine(WorkerEngine):
 
         return SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False,
                               stop_token_ids=[self.sm.eos_id], output_kind=RequestOutputKind.DELTA,
-                              allowed_token_ids=generation_ids(self.sm.tokenizer, self.sm.config.vocab_size))
+                              allowed_token_ids=generation_ids(self.sm.tokenizer, self.sm.config.vocab_size),
+                              skip_clone=True)
 
     class _Session:
         def __init__(self, engine):
@@ -310,13 +318,20 @@ class VllmEngine(WorkerEngine):
                 self._resolve()
 
     def _apply_aborts(self, core, ids):
+        from prunerec.serve.vllm_trie import SINK
+
         ids = [i for i in ids if self._live.pop(i, None) is not None]
         if ids:
             core.abort_request(ids)
+        for request_id in ids:
+            SINK.drop(request_id)
 
     def _record(self, output):
         request = self._live.get(output.request_id)
         if request is None:
+            from prunerec.serve.vllm_trie import SINK
+
+            SINK.drop(output.request_id)
             return
         request.record(output)
         if output.finished:

@@ -14,19 +14,37 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from prunerec.errors import PrunerecError
 from prunerec.rec.title_index import NO_NODE, TrieArrays
 from prunerec.serve.worker import Deadline, Job
 
+Children = tuple[np.ndarray, np.ndarray]   # (sorted token ids, their log-probabilities)
+NO_CHILDREN: Children = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+def children_of_logprobs(logprobs: dict) -> Children:
+    """vLLM's {token id: Logprob} of one position as Children (non-finite values left out)."""
+    pairs = sorted((int(t), float(v.logprob)) for t, v in logprobs.items() if math.isfinite(v.logprob))
+    if not pairs:
+        return NO_CHILDREN
+    ids, values = zip(*pairs)
+    return np.asarray(ids, dtype=np.int64), np.asarray(values, dtype=np.float32)
+
 
 class LiveRequest:
-    """One vLLM request and the outputs it produced so far: (token, {id: log-probability})."""
+    """One vLLM request and the outputs it produced so far: (token, Children of that position).
+    A request whose params name a sink reads the children from vllm_trie.SINK, others from the
+    logprobs vLLM returned."""
 
     def __init__(self, request_id: str, prompt: list[int], params):
+        from prunerec.serve.vllm_trie import SINK_KEY
+
         self.id, self.prompt, self.params = request_id, prompt, params
-        self.outputs: list[tuple[int, dict[int, float]]] = []
+        self.sink = bool((getattr(params, "extra_args", None) or {}).get(SINK_KEY))
+        self.outputs: list[tuple[int, Children]] = []
         self.finished = False
         self.cached_tokens = 0
 
@@ -39,13 +57,19 @@ class LiveRequest:
         """Append a RequestOutput (DELTA: only the new tokens)."""
         if not self.outputs:
             self.cached_tokens = int(getattr(output, "num_cached_tokens", 0) or 0)
+        from prunerec.serve.vllm_trie import SINK
+
         completion = output.outputs[0]
         logprobs = completion.logprobs or []
         for at, token in enumerate(completion.token_ids):
-            values = logprobs[at] if at < len(logprobs) else {}
-            self.outputs.append((int(token), {int(t): float(v.logprob) for t, v in values.items()
-                                              if math.isfinite(v.logprob)}))
+            if self.sink:
+                children = SINK.take(self.id, len(self.outputs)) or NO_CHILDREN
+            else:
+                children = children_of_logprobs(logprobs[at]) if at < len(logprobs) else NO_CHILDREN
+            self.outputs.append((int(token), children))
         self.finished = bool(output.finished)
+        if self.finished and self.sink:
+            SINK.drop(self.id)
 
     def tokens(self) -> list[int]:
         return [token for token, _ in self.outputs]
@@ -97,7 +121,7 @@ class SparseLogprobs:
     """Log-probabilities of some token ids per row; `x[row, ids]` gives a float tensor like a
     dense [rows, vocab] tensor would (-inf for ids it does not hold)."""
 
-    def __init__(self, rows: list[dict[int, float]]):
+    def __init__(self, rows: list[Children]):
         self.rows = rows
 
     def __len__(self):
@@ -105,8 +129,13 @@ class SparseLogprobs:
 
     def __getitem__(self, key):
         row, ids = key
-        values = self.rows[int(row)]
-        return torch.tensor([values.get(int(t), float("-inf")) for t in ids], dtype=torch.float32)
+        held, values = self.rows[int(row)]
+        query = np.asarray(ids, dtype=np.int64)
+        if not len(held):
+            return torch.full((len(query),), float("-inf"), dtype=torch.float32)
+        at = np.minimum(np.searchsorted(held, query), len(held) - 1)
+        found = np.where(held[at] == query, values[at], np.float32(-np.inf))
+        return torch.from_numpy(found.astype(np.float32, copy=False))
 
 
 @dataclass
@@ -132,8 +161,9 @@ class LiveStepper:
         if node == NO_NODE:
             raise PrunerecError(f"the search left the title trie at prefix {list(prefix)}")
         max_tokens = self.arrays.max_len - len(prefix)
-        params = self.engine.trie_params(node, max_tokens, self.logprobs)
-        request = LiveRequest(self.engine.new_id(), prompt + list(prefix), params)
+        request_id = self.engine.new_id()
+        params = self.engine.trie_params(node, max_tokens, self.logprobs, request_id)
+        request = LiveRequest(request_id, prompt + list(prefix), params)
         self.created.append(request)
         return request
 

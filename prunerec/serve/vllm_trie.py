@@ -1,10 +1,16 @@
 """The title trie inside vLLM: a logits processor that turns each constrained request's row into
 the exact full-vocabulary log-probabilities of the tokens its trie node allows (-inf elsewhere).
 
-With `LLM(logprobs_mode="processed_logits")` and greedy sampling, a request's returned top-k
-"logprobs" are then exactly log_softmax(model logits) at the allowed children, and its sampled
-token is the best allowed child. A request names its trie and the node its prompt ends at in
-`SamplingParams.extra_args` (see `trie_args`); requests without them are left untouched.
+With greedy sampling a request's sampled token is the best allowed child. The search reads the
+children's log-probabilities back in one of two ways:
+- a request that names a sink id (`trie_args(..., sink=id)`; only when vLLM's engine core runs in
+  this process) finds them in `SINK`, as arrays, under its id and output position. vLLM then
+  computes no logprobs at all: building its per-token Logprob objects was the largest single
+  cost of an engine step (about a third) in a profile of 16 concurrent searches;
+- otherwise, with `LLM(logprobs_mode="processed_logits")` and `logprobs = 2 x beams`, the returned
+  top-k "logprobs" are exactly log_softmax(model logits) at the allowed children.
+A request names its trie and the node its prompt ends at in `SamplingParams.extra_args` (see
+`trie_args`); requests without them are left untouched.
 
 One pure core (`TrieCursor`, `mask_rows`) and two thin adapters:
 - `TrieLogitsProcessor`: vLLM's V1 interface (the CPU build's model runner). Tested.
@@ -28,14 +34,46 @@ from prunerec.rec.title_index import TrieArrays
 
 TRIE_KEY = "prunerec_trie"        # extra_args: path of a TrieArrays .npz file
 NODE_KEY = "prunerec_trie_node"   # extra_args: node the request's prompt ends at
+SINK_KEY = "prunerec_sink"        # extra_args: id under which SINK receives the children's log-probs
 
 _cache: dict[str, TrieArrays] = {}
 _cache_lock = threading.Lock()
 
 
-def trie_args(path: str, node: int) -> dict:
-    """SamplingParams.extra_args of a request constrained to the trie at `path` from `node`."""
-    return {TRIE_KEY: str(path), NODE_KEY: int(node)}
+def trie_args(path: str, node: int, sink: str | None = None) -> dict:
+    """SamplingParams.extra_args of a request constrained to the trie at `path` from `node`;
+    with `sink`, the processor leaves each step's children log-probabilities in SINK under it."""
+    args = {TRIE_KEY: str(path), NODE_KEY: int(node)}
+    if sink is not None:
+        args[SINK_KEY] = str(sink)
+    return args
+
+
+class LogprobSink:
+    """Children log-probabilities by request id and output position: (sorted token ids, float32
+    log-probabilities). Written by the logits processor, taken by the search, in one process."""
+
+    def __init__(self):
+        self._by_request: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, request_id: str, position: int, ids: np.ndarray, values: np.ndarray) -> None:
+        with self._lock:
+            self._by_request.setdefault(request_id, {})[position] = (ids, values)
+
+    def take(self, request_id: str, position: int) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            return self._by_request.get(request_id, {}).pop(position, None)
+
+    def drop(self, request_id: str) -> None:
+        with self._lock:
+            self._by_request.pop(request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_request)
+
+
+SINK = LogprobSink()
 
 
 def load_arrays(path: str) -> TrieArrays:
@@ -53,6 +91,8 @@ def parse_trie_args(extra_args: dict | None) -> tuple[str, int] | None:
     path, node = extra_args[TRIE_KEY], extra_args.get(NODE_KEY, TrieArrays.ROOT)
     if not isinstance(path, str) or not isinstance(node, int) or isinstance(node, bool):
         raise ValueError(f"extra_args {TRIE_KEY} must be a file path and {NODE_KEY} an integer node id")
+    if not isinstance(extra_args.get(SINK_KEY, ""), str):
+        raise ValueError(f"extra_args {SINK_KEY} must be a request id")
     return path, node
 
 
@@ -64,6 +104,7 @@ class TrieCursor:
     arrays: TrieArrays
     start: int
     output: Sequence[int] = field(default_factory=list)
+    sink: str | None = None
     node: int = -2
     consumed: int = 0
 
@@ -87,15 +128,16 @@ def new_cursor(extra_args: dict | None, output: Sequence[int]) -> TrieCursor | N
     arrays = load_arrays(path)
     if not 0 <= node < arrays.num_nodes:
         raise ValueError(f"trie node {node} out of range for {path} ({arrays.num_nodes} nodes)")
-    return TrieCursor(arrays, node, output)
+    return TrieCursor(arrays, node, output, extra_args.get(SINK_KEY))
 
 
-def mask_rows(logits: torch.Tensor, rows: Sequence[int], allowed: Sequence[np.ndarray]) -> torch.Tensor:
+def mask_rows(logits: torch.Tensor, rows: Sequence[int], allowed: Sequence[np.ndarray]) -> np.ndarray:
     """In place: each row in `rows` becomes log_softmax(row) at its allowed ids, -inf elsewhere.
-    Rows whose allowed set is empty (a finished title) are left as they are."""
+    Rows whose allowed set is empty (a finished title) are left as they are. Returns the allowed
+    ids' log-probabilities (float32), concatenated in the order of `rows`."""
     keep = [(row, ids) for row, ids in zip(rows, allowed) if len(ids)]
     if not keep:
-        return logits
+        return np.zeros(0, dtype=np.float32)
     device = logits.device
     index = torch.tensor([row for row, _ in keep], dtype=torch.long, device=device)
     logp = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
@@ -103,9 +145,19 @@ def mask_rows(logits: torch.Tensor, rows: Sequence[int], allowed: Sequence[np.nd
     local = torch.repeat_interleave(torch.arange(len(keep), device=device), counts)
     cols = torch.from_numpy(np.concatenate([ids for _, ids in keep])).to(device)
     masked = torch.full_like(logp, float("-inf"))
-    masked[local, cols] = logp[local, cols]
+    values = logp[local, cols]
+    masked[local, cols] = values
     logits[index] = masked.to(logits.dtype)
-    return logits
+    return values.cpu().numpy()
+
+
+def fill_sink(cursors: Sequence[TrieCursor], allowed: Sequence[np.ndarray], values: np.ndarray) -> None:
+    """Hand each sink cursor's share of mask_rows' `values` to SINK at its output position."""
+    offset = 0
+    for cursor, ids in zip(cursors, allowed):
+        if cursor.sink is not None and len(ids):
+            SINK.put(cursor.sink, cursor.consumed, ids, values[offset:offset + len(ids)])
+        offset += len(ids)
 
 
 def _v1_base():
@@ -138,7 +190,10 @@ class TrieLogitsProcessor(_v1_base()):
         if not self.cursors:
             return logits
         rows = [row for row in self.cursors if row < logits.shape[0]]
-        return mask_rows(logits, rows, [self.cursors[row].allowed() for row in rows])
+        cursors = [self.cursors[row] for row in rows]
+        allowed = [cursor.allowed() for cursor in cursors]
+        fill_sink(cursors, allowed, mask_rows(logits, rows, allowed))
+        return logits
 
 
 class _TrieV2Methods:
@@ -189,7 +244,8 @@ class _TrieV2Methods:
             if slot in self.cursors:
                 rows.append(row)
                 allowed.append(self._catch_up(slot, pos + 1))
-        return mask_rows(logits, rows, allowed)
+        mask_rows(logits, rows, allowed)
+        return logits
 
 
 _v2_class = None

@@ -85,6 +85,11 @@ def test_games_catalog_200_users(tmp_path_factory, small_tokenizer, games_users,
         prompts, reference = _reference(folder, games_users)
         _check_same_ranking(engine, prompts, reference)
         assert engine.describe()["searches"] == len(games_users)
+        # in-process core: log-probs come through the sink, and nothing is left in it afterwards
+        from prunerec.serve.vllm_trie import SINK
+
+        assert engine.describe()["logprobs_from"] == ("vllm logprobs" if pruned else "sink")
+        assert len(SINK) == 0
     finally:
         engine.close()
 
