@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +89,11 @@ class DemoPlan:
     minutes: float = 4.0  # training budget
     eval_users: int = 300
     distill_steps: int = 600  # per compression stage
-    engine: str = "vllm"  # serving engine of the load test
+    # vLLM and PyTorch side by side: on models this small vLLM's per-step work, not the model,
+    # sets the pace, so the pruned model's speed-up shows in full only on the torch engine
+    engines: tuple[str, ...] = ("vllm", "torch")
     load_users: tuple[int, ...] = (1, 4)
-    load_seconds: float = 15.0
+    load_seconds: float = 10.0
 
     def check(self) -> None:
         _positive("minutes", self.minutes)
@@ -100,6 +102,12 @@ class DemoPlan:
         _positive("load-seconds", self.load_seconds)
         if not self.load_users or min(self.load_users) <= 0:
             raise PrunerecError(f"--load-users must be positive counts, got {self.load_users}")
+        if not self.engines:
+            raise PrunerecError("--engine: name at least one serving engine")
+
+
+def loadtest_dir(engine: str) -> str:
+    return f"loadtest-{engine}"
 
 
 def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool = False) -> list[Step]:
@@ -134,12 +142,14 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool 
         # the demo's own folder (checked by run_demo); an unfinished export is redone
         run_export(str(pruned / "final"), out / "export", ExportOptions(data_dir=str(data), overwrite=True))
 
-    def loadtest():
-        from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+    def loadtest(engine: str) -> Callable[[], None]:
+        def run():
+            from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
 
-        options = LoadtestOptions(engine=plan.engine, users=plan.load_users, duration_s=plan.load_seconds,
-                                  enforce_eager=plan.engine == "vllm")
-        run_loadtest(str(model), str(out / "export"), data, out / "loadtest", options)
+            options = LoadtestOptions(engine=engine, users=plan.load_users, duration_s=plan.load_seconds,
+                                      enforce_eager=engine == "vllm")
+            run_loadtest(str(model), str(out / "export"), data, out / loadtest_dir(engine), options)
+        return run
 
     return [Step("data", "data/stats.json", make_data),
             Step("train", "model/training.json", train),
@@ -147,7 +157,8 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool 
             Step("compress", "pruned/report.json", compress),
             Step("evaluate pruned", "eval_pruned.json", evaluate_pruned),
             Step("export", "export/export-report.json", export),
-            Step("serve + loadtest", "loadtest/report.json", loadtest)]
+            *(Step(f"serve + loadtest ({engine})", f"{loadtest_dir(engine)}/report.json", loadtest(engine))
+              for engine in plan.engines)]
 
 
 def run_demo(out, plan: DemoPlan = DemoPlan(), *, resume=False, overwrite=False) -> str:
@@ -166,20 +177,22 @@ def run_demo(out, plan: DemoPlan = DemoPlan(), *, resume=False, overwrite=False)
         print(f"== demo step: {step.name}", flush=True)
         step.run()
         log.append(f"{step.name}: {time.perf_counter() - started:.0f}s")
-    summary = demo_summary(out)
+    summary = demo_summary(out, plan.engines)
     write_json(out / "summary.json", summary)
     table = format_demo_summary(summary)
     write_text(out / "summary.md", table + "\n")
     return "\n".join(["", "demo finished (" + ", ".join(log) + ")", "", table, "", f"details: {out}/summary.md, "
-                      f"{out}/pruned/report.md, {out}/export/export-report.json, {out}/loadtest/report.md"])
+                      f"{out}/pruned/report.md, {out}/export/export-report.json, "
+                      + ", ".join(f"{out}/{loadtest_dir(engine)}/report.md" for engine in plan.engines)])
 
 
 def _weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
-def demo_summary(out: Path) -> dict:
-    """Base vs pruned: test quality, parameters, weights on disk, serving speed (from the step outputs)."""
+def demo_summary(out: Path, engines: Sequence[str]) -> dict:
+    """Base vs pruned: test quality, parameters, weights on disk, serving speed on each engine (from
+    the step outputs)."""
     compress = json.loads((out / "pruned" / "report.json").read_text())
     rows = {}
     for name, eval_file, params, folder in (
@@ -188,12 +201,13 @@ def demo_summary(out: Path) -> dict:
         metrics = json.loads((out / eval_file).read_text())["results"]["trie"]["metrics"]
         rows[name] = {"HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"], "parameters": params,
                       "weights_bytes": _weights_bytes(folder)}
-    load = json.loads((out / "loadtest" / "report.json").read_text())
-    for name, role in (("base", "baseline"), ("pruned", "candidate")):
-        busiest = load["models"][role]["levels"][-1]
-        rows[name]["speed"] = {key: busiest[key] for key in ("rps", "p50_ms", "p99_ms")}
+    for engine in engines:
+        load = json.loads((out / loadtest_dir(engine) / "report.json").read_text())
+        for name, role in (("base", "baseline"), ("pruned", "candidate")):
+            busiest = load["models"][role]["levels"][-1]
+            rows[name].setdefault("speed", {})[engine] = {key: busiest[key] for key in ("rps", "p50_ms", "p99_ms")}
     return {"rows": rows, "non_embedding_removed_share": compress["final"]["non_embedding_removed_share"],
-            "speed_level_users": busiest["users"], "engine": load["settings"]["engine"]}
+            "speed_level_users": busiest["users"], "engines": list(engines)}
 
 
 def _ratio(pruned: float, base: float) -> str:
@@ -202,7 +216,6 @@ def _ratio(pruned: float, base: float) -> str:
 
 def format_demo_summary(summary: dict) -> str:
     base, pruned = summary["rows"]["base"], summary["rows"]["pruned"]
-    level = f"{summary['speed_level_users']} users, {summary['engine']}"
     rows = [("test HR@10", "HR@10", "{:.4f}"), ("test NDCG@10", "NDCG@10", "{:.4f}")]
     lines = ["| | base | pruned | pruned / base |", "| --- | --- | --- | --- |"]
     lines += [f"| {label} | {fmt.format(base[key])} | {fmt.format(pruned[key])} | {_ratio(pruned[key], base[key])} |"
@@ -213,8 +226,10 @@ def format_demo_summary(summary: dict) -> str:
     lines.append(f"| weights on disk | {base['weights_bytes'] / 2**20:.2f} MiB "
                  f"| {pruned['weights_bytes'] / 2**20:.2f} MiB "
                  f"| {_ratio(pruned['weights_bytes'], base['weights_bytes'])} |")
-    for label, key, fmt in (("requests/s", "rps", "{:.1f}"), ("p50 latency ms", "p50_ms", "{:.0f}"),
-                            ("p99 latency ms", "p99_ms", "{:.0f}")):
-        b, p = base["speed"][key], pruned["speed"][key]
-        lines.append(f"| {label} ({level}) | {fmt.format(b)} | {fmt.format(p)} | {_ratio(p, b)} |")
+    for engine in summary["engines"]:
+        level = f"{summary['speed_level_users']} users, {engine}"
+        for label, key, fmt in (("requests/s", "rps", "{:.1f}"), ("p50 latency ms", "p50_ms", "{:.0f}"),
+                                ("p99 latency ms", "p99_ms", "{:.0f}")):
+            b, p = base["speed"][engine][key], pruned["speed"][engine][key]
+            lines.append(f"| {label} ({level}) | {fmt.format(b)} | {fmt.format(p)} | {_ratio(p, b)} |")
     return "\n".join(lines) + f"\n\n{summary['non_embedding_removed_share']:.1%} of non-embedding parameters removed"

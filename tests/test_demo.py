@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from prunerec.cli import main
 
-STEPS = ("data", "train", "evaluate", "compress", "evaluate pruned", "export", "serve + loadtest")
+STEPS = ("data", "train", "evaluate", "compress", "evaluate pruned", "export", "serve + loadtest (torch)")
 
 
 def test_demo_runs_every_step_and_compares_base_with_pruned(tmp_path):
@@ -25,14 +25,14 @@ def test_demo_runs_every_step_and_compares_base_with_pruned(tmp_path):
     assert pruned["weights_bytes"] < base["weights_bytes"] / 4
     base_eval = json.loads((out / "eval.json").read_text())["results"]["trie"]["metrics"]
     assert base["HR@10"] == base_eval["HR@10"]
-    load = json.loads((out / "loadtest" / "report.json").read_text())
+    load = json.loads((out / "loadtest-torch" / "report.json").read_text())
     assert load["complete"] and summary["speed_level_users"] == 2
     for role, name in (("baseline", "base"), ("candidate", "pruned")):
         assert load["models"][role]["catalog_share"] == 1.0
-        assert pruned["speed"]["rps"] > 0 and summary["rows"][name]["speed"] == {
-            k: load["models"][role]["levels"][-1][k] for k in ("rps", "p50_ms", "p99_ms")}
+        assert pruned["speed"]["torch"]["rps"] > 0 and summary["rows"][name]["speed"] == {"torch": {
+            k: load["models"][role]["levels"][-1][k] for k in ("rps", "p50_ms", "p99_ms")}}
     table = (out / "summary.md").read_text()
-    assert "| test HR@10 |" in table and "| requests/s (2 users, torch) |" in table
+    assert "| test HR@10 |" in table and "| requests/s (2 users, torch) |" in table and "vllm" not in table
     assert table.strip() in result.output
 
     again = CliRunner().invoke(main, [*args, "--resume"])
