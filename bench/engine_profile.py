@@ -1,22 +1,26 @@
 """Where a recommendation's time goes in each engine, without HTTP: the engines run in this
 process and U threads call `rank` back to back (as U server threads would) for D seconds.
 
-For the vllm engine the engine thread's wall time is split into: waiting for searches to hand in
+For the torch and onnx engines the worker thread's time is split into waiting for requests and
+running a batch's search (with --cprofile, broken down by function). For the vllm engine the
+engine thread's wall time is split into: waiting for searches to hand in
 their next step (`gather`), adding requests, `LLMEngine.step()` and bookkeeping; and, with
 --cprofile, `step()` itself is broken down by vLLM function (cumulative seconds of the engine
 thread). The search threads' own time (beam search over the returned log-probabilities) is
-what the engine thread spends waiting in `gather` while every search is busy.
+what the engine thread spends waiting in `gather` while every search is busy. With
+--vllm-core process, `step()` is the wait for the core process's outputs plus their processing.
 
 Writes OUT.json (atomically) and prints a summary.
 Usage:
   python bench/engine_profile.py MODEL --data DIR [--engines vllm,torch] [--users 16] [--seconds 30]
-      [--cprofile] [--out bench/out/engine_profile]
+      [--cprofile] [--vllm-core auto|inline|process] [--out bench/out/engine_profile]
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
 import json
+import os
 import platform
 import pstats
 import sys
@@ -126,21 +130,29 @@ def profile_rows(profile: cProfile.Profile, top: int = 25) -> list[dict]:
 
 
 def run_engine(folder: str, engine_name: str, prompts_of, users: int, seconds: float, beams: int,
-               cprofile: bool, enforce_eager: bool) -> dict:
+               cprofile: bool, enforce_eager: bool, vllm_core: str = "auto") -> dict:
     from prunerec.serve.app import build_engine
 
     sm = load_serve_model(folder, engine_name)
     prompts = [sm.prompt(sm.resolve_history(h)) for h in prompts_of]
-    engine = build_engine(sm, beams=beams, enforce_eager=enforce_eager)
+    engine = build_engine(sm, beams=beams, enforce_eager=enforce_eager, vllm_core=vllm_core)
     try:
         drive(engine, prompts, users, min(5.0, seconds), beams)  # warm-up
         profile = cProfile.Profile() if cprofile else None
         timers = Timers(profile)
-        if engine_name == "vllm":
+        if engine_name == "vllm":  # with a core process, step() is the wait for its outputs
             instrument_vllm(engine, timers)
             before = engine.describe()
+        else:  # the worker thread: waiting for requests, and running a batch's whole search
+            timers.wrap(engine, "_take_batch", "waiting for requests")
+            timers.wrap(engine, "_run", "run batch (search + model)", profiled=True)
         result = drive(engine, prompts, users, seconds, beams)
-        if engine_name == "vllm":
+        if engine_name != "vllm":
+            result["worker_thread_s"] = {k: round(v, 2) for k, v in timers.seconds.items()}
+            result["batches"] = timers.calls["run batch (search + model)"]
+            if profile is not None:
+                result["profile"] = profile_rows(profile, top=60)
+        else:
             after = engine.describe()
             searches = after["searches"] - before["searches"]
             result["engine_steps_per_recommendation"] = round(
@@ -150,7 +162,7 @@ def run_engine(folder: str, engine_name: str, prompts_of, users: int, seconds: f
             steps = max(timers.calls["step"], 1)
             result["ms_per_step"] = round(1000 * timers.seconds["step"] / steps, 2)
             if profile is not None:
-                result["step_profile"] = profile_rows(profile, top=60)
+                result["profile"] = profile_rows(profile, top=60)
         return result
     finally:
         engine.close()
@@ -166,15 +178,16 @@ def main() -> int:
     parser.add_argument("--beams", type=int, default=20)
     parser.add_argument("--cprofile", action="store_true", help="break step() down by function (slows it)")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--vllm-core", default="auto", choices=("auto", "inline", "process"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "engine_profile")
     args = parser.parse_args()
     prompts_of = histories(args.data)
-    record = {"model": args.model, "users": args.users, "seconds": args.seconds, "beams": args.beams,
-              "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "engines": {}}
+    record = {"model": args.model, "users": args.users, "vllm_core": args.vllm_core, "seconds": args.seconds,
+              "beams": args.beams, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "engines": {}}
     for name in args.engines.split(","):
         record["engines"][name] = run_engine(args.model, name, prompts_of, args.users, args.seconds, args.beams,
-                                             args.cprofile, args.enforce_eager)
-        print(name, json.dumps({k: v for k, v in record["engines"][name].items() if k != "step_profile"}),
+                                             args.cprofile, args.enforce_eager, args.vllm_core)
+        print(name, json.dumps({k: v for k, v in record["engines"][name].items() if k != "profile"}),
               flush=True)
         write_json(args.out.with_suffix(".json"), record)
     return 0

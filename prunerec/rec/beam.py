@@ -43,15 +43,26 @@ class _UserSearch:
 
 
 def _candidates(user: _UserSearch, rows: list[int], logprobs: torch.Tensor, width: int):
-    scored = []
+    """The user's best `width` (score, beam index, token) over every running beam's allowed
+    children, best first; ties keep beam order, then the trie's child order (a stable sort).
+    One gather over all beams: `logprobs[rows, tokens]` with index tensors."""
+    beam_ids, beam_rows, counts, tokens = [], [], [], []
     for beam_index, (beam, row) in enumerate(zip(user.running, rows)):
-        allowed = list(beam.node)
-        if not allowed:
-            continue
-        values = (logprobs[row, allowed].double() + beam.score).tolist()
-        scored.extend((score, beam_index, token) for score, token in zip(values, allowed))
-    scored.sort(key=lambda c: -c[0])
-    return scored[:width]
+        if beam.node:
+            beam_ids.append(beam_index)
+            beam_rows.append(row)
+            counts.append(len(beam.node))
+            tokens.extend(beam.node)
+    if not tokens:
+        return []
+    counts_t, token_t = torch.tensor(counts), torch.tensor(tokens)
+    row_t = torch.repeat_interleave(torch.tensor(beam_rows), counts_t)
+    base = torch.repeat_interleave(torch.tensor([user.running[i].score for i in beam_ids], dtype=torch.float64),
+                                   counts_t)
+    scores = logprobs[row_t, token_t].double() + base
+    top = torch.sort(-scores, stable=True).indices[:width]
+    owners = torch.repeat_interleave(torch.tensor(beam_ids), counts_t)
+    return list(zip(scores[top].tolist(), owners[top].tolist(), token_t[top].tolist()))
 
 
 def _advance_user(user: _UserSearch, rows: list[int], logprobs: torch.Tensor, num_beams: int, eos: int):

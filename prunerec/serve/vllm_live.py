@@ -128,14 +128,24 @@ class SparseLogprobs:
         return len(self.rows)
 
     def __getitem__(self, key):
-        row, ids = key
-        held, values = self.rows[int(row)]
+        """x[row, ids] for one row, or x[rows, ids] with one row per id (rows grouped)."""
+        rows, ids = key
         query = np.asarray(ids, dtype=np.int64)
+        if np.ndim(rows) == 0:
+            return torch.from_numpy(self._lookup(int(rows), query))
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty(len(query), dtype=np.float32)
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(rows)]):
+            out[start:end] = self._lookup(int(rows[start]), query[start:end])
+        return torch.from_numpy(out)
+
+    def _lookup(self, row: int, query: np.ndarray) -> np.ndarray:
+        held, values = self.rows[row]
         if not len(held):
-            return torch.full((len(query),), float("-inf"), dtype=torch.float32)
+            return np.full(len(query), -np.inf, dtype=np.float32)
         at = np.minimum(np.searchsorted(held, query), len(held) - 1)
-        found = np.where(held[at] == query, values[at], np.float32(-np.inf))
-        return torch.from_numpy(found.astype(np.float32, copy=False))
+        return np.where(held[at] == query, values[at], np.float32(-np.inf)).astype(np.float32, copy=False)
 
 
 @dataclass

@@ -47,3 +47,18 @@ def test_only_real_titles_and_prefix_titles_reachable():
         assert all(i is not None for i in indices)
         scores = [s for _, s in row]
         assert scores == sorted(scores, reverse=True)
+
+
+def test_candidates_best_first_ties_in_beam_then_trie_order():
+    from prunerec.rec.beam import _Beam, _candidates, _UserSearch
+
+    logprobs = torch.full((3, 10), float("-inf"))
+    logprobs[0, [4, 2]] = torch.tensor([-1.0, -0.5])
+    logprobs[2, [7, 1, 3]] = torch.tensor([-1.5, -0.5, -3.0])
+    user = _UserSearch([_Beam((4,), -1.0, {4: {}, 2: {}}), _Beam((9,), -9.0, {}),
+                        _Beam((5,), -1.0, {7: {}, 1: {}, 3: {}})])
+    # rows 0, 1, 2 hold beams 0, 1, 2; beam 1 is a finished title (no children)
+    got = _candidates(user, [0, 1, 2], logprobs, width=4)
+    assert got == [(-1.5, 0, 2), (-1.5, 2, 1), (-2.0, 0, 4), (-2.5, 2, 7)]
+    assert _candidates(user, [0, 1, 2], logprobs, width=10)[-1] == (-4.0, 2, 3)
+    assert _candidates(_UserSearch([_Beam((), 0.0, {})]), [0], logprobs, width=4) == []

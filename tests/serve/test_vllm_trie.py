@@ -73,3 +73,6 @@ def test_sparse_logprobs_reads_like_a_dense_row():
     rows = SparseLogprobs([(np.array([2, 5, 9]), np.array([-1.0, -2.5, -0.25], dtype=np.float32)), NO_CHILDREN])
     assert rows[0, [9, 3, 2, 11, 5]].tolist() == [-0.25, float("-inf"), -1.0, float("-inf"), -2.5]
     assert rows[1, [1, 2]].tolist() == [float("-inf")] * 2
+    # one row per id, as the beam search gathers all beams at once
+    assert rows[torch.tensor([0, 0, 1, 0]), torch.tensor([5, 3, 2, 9])].tolist() == [-2.5, float("-inf"),
+                                                                                    float("-inf"), -0.25]
