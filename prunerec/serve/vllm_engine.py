@@ -2,10 +2,11 @@
 requests that live across beam steps.
 
 - The trie runs in the engine: prunerec.serve.vllm_trie's logits processor turns each
-  constrained request's row into log_softmax(row) at its trie node's children (-inf elsewhere);
-  with `logprobs_mode="processed_logits"` and `logprobs = 2 x beams` a request's top-k are
-  exactly the full-softmax log-probabilities of the allowed children, and its greedy token is
-  the best allowed child.
+  constrained request's row into log_softmax(row) at its trie node's children (-inf elsewhere),
+  so its greedy token is the best allowed child. The search gets those children's exact
+  full-softmax log-probabilities from the processor through vllm_trie.SINK when the core runs
+  in this process, else as vLLM logprobs (`logprobs_mode="processed_logits"`, `logprobs = 2 x
+  beams`).
 - A beam is a position in a vLLM request. When the search extends a beam by the token its
   request already decoded there, the new beam keeps the request (and its KV cache); any other
   child starts a new request (prompt + beam + child); requests no beam needs are aborted.
