@@ -211,7 +211,7 @@ def demo(out, minutes, eval_users, distill_steps, engines, load_users, load_seco
     Everything lands in --out (summary.md at the end); --resume skips the finished steps.
     """
     from prunerec.loadtest.report import parse_users
-    from prunerec.recipes import DemoPlan, run_demo
+    from prunerec.recipes import run_demo
 
     plan = DemoPlan(minutes=minutes, eval_users=eval_users, distill_steps=distill_steps, engines=tuple(engines),
                     load_users=tuple(parse_users(load_users, flag="--load-users")), load_seconds=load_seconds)

@@ -318,25 +318,26 @@ class VllmEngine(WorkerEngine):
                     self._record(output)
                 self._resolve()
 
-    def _apply_aborts(self, core, ids):
+    def _forget(self, request_id: str) -> LiveRequest | None:
+        """Stop tracking a request (finished, aborted or unknown); the sink keeps nothing of it."""
         from prunerec.serve.vllm_trie import SINK
 
-        ids = [i for i in ids if self._live.pop(i, None) is not None]
+        SINK.drop(request_id)
+        return self._live.pop(request_id, None)
+
+    def _apply_aborts(self, core, ids):
+        ids = [i for i in ids if self._forget(i) is not None]
         if ids:
             core.abort_request(ids)
-        for request_id in ids:
-            SINK.drop(request_id)
 
     def _record(self, output):
         request = self._live.get(output.request_id)
         if request is None:
-            from prunerec.serve.vllm_trie import SINK
-
-            SINK.drop(output.request_id)
+            self._forget(output.request_id)
             return
         request.record(output)
         if output.finished:
-            self._live.pop(output.request_id, None)
+            self._forget(output.request_id)
 
     def _resolve(self):
         still = []

@@ -36,14 +36,15 @@ def children_of_logprobs(logprobs: dict) -> Children:
 
 class LiveRequest:
     """One vLLM request and the outputs it produced so far: (token, Children of that position).
-    A request whose params name a sink reads the children from vllm_trie.SINK, others from the
-    logprobs vLLM returned."""
+    A request whose params name a sink reads the children from vllm_trie.SINK (the engine drops
+    what is left there when it stops tracking the request), others from the logprobs vLLM
+    returned."""
 
     def __init__(self, request_id: str, prompt: list[int], params):
-        from prunerec.serve.vllm_trie import SINK_KEY
+        from prunerec.serve.vllm_trie import SINK, SINK_KEY
 
         self.id, self.prompt, self.params = request_id, prompt, params
-        self.sink = bool((getattr(params, "extra_args", None) or {}).get(SINK_KEY))
+        self.sink = SINK if (getattr(params, "extra_args", None) or {}).get(SINK_KEY) else None
         self.outputs: list[tuple[int, Children]] = []
         self.finished = False
         self.cached_tokens = 0
@@ -57,19 +58,15 @@ class LiveRequest:
         """Append a RequestOutput (DELTA: only the new tokens)."""
         if not self.outputs:
             self.cached_tokens = int(getattr(output, "num_cached_tokens", 0) or 0)
-        from prunerec.serve.vllm_trie import SINK
-
         completion = output.outputs[0]
         logprobs = completion.logprobs or []
         for at, token in enumerate(completion.token_ids):
-            if self.sink:
-                children = SINK.take(self.id, len(self.outputs)) or NO_CHILDREN
+            if self.sink is not None:
+                children = self.sink.take(self.id, len(self.outputs)) or NO_CHILDREN
             else:
                 children = children_of_logprobs(logprobs[at]) if at < len(logprobs) else NO_CHILDREN
             self.outputs.append((int(token), children))
         self.finished = bool(output.finished)
-        if self.finished and self.sink:
-            SINK.drop(self.id)
 
     def tokens(self) -> list[int]:
         return [token for token, _ in self.outputs]
