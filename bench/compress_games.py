@@ -4,8 +4,8 @@ Base (--base): a folder with model/ and eval.json (its test evaluation; the vari
 evaluated on the same users), by default the `small` preset trained by bench/base_games.py on
 the full catalog (bench/out/base_games_full); `--base bench/out/base_games_full_deep --tag _deep`
 for the `deep` preset (bench/base_games.py --preset deep --variants full --tag _deep), whose
-default targets are the paper's proportions exactly (8 of 24 layers, 7 of 14 query heads and 1
-of 2 KV groups, hidden 224 of 448, MLP 448 of 2,432). Every variant reaches the default target
+default targets are the paper's proportions (8 of 24 layers, 4 of 7 query heads over the one KV
+head, hidden 128 of 224, MLP 224 of 1,216: 95.4% of non-embedding parameters removed). Every variant reaches the default target
 shape (>= 95% of non-embedding parameters removed; --target-file overrides it) with the same
 distillation budget (--max-steps per distillation; the one-shot ablation, which
 distils once, gets the three stages' steps together), then is evaluated on the same test users

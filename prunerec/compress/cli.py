@@ -17,6 +17,15 @@ __all__ = ["COMMANDS", "compress", "analyze"]
 _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
 
 
+def _stage_steps(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three step counts like 600,600,2400, got {value!r}") from None
+
+
 @click.command(context_settings={"max_content_width": 100})
 @click.option("--model", "model_ref", required=True,
               help="Base recommender: a checkpoint folder written by `prunerec train` (with catalog.jsonl).")
@@ -54,6 +63,10 @@ _AMOUNT = "count (e.g. 7) or ratio of the base (e.g. 0.5)"
 @click.option("--tau", default=1.0, show_default=True, help="Distillation temperature.")
 @click_options(TrainingOptions, TRAINING_FLAGS,
                defaults={name: getattr(CompressOptions, name) for name in TRAINING_FLAGS})
+@click.option("--stage-steps", default=None, callback=_stage_steps, metavar="I,II,III",
+              help="Distillation steps after stage I, II and III (e.g. 600,600,2400), in place of --max-steps. "
+                   "The last stage's student is the one that ships: giving it most of the budget keeps more "
+                   "quality for the same minutes.")
 @click.option("--eval-users", default=500, show_default=True,
               help="Validation users for HR/NDCG after each stage (0: skip the evaluation).")
 @click.option("--eval-batch-size", default=8, show_default=True)

@@ -45,9 +45,8 @@ def prepare_out(out: Path, model_ref, data_dir, run_info: dict, resume: bool, ov
     state = out / STATE
     saved_path = state / "run.json"
     if resume and saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
-        if saved != run_info:
-            changed = _changed(saved, run_info)
+        changed = _changed(json.loads(saved_path.read_text()), run_info)
+        if changed:  # an option added since the run was made counts as unchanged while it is None
             raise PrunerecError(f"{out} holds a compress run with different settings ({changed}); rerun with the "
                                 "same options to resume, or with --overwrite to start again")
     state.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,7 @@ class CompressOptions:
     patience: int = 1
     eval_every: int = 0
     max_steps: int = 0
+    stage_steps: tuple[int, ...] | None = None  # max_steps of each stage's distillation, in stage order
     time_budget: float = 0.0  # minutes per distillation
     decay_to_budget: bool = False
     train_limit: int | None = None
@@ -103,6 +104,12 @@ class CompressOptions:
             raise PrunerecError("--one-shot distils once after all stages; it cannot be combined with --no-distill")
         DistillSettings(self.lam, self.tau)
         self.scoring()
+        if self.stage_steps is not None:
+            if len(self.stage_steps) != len(STAGES) or min(self.stage_steps) < 1:
+                raise PrunerecError(f"--stage-steps takes three step counts >= 1 (after stage I, II and III), "
+                                    f"got {','.join(map(str, self.stage_steps))}")
+            if not self.distill:
+                raise PrunerecError("--stage-steps sets distillation lengths; it cannot be combined with --no-distill")
 
     def training(self) -> TrainingOptions:
         """The distillation's training options (the flags `prunerec train` shares)."""
@@ -112,8 +119,12 @@ class CompressOptions:
         return ScoringOptions(method=self.method, layer_method=self.layer_method or default_layer_method(self.method),
                               alpha=self.alpha, mask_mode=self.mask_mode, seed=self.seed, stability=self.stability)
 
-    def train_config(self) -> TrainConfig:
-        return self.training().config(default_lr=self.lr, checkpoint_every=100)
+    def train_config(self, stage: str | None = None) -> TrainConfig:
+        """The distillation's training settings; with --stage-steps, `stage`'s own step limit."""
+        config = self.training().config(default_lr=self.lr, checkpoint_every=100)
+        if self.stage_steps is None or stage is None:
+            return config
+        return replace(config, max_steps=self.stage_steps[[name for name, _, _ in STAGES].index(stage)])
 
     def distills_after(self, stage: str) -> bool:
         if not self.distill:
@@ -234,7 +245,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     started = time.perf_counter()
     inputs = _check_inputs(model_ref, data_dir, options)
     base, targets, opts = inputs.base, inputs.targets, options
-    scoring, train_config = opts.scoring(), opts.train_config()
+    scoring = opts.scoring()
     distributed.init()
     main = distributed.is_main()  # under torchrun: rank 0 scores, prunes, evaluates and writes
     if main:
@@ -298,7 +309,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
         summary = None
         if distilled:
             _say(f"{name}: distilling from the original model")
-            summary = distill(rec.model, teacher, inputs.train, inputs.valid, train_config, sdir / "train",
+            summary = distill(rec.model, teacher, inputs.train, inputs.valid, opts.train_config(name), sdir / "train",
                               base.tokenizer.pad_token_id, dsettings, resume=True, desc=f"{name} distill")
         if main:
             _say(f"{name}: evaluating on validation")

@@ -39,7 +39,9 @@ def format_report(report: dict) -> str:
         f"- method: {opts['method']} (layers: {stages[0]['layer_method']}), mode: {stages[0]['mode']}",
         f"- distillation: lambda {opts['lam']}, tau {opts['tau']}, lr {opts['lr']}, {opts['epochs']} epochs, "
         f"batch {opts['batch_size']}"
-        + (f", at most {opts['max_steps']} steps" if opts["max_steps"] else "")
+        + (f", at most {opts['max_steps']} steps" if opts["max_steps"] and not opts.get("stage_steps") else "")
+        + (f", {'/'.join(map(str, opts['stage_steps']))} steps after stages I/II/III" if opts.get("stage_steps")
+           else "")
         + (f", {opts['time_budget']} min budget" if opts["time_budget"] else ""),
         f"- calibration: {stages[0]['pruning']['calibration_samples']} training prompts",
         f"- final model: `{final['path']}`",

@@ -184,6 +184,41 @@ def test_resume_with_other_options_refused(full_run, tiny_base):
     assert result.exit_code != 0 and "different settings" in result.output and "--lam" in result.output
 
 
+def test_run_from_before_a_new_option_resumes(full_run, tiny_base, tmp_path):
+    """A run whose saved settings lack an option added later (at its None default) still resumes."""
+    data, base = tiny_base
+    out = tmp_path / "out"
+    shutil.copytree(full_run, out)
+    saved = out / ".state" / "run.json"
+    info = json.loads(saved.read_text())
+    del info["options"]["stage_steps"]
+    saved.write_text(json.dumps(info))
+    compress(base, data, out, "--resume")
+
+
+def test_stage_steps_set_each_distillation(tiny_base, tmp_path):
+    data, base = tiny_base
+    out = tmp_path / "out"
+    compress(base, data, out, "--stage-steps", "2,1,4", "--eval-users", "0")
+    report = json.loads((out / "report.json").read_text())
+    assert [s["distill"]["steps"] for s in report["stages"]] == [2, 1, 4]
+    assert "2/1/4 steps after stages I/II/III" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("value, extra, message", [
+    ("1,2", (), "three step counts"),
+    ("a,b,c", (), "three step counts"),
+    ("0,1,1", (), "three step counts >= 1"),
+    ("1,1,1", ("--no-distill",), "cannot be combined with --no-distill"),
+])
+def test_bad_stage_steps_refused(tiny_base, tmp_path, value, extra, message):
+    data, base = tiny_base
+    result = cli("compress", "--model", base, "--data", data, "--out", tmp_path / "out", *FAST,
+                 "--stage-steps", value, *extra)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- methods and ablations
 
 

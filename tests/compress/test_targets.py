@@ -49,23 +49,24 @@ def test_real_qwen2_05b_config_defaults_are_the_paper():
 
 
 def test_deep_preset_defaults_are_the_paper_proportions():
-    """The deep preset has Qwen2-0.5B's proportions, so the default targets are the paper's:
-    16 of 24 layers removed, 7 of 14 query heads and 1 of 2 KV groups kept, hidden halved,
-    MLP 896/4864 of its width, and > 95% of non-embedding parameters removed."""
+    """The deep preset has Qwen2-0.5B's depth, query heads per KV head and MLP ratio, so the default
+    targets are the paper's proportions: 16 of 24 layers removed, MLP 896/4864 of its width, one
+    KV head, the query heads nearest to half (4 of 7: 3.5 is not a head count), hidden = kept
+    heads x head_dim, and > 95% of non-embedding parameters removed."""
     p = PRESETS["deep"]
-    assert (p.num_layers, p.num_heads, p.num_kv_heads, p.head_dim) == (24, 14, 2, 32)
+    assert (p.num_layers, p.num_heads, p.num_kv_heads, p.head_dim) == (24, 7, 1, 32)
     assert p.hidden_size == p.num_heads * p.head_dim
     assert p.intermediate_size * 896 == p.hidden_size * 4864  # Qwen2-0.5B's MLP ratio, exactly
     cfg = p.config(8192, 0)
     t = resolve_targets(cfg)
-    assert t == Targets(layers=8, heads=7, kv_heads=1, hidden=224, mlp=448) and not t.notes
-    assert t.hidden * 2 == p.hidden_size and t.heads * 2 == p.num_heads
-    assert t.mlp * 4864 == p.intermediate_size * 896
+    assert t == Targets(layers=8, heads=4, kv_heads=1, hidden=128, mlp=224)
+    assert t.layers * 24 == p.num_layers * 8 and t.mlp * 4864 == p.intermediate_size * 896
+    assert [n.split(":")[0] for n in t.notes] == ["heads"]  # the one rounding, said out loud
     s = target_summary(cfg, t)
     assert s["target_shape"]["head_dim"] == 32
-    assert s["base_parameters"]["non_embedding"] == 89_492_416
-    assert s["target_parameters"]["non_embedding"] == 3_332_064
-    assert s["non_embedding_removed_share"] == pytest.approx(0.9628, abs=1e-4)
+    assert s["base_parameters"]["non_embedding"] == 22_382_048
+    assert s["target_parameters"]["non_embedding"] == 1_019_520
+    assert s["non_embedding_removed_share"] == pytest.approx(0.9544, abs=1e-4)
 
 
 def test_paper_14q_2kv_variant_count():

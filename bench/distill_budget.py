@@ -1,0 +1,100 @@
+"""Benchmark: how to spend a fixed distillation budget. PruneRec at the default target shape with
+named distillation settings (steps per stage, learning rate, lambda), each evaluated on the
+base's test users; quality kept against the base and NDCG@10 against the first setting, both
+with paired 95% bootstrap intervals.
+
+Base (--base): a folder with model/ and eval.json, as for bench/compress_games.py.
+Writes bench/out/distill_budget<tag>/<setting>/ (compress run + eval.json) and
+bench/out/distill_budget<tag>.json (with the markdown table for docs/results.md).
+Usage: python bench/distill_budget.py --base /path/to/base --data ../shared/data/amazon-toys --tag _toys \
+       --settings even-1200,last-heavy
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from compress_games import DATA, METRICS, Paths, _kept_cell, compress_and_test, user_rows
+
+from prunerec.compress.pipeline import CompressOptions
+from prunerec.io import write_json
+from prunerec.rec.metrics import average, paired_ratio_ci
+
+HERE = Path(__file__).resolve().parent
+
+# name -> (steps after stage I, II, III; learning rate; lambda)
+SETTINGS = {
+    "even-1200": ((1200, 1200, 1200), 1e-3, 0.2),
+    "last-heavy": ((600, 600, 2400), 1e-3, 0.2),
+    "last-heavy-lr2e-3": ((600, 600, 2400), 2e-3, 0.2),
+    "last-heavy-kd-only": ((600, 600, 2400), 1e-3, 0.0),
+    "last-heavy-lam0.5": ((600, 600, 2400), 1e-3, 0.5),
+    "last-only": ((300, 300, 3000), 1e-3, 0.2),
+}
+
+
+def options(name: str) -> CompressOptions:
+    steps, lr, lam = SETTINGS[name]
+    even = len(set(steps)) == 1  # as bench/compress_games.py runs it, so its runs can be reused
+    return CompressOptions(max_steps=steps[0] if even else 0, stage_steps=None if even else steps, lr=lr, lam=lam,
+                           eval_every=min(steps) // 3, eval_users=100, valid_limit=300, calib_samples=64, seed=0)
+
+
+def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict] | None) -> dict:
+    test = result["test"]
+    versus = None
+    if reference_rows is not None and rows is not reference_rows:
+        base = average(reference_rows)["NDCG@10"]
+        versus = {"ratio": average(rows)["NDCG@10"] / base if base else None,
+                  "ci95": paired_ratio_ci(rows, reference_rows)["NDCG@10"]}
+    steps, lr, lam = SETTINGS[name]
+    return {"setting": name, "stage_steps": list(steps), "lr": lr, "lambda": lam,
+            "compress_seconds": result["compress_seconds"], "machine": result["machine"],
+            "kept": test["kept"], "kept_ci95": test["kept_ci95"], "metrics": test["metrics"],
+            "ndcg10_versus_first": versus}
+
+
+def table(rows: list[dict]) -> str:
+    header = ["setting", "steps I/II/III", "lr", "lambda", "minutes", "kept HR@10", "kept NDCG@10",
+              "NDCG@10 / first setting's"]
+    lines = [header, ["---"] * len(header)]
+    for r in rows:
+        versus = r["ndcg10_versus_first"]
+        lines.append([r["setting"], "/".join(map(str, r["stage_steps"])), f"{r['lr']:g}", f"{r['lambda']:g}",
+                      f"{r['compress_seconds'] / 60:.1f}",
+                      _kept_cell(r["kept"]["HR@10"], r["kept_ci95"]["HR@10"]),
+                      _kept_cell(r["kept"]["NDCG@10"], r["kept_ci95"]["NDCG@10"]),
+                      _kept_cell(versus["ratio"], versus["ci95"]) if versus else "-"])
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="folder with model/ and eval.json")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--tag", default="", help="suffix of the output names (e.g. _toys)")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma-separated, the first is the reference: {', '.join(SETTINGS)}")
+    args = parser.parse_args()
+    names = args.settings.split(",")
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    paths = Paths(args.base, args.data, args.tag)
+    base_eval = paths.base_eval()
+    out = HERE / "out" / f"distill_budget{args.tag}"
+    rows, reference_rows = [], None
+    for name in names:
+        result, evaluation = compress_and_test(out / name, options(name), base_eval, paths)
+        user_metric_rows = user_rows(evaluation, paths)
+        reference_rows = reference_rows or user_metric_rows
+        rows.append(row(name, result, user_metric_rows, reference_rows))
+        summary = {"base": str(args.base), "data": str(args.data), "users": base_eval["users"],
+                   "metrics": list(METRICS), "settings": rows, "table": table(rows)}
+        write_json(HERE / "out" / f"distill_budget{args.tag}.json", summary)  # after each: keeps what it has
+        print(summary["table"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
