@@ -5,11 +5,11 @@ evaluated on the same users), by default the `small` preset trained by bench/bas
 the full catalog (bench/out/base_games_full); `--base bench/out/base_games_full_deep --tag _deep`
 for the `deep` preset (bench/base_games.py --preset deep --variants full --tag _deep), whose
 default targets are the paper's proportions (8 of 24 layers, 4 of 7 query heads over the one KV
-head, hidden 128 of 224, MLP 224 of 1,216: 95.4% of non-embedding parameters removed). Every variant reaches the default target
-shape (>= 95% of non-embedding parameters removed; --target-file overrides it) with the same
-distillation budget (--max-steps per distillation; the one-shot ablation, which
-distils once, gets the three stages' steps together), then is evaluated on the same test users
-as the base with trie-constrained beam search. Quality kept = metric / base metric, with a 95%
+head, hidden 128 of 224, MLP 224 of 1,216: 95.4% of non-embedding parameters removed). Every
+variant reaches the default target shape (--target-file overrides it) with the same
+distillation budget (--max-steps per distillation, or --stage-steps I,II,III; the one-shot
+ablation, which distils once, gets the three stages' steps together), then is evaluated on the
+same test users as the base with trie-constrained beam search. Quality kept = metric / base metric, with a 95%
 paired bootstrap interval (the same resampled users for both).
 
 Variants: prunerec, random, magnitude (+ShortGPT layers), wanda-sp (+ShortGPT layers),
@@ -88,8 +88,13 @@ class Paths:
 
 def options_for(variant: str, args, steps: int | None = None) -> CompressOptions:
     changes = VARIANTS[variant]
+    stage_steps = None if steps is not None else args.stage_steps
     steps = args.max_steps if steps is None else steps
-    total = steps * 3 if changes.get("one_shot") else steps
+    if stage_steps and not changes.get("one_shot") and changes.get("distill", True):
+        return CompressOptions(stage_steps=stage_steps, lr=args.lr, eval_every=min(stage_steps) // 3,
+                               eval_users=args.eval_users, valid_limit=300, calib_samples=args.calib_samples, seed=0,
+                               target_file=args.target_file, **changes)
+    total = (sum(stage_steps) if stage_steps else steps * 3) if changes.get("one_shot") else steps
     return CompressOptions(max_steps=total, lr=args.lr, eval_every=steps // 3, eval_users=args.eval_users,
                            valid_limit=300, calib_samples=args.calib_samples, seed=0, target_file=args.target_file,
                            **changes)
@@ -227,6 +232,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--max-steps", type=int, default=300, help="steps per distillation (batch 32)")
+    parser.add_argument("--stage-steps", default=None, metavar="I,II,III",
+                        type=lambda text: tuple(int(x) for x in text.split(",")),
+                        help="steps after each stage (replaces --max-steps; one-shot gets their sum)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-users", type=int, default=300, help="validation users per stage inside compress")
     parser.add_argument("--calib-samples", type=int, default=64)

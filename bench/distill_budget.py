@@ -12,7 +12,6 @@ Usage: python bench/distill_budget.py --base /path/to/base --data ../shared/data
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from compress_games import DATA, METRICS, Paths, _kept_cell, compress_and_test, user_rows
