@@ -25,7 +25,7 @@ def run_info(model_ref, data_dir, opts, targets) -> dict:
     return {"model": _ref_id(model_ref), "data": _ref_id(data_dir),
             "model_content": model_fingerprint(str(model_ref)),
             "data_content": "sha256 " + fingerprint(data_dir, DATA_FILES),
-            "options": asdict(opts), "targets": targets.to_json()}
+            "options": json.loads(json.dumps(asdict(opts))), "targets": targets.to_json()}  # as saved: tuples are lists
 
 
 def _changed(saved: dict, run_info: dict) -> str:

@@ -203,6 +203,7 @@ def test_stage_steps_set_each_distillation(tiny_base, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [s["distill"]["steps"] for s in report["stages"]] == [2, 1, 4]
     assert "2/1/4 steps after stages I/II/III" in (out / "report.md").read_text()
+    compress(base, data, out, "--stage-steps", "2,1,4", "--eval-users", "0", "--resume")  # same settings
 
 
 @pytest.mark.parametrize("value, extra, message", [
