@@ -12,6 +12,7 @@ Usage: python bench/distill_budget.py --base /path/to/base --data ../shared/data
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from compress_games import DATA, METRICS, Paths, _kept_cell, compress_and_test, user_rows
@@ -42,7 +43,12 @@ def options(name: str) -> CompressOptions:
                            eval_every=min(steps) // 3, eval_users=100, valid_limit=300, calib_samples=64, seed=0)
 
 
-def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict] | None) -> dict:
+def stage_minutes(folder: Path) -> float:
+    """Minutes of the compression's stages (prune + distil + validate), summed over resumed runs."""
+    return json.loads((folder / "run" / "report.json").read_text())["wall_seconds_stages"] / 60
+
+
+def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict] | None, minutes: float) -> dict:
     test = result["test"]
     versus = None
     if reference_rows is not None and rows is not reference_rows:
@@ -51,7 +57,7 @@ def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict] | 
                   "ci95": paired_ratio_ci(rows, reference_rows)["NDCG@10"]}
     steps, lr, lam = SETTINGS[name]
     return {"setting": name, "stage_steps": list(steps), "lr": lr, "lambda": lam,
-            "compress_seconds": result["compress_seconds"], "machine": result["machine"],
+            "minutes": round(minutes, 1), "machine": result["machine"],
             "kept": test["kept"], "kept_ci95": test["kept_ci95"], "metrics": test["metrics"],
             "ndcg10_versus_first": versus}
 
@@ -63,7 +69,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         versus = r["ndcg10_versus_first"]
         lines.append([r["setting"], "/".join(map(str, r["stage_steps"])), f"{r['lr']:g}", f"{r['lambda']:g}",
-                      f"{r['compress_seconds'] / 60:.1f}",
+                      f"{r['minutes']:.1f}",
                       _kept_cell(r["kept"]["HR@10"], r["kept_ci95"]["HR@10"]),
                       _kept_cell(r["kept"]["NDCG@10"], r["kept_ci95"]["NDCG@10"]),
                       _kept_cell(versus["ratio"], versus["ci95"]) if versus else "-"])
@@ -77,7 +83,19 @@ def main():
     parser.add_argument("--tag", default="", help="suffix of the output names (e.g. _toys)")
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated, the first is the reference: {', '.join(SETTINGS)}")
+    parser.add_argument("--summarize", action="store_true",
+                        help="rebuild the table from the saved results (minutes from each run's report)")
     args = parser.parse_args()
+    summary_path = HERE / "out" / f"distill_budget{args.tag}.json"
+    if args.summarize:
+        summary = json.loads(summary_path.read_text())
+        for r in summary["settings"]:
+            r["minutes"] = round(stage_minutes(HERE / "out" / f"distill_budget{args.tag}" / r["setting"]), 1)
+            r.pop("compress_seconds", None)
+        summary["table"] = table(summary["settings"])
+        write_json(summary_path, summary)
+        print(summary["table"])
+        return
     names = args.settings.split(",")
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
@@ -90,10 +108,11 @@ def main():
         result, evaluation = compress_and_test(out / name, options(name), base_eval, paths)
         user_metric_rows = user_rows(evaluation, paths)
         reference_rows = reference_rows or user_metric_rows
-        rows.append(row(name, result, user_metric_rows, reference_rows))
+        rows.append(row(name, result, user_metric_rows, reference_rows, stage_minutes(out / name)))
         summary = {"base": str(args.base), "data": str(args.data), "users": base_eval["users"],
+                   "minutes": "prune + distil + validate, every stage, summed over resumed runs",
                    "metrics": list(METRICS), "settings": rows, "table": table(rows)}
-        write_json(HERE / "out" / f"distill_budget{args.tag}.json", summary)  # after each: keeps what it has
+        write_json(summary_path, summary)  # after each: keeps what it has
         print(summary["table"], flush=True)
 
 
