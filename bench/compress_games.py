@@ -9,8 +9,8 @@ head, hidden 128 of 224, MLP 224 of 1,216: 95.4% of non-embedding parameters rem
 variant reaches the default target shape (--target-file overrides it) with the same
 distillation budget (--max-steps per distillation, or --stage-steps I,II,III; the one-shot
 ablation, which distils once, gets the three stages' steps together), then is evaluated on the
-same test users as the base with trie-constrained beam search. Quality kept = metric / base metric, with a 95%
-paired bootstrap interval (the same resampled users for both).
+same test users as the base with trie-constrained beam search. Quality kept = metric / base
+metric, with a 95% paired bootstrap interval (the same resampled users for both).
 
 Variants: prunerec, random, magnitude (+ShortGPT layers), wanda-sp (+ShortGPT layers),
 prunerec-shortgpt (PruneRec widths, ShortGPT layers), no-distill, one-shot.
@@ -86,18 +86,23 @@ class Paths:
         return json.loads(path.read_text())
 
 
+def bench_options(*, lr: float, eval_every: int, eval_users: int, calib_samples: int = 64, target_file=None,
+                  **settings) -> CompressOptions:
+    """The benchmark's fixed settings around what a run varies (steps, lr, lambda, method, ablation)."""
+    return CompressOptions(lr=lr, eval_every=eval_every, eval_users=eval_users, valid_limit=300,
+                           calib_samples=calib_samples, seed=0, target_file=target_file, **settings)
+
+
 def options_for(variant: str, args, steps: int | None = None) -> CompressOptions:
     changes = VARIANTS[variant]
     stage_steps = None if steps is not None else args.stage_steps
     steps = args.max_steps if steps is None else steps
+    common = dict(lr=args.lr, eval_users=args.eval_users, calib_samples=args.calib_samples,
+                  target_file=args.target_file, **changes)
     if stage_steps and not changes.get("one_shot") and changes.get("distill", True):
-        return CompressOptions(stage_steps=stage_steps, lr=args.lr, eval_every=min(stage_steps) // 3,
-                               eval_users=args.eval_users, valid_limit=300, calib_samples=args.calib_samples, seed=0,
-                               target_file=args.target_file, **changes)
+        return bench_options(stage_steps=stage_steps, eval_every=min(stage_steps) // 3, **common)
     total = (sum(stage_steps) if stage_steps else steps * 3) if changes.get("one_shot") else steps
-    return CompressOptions(max_steps=total, lr=args.lr, eval_every=steps // 3, eval_users=args.eval_users,
-                           valid_limit=300, calib_samples=args.calib_samples, seed=0, target_file=args.target_file,
-                           **changes)
+    return bench_options(max_steps=total, eval_every=steps // 3, **common)
 
 
 @functools.cache

@@ -15,13 +15,14 @@ import argparse
 import json
 from pathlib import Path
 
-from compress_games import DATA, METRICS, Paths, _kept_cell, compress_and_test, user_rows
+from compress_games import DATA, METRICS, Paths, _kept_cell, bench_options, compress_and_test, user_rows
 
 from prunerec.compress.pipeline import CompressOptions
 from prunerec.io import write_json
 from prunerec.rec.metrics import average, paired_ratio_ci
 
 HERE = Path(__file__).resolve().parent
+MINUTES = "prune + distil + validate, every stage, summed over resumed runs"
 
 # name -> (steps after stage I, II, III; learning rate; lambda)
 SETTINGS = {
@@ -39,8 +40,8 @@ SETTINGS = {
 def options(name: str) -> CompressOptions:
     steps, lr, lam = SETTINGS[name]
     even = len(set(steps)) == 1  # as bench/compress_games.py runs it, so its runs can be reused
-    return CompressOptions(max_steps=steps[0] if even else 0, stage_steps=None if even else steps, lr=lr, lam=lam,
-                           eval_every=min(steps) // 3, eval_users=100, valid_limit=300, calib_samples=64, seed=0)
+    return bench_options(max_steps=steps[0] if even else 0, stage_steps=None if even else steps, lr=lr, lam=lam,
+                         eval_every=min(steps) // 3, eval_users=100)
 
 
 def stage_minutes(folder: Path) -> float:
@@ -48,10 +49,10 @@ def stage_minutes(folder: Path) -> float:
     return json.loads((folder / "run" / "report.json").read_text())["wall_seconds_stages"] / 60
 
 
-def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict] | None, minutes: float) -> dict:
+def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict], minutes: float) -> dict:
     test = result["test"]
     versus = None
-    if reference_rows is not None and rows is not reference_rows:
+    if rows is not reference_rows:
         base = average(reference_rows)["NDCG@10"]
         versus = {"ratio": average(rows)["NDCG@10"] / base if base else None,
                   "ci95": paired_ratio_ci(rows, reference_rows)["NDCG@10"]}
@@ -86,13 +87,12 @@ def main():
     parser.add_argument("--summarize", action="store_true",
                         help="rebuild the table from the saved results (minutes from each run's report)")
     args = parser.parse_args()
-    summary_path = HERE / "out" / f"distill_budget{args.tag}.json"
+    summary_path, out = HERE / "out" / f"distill_budget{args.tag}.json", HERE / "out" / f"distill_budget{args.tag}"
     if args.summarize:
         summary = json.loads(summary_path.read_text())
         for r in summary["settings"]:
-            r["minutes"] = round(stage_minutes(HERE / "out" / f"distill_budget{args.tag}" / r["setting"]), 1)
-            r.pop("compress_seconds", None)
-        summary["table"] = table(summary["settings"])
+            r["minutes"] = round(stage_minutes(out / r["setting"]), 1)
+        summary["minutes"], summary["table"] = MINUTES, table(summary["settings"])
         write_json(summary_path, summary)
         print(summary["table"])
         return
@@ -102,7 +102,6 @@ def main():
         raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
     paths = Paths(args.base, args.data, args.tag)
     base_eval = paths.base_eval()
-    out = HERE / "out" / f"distill_budget{args.tag}"
     rows, reference_rows = [], None
     for name in names:
         result, evaluation = compress_and_test(out / name, options(name), base_eval, paths)
@@ -110,7 +109,7 @@ def main():
         reference_rows = reference_rows or user_metric_rows
         rows.append(row(name, result, user_metric_rows, reference_rows, stage_minutes(out / name)))
         summary = {"base": str(args.base), "data": str(args.data), "users": base_eval["users"],
-                   "minutes": "prune + distil + validate, every stage, summed over resumed runs",
+                   "minutes": MINUTES,
                    "metrics": list(METRICS), "settings": rows, "table": table(rows)}
         write_json(summary_path, summary)  # after each: keeps what it has
         print(summary["table"], flush=True)
