@@ -1,5 +1,6 @@
 """Benchmark: how to spend a fixed distillation budget. PruneRec at the default target shape with
-named distillation settings (steps per stage, learning rate, lambda), each evaluated on the
+named distillation settings (steps per stage, learning rate, lambda, the hidden-state term,
+patience), each evaluated on the
 base's test users; quality kept against the base and NDCG@10 against the first setting, both
 with paired 95% bootstrap intervals.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from compress_games import DATA, METRICS, Paths, _kept_cell, bench_options, compress_and_test, user_rows
@@ -24,23 +26,37 @@ from prunerec.rec.metrics import average, paired_ratio_ci
 HERE = Path(__file__).resolve().parent
 MINUTES = "prune + distil + validate, every stage, summed over resumed runs"
 
-# name -> (steps after stage I, II, III; learning rate; lambda)
+@dataclass(frozen=True)
+class Setting:
+    steps: tuple[int, int, int]  # after stage I, II, III
+    lr: float = 1e-3
+    lam: float = 0.2
+    hidden_distill: float = 0.0
+    patience: int = 1
+
+
+LAST_HEAVY = (600, 600, 2400)
 SETTINGS = {
-    "even-1200": ((1200, 1200, 1200), 1e-3, 0.2),
-    "last-heavy": ((600, 600, 2400), 1e-3, 0.2),
-    "last-heavy-lr2e-3": ((600, 600, 2400), 2e-3, 0.2),
-    "last-heavy-kd-only": ((600, 600, 2400), 1e-3, 0.0),
-    "last-heavy-lam0.5": ((600, 600, 2400), 1e-3, 0.5),
-    "last-only": ((300, 300, 3000), 1e-3, 0.2),
-    "last-4800": ((600, 600, 4800), 1e-3, 0.2),
-    "last-4800-lr2e-3": ((600, 600, 4800), 2e-3, 0.2),
+    "even-1200": Setting((1200, 1200, 1200)),
+    "last-heavy": Setting(LAST_HEAVY),
+    "last-heavy-lr2e-3": Setting(LAST_HEAVY, lr=2e-3),
+    "last-heavy-kd-only": Setting(LAST_HEAVY, lam=0.0),
+    "last-heavy-lam0.5": Setting(LAST_HEAVY, lam=0.5),
+    "last-heavy-hidden1": Setting(LAST_HEAVY, hidden_distill=1.0),
+    "last-heavy-hidden0.1": Setting(LAST_HEAVY, hidden_distill=0.1),
+    "last-only": Setting((300, 300, 3000)),
+    "last-4800": Setting((600, 600, 4800)),
+    "last-4800-patience3": Setting((600, 600, 4800), patience=3),
+    "last-4800-lr2e-3": Setting((600, 600, 4800), lr=2e-3),
 }
 
 
 def options(name: str) -> CompressOptions:
-    steps, lr, lam = SETTINGS[name]
+    setting = SETTINGS[name]
+    steps = setting.steps
     even = len(set(steps)) == 1  # as bench/compress_games.py runs it, so its runs can be reused
-    return bench_options(max_steps=steps[0] if even else 0, stage_steps=None if even else steps, lr=lr, lam=lam,
+    return bench_options(max_steps=steps[0] if even else 0, stage_steps=None if even else steps, lr=setting.lr,
+                         lam=setting.lam, hidden_distill=setting.hidden_distill, patience=setting.patience,
                          eval_every=min(steps) // 3, eval_users=100)
 
 
@@ -56,21 +72,22 @@ def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict], m
         base = average(reference_rows)["NDCG@10"]
         versus = {"ratio": average(rows)["NDCG@10"] / base if base else None,
                   "ci95": paired_ratio_ci(rows, reference_rows)["NDCG@10"]}
-    steps, lr, lam = SETTINGS[name]
-    return {"setting": name, "stage_steps": list(steps), "lr": lr, "lambda": lam,
+    setting = SETTINGS[name]
+    return {"setting": name, "stage_steps": list(setting.steps), "lr": setting.lr, "lambda": setting.lam,
+            "hidden_distill": setting.hidden_distill, "patience": setting.patience,
             "minutes": round(minutes, 1), "machine": result["machine"],
             "kept": test["kept"], "kept_ci95": test["kept_ci95"], "metrics": test["metrics"],
             "ndcg10_versus_first": versus}
 
 
 def table(rows: list[dict]) -> str:
-    header = ["setting", "steps I/II/III", "lr", "lambda", "minutes", "kept HR@10", "kept NDCG@10",
-              "NDCG@10 / first setting's"]
+    header = ["setting", "steps I/II/III", "lr", "lambda", "hidden term", "patience", "minutes", "kept HR@10",
+              "kept NDCG@10", "NDCG@10 / first setting's"]
     lines = [header, ["---"] * len(header)]
     for r in rows:
         versus = r["ndcg10_versus_first"]
         lines.append([r["setting"], "/".join(map(str, r["stage_steps"])), f"{r['lr']:g}", f"{r['lambda']:g}",
-                      f"{r['minutes']:.1f}",
+                      f"{r.get('hidden_distill', 0.0):g}", str(r.get("patience", 1)), f"{r['minutes']:.1f}",
                       _kept_cell(r["kept"]["HR@10"], r["kept_ci95"]["HR@10"]),
                       _kept_cell(r["kept"]["NDCG@10"], r["kept_ci95"]["NDCG@10"]),
                       _kept_cell(versus["ratio"], versus["ci95"]) if versus else "-"])

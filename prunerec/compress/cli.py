@@ -61,6 +61,11 @@ def _stage_steps(ctx, param, value: str | None) -> tuple[int, ...] | None:
                    "(doubles scoring time).")
 @click.option("--lambda", "lam", default=0.2, show_default=True, help="Weight of the ground-truth CE in distillation.")
 @click.option("--tau", default=1.0, show_default=True, help="Distillation temperature.")
+@click.option("--hidden-distill", default=0.0, show_default=True,
+              help="Weight of a hidden-state term added to the distillation loss: the student's residual "
+                   "stream after each layer but the last, against the teacher's after the layer it comes "
+                   "from, on the kept hidden dimensions (normalized squared error). 0: logits only, as "
+                   "in the paper.")
 @click_options(TrainingOptions, TRAINING_FLAGS,
                defaults={name: getattr(CompressOptions, name) for name in TRAINING_FLAGS})
 @click.option("--stage-steps", default=None, callback=_stage_steps, metavar="I,II,III",

@@ -4,8 +4,12 @@ loss = lambda * CE(student, ground truth) + (1 - lambda) * tau^2 * KL(teacher_ta
 
 on the response tokens only, with the next-token shift (``batching.response_logits`` picks the
 positions whose next token is a response token, for teacher and student alike; padding never
-enters). Training is :class:`prunerec.rec.trainer.Trainer` (AdamW, warmup, early stopping on
-the validation distillation loss, best weights kept, resumable), with a loss closure; so it runs
+enters). With ``hidden_weight`` > 0 the loss adds that weight times a hidden-state term
+(:func:`hidden_loss`): the student's residual stream after each of its layers but the last, against
+the teacher's after the layer it descends from, on the hidden dimensions the student kept.
+
+Training is :class:`prunerec.rec.trainer.Trainer` (AdamW, warmup, early stopping on the
+validation distillation loss, best weights kept, resumable), with a loss closure; so it runs
 on the GPU when there is one and data parallel under torchrun like SFT. The teacher joins the
 student on the training device for the distillation and goes back where it was afterwards.
 """
@@ -27,19 +31,42 @@ from prunerec.rec.batching import response_logits
 from prunerec.rec.encode import Example
 from prunerec.rec.trainer import TrainConfig, Trainer, validation_loss
 
-__all__ = ["DistillSettings", "kd_loss", "make_loss_fn", "distill"]
+__all__ = ["DistillSettings", "Lineage", "kd_loss", "hidden_loss", "make_loss_fn", "distill"]
 
 
 @dataclass(frozen=True)
 class DistillSettings:
     lam: float = 0.2  # weight of the ground-truth cross-entropy
     tau: float = 1.0  # softmax temperature of the KL term
+    hidden_weight: float = 0.0  # weight of the hidden-state term (0: logits only, the paper's loss)
 
     def __post_init__(self):
         if not 0.0 <= self.lam <= 1.0:
             raise PrunerecError(f"--lambda must lie in [0, 1], got {self.lam}")
         if not self.tau > 0:
             raise PrunerecError(f"--tau must be > 0, got {self.tau}")
+        if not self.hidden_weight >= 0:
+            raise PrunerecError(f"--hidden-distill must be >= 0, got {self.hidden_weight}")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a pruned student's residual stream comes from in the teacher's.
+
+    ``layers[i]``: the teacher layer that student layer i descends from; ``hidden``: the teacher's
+    hidden dimensions the student kept, in the student's order (None: all of them).
+    """
+    layers: tuple[int, ...]
+    hidden: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, kept_by_stage: Sequence[dict], teacher_layers: int) -> Lineage:
+        """From the stages' ``kept`` records so far (stage I's hidden dims, stage III's layers)."""
+        layers, hidden = tuple(range(teacher_layers)), None
+        for kept in kept_by_stage:
+            hidden = tuple(kept["hidden"]) if "hidden" in kept else hidden
+            layers = tuple(kept["layers"]) if "layers" in kept else layers
+        return cls(layers, hidden)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -55,36 +82,76 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     return loss
 
 
+def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                lineage: Lineage, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the student's layers but the last of ||s - t||^2 / ||t||^2 on unpadded positions.
+
+    ``*_states`` are Hugging Face ``hidden_states``: the embeddings, then each layer's output (the
+    last one after the final norm, which is why the student's last layer is left to the logits).
+    ``t`` is the teacher's output of the layer student layer i descends from, on the kept dimensions.
+    """
+    weights = mask.unsqueeze(-1).float()
+    terms = []
+    for i in range(len(student_states) - 2):
+        student = student_states[i + 1].float()
+        teacher = teacher_states[lineage.layers[i] + 1].float()
+        if lineage.hidden is not None:
+            teacher = teacher[..., list(lineage.hidden)]
+        error = ((student - teacher) ** 2 * weights).sum()
+        terms.append(error / ((teacher ** 2) * weights).sum().clamp_min(1e-12))
+    return torch.stack(terms).mean() if terms else weights.new_zeros(())
+
+
 def _on(model, batch: dict) -> dict:
     dev = next(model.parameters()).device
     return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def make_loss_fn(teacher, settings: DistillSettings):
-    """A ``loss_fn(student, batch)`` for the Trainer; the teacher runs frozen, without gradients."""
+def _states_and_logits(model, batch: dict) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    picked = out.last_hidden_state[batch["predict_rows"], batch["predict_cols"]]
+    return out.hidden_states, model.lm_head(picked)
+
+
+def make_loss_fn(teacher, settings: DistillSettings, lineage: Lineage | None = None):
+    """A ``loss_fn(student, batch)`` for the Trainer; the teacher runs frozen, without gradients.
+
+    ``lineage`` is needed when ``settings.hidden_weight`` > 0.
+    """
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    if settings.hidden_weight > 0 and lineage is None:
+        raise ValueError("hidden-state distillation needs the student's lineage")
 
-    def loss_fn(student, batch: dict) -> torch.Tensor:
+    def logits_only(student, batch: dict) -> torch.Tensor:
         b = _on(student, batch)
         with torch.no_grad():
             t_logits = response_logits(teacher, _on(teacher, b))
         s_logits = response_logits(student, b)
         return kd_loss(s_logits, t_logits.to(s_logits.device), b["targets"], settings.lam, settings.tau)
 
-    return loss_fn
+    def with_hidden(student, batch: dict) -> torch.Tensor:
+        b = _on(student, batch)
+        with torch.no_grad():
+            t_states, t_logits = _states_and_logits(teacher, _on(teacher, b))
+        s_states, s_logits = _states_and_logits(student, b)
+        t_states = [t.to(s_logits.device) for t in t_states]
+        loss = kd_loss(s_logits, t_logits.to(s_logits.device), b["targets"], settings.lam, settings.tau)
+        return loss + settings.hidden_weight * hidden_loss(s_states, t_states, lineage, b["attention_mask"])
+
+    return with_hidden if settings.hidden_weight > 0 else logits_only
 
 
 def distill(student, teacher, train: Sequence[Example], valid: Sequence[Example], config: TrainConfig,
             state_dir: str | Path, pad_id: int, settings: DistillSettings = DistillSettings(),
-            resume: bool = False, desc: str = "distill") -> dict:
+            resume: bool = False, desc: str = "distill", lineage: Lineage | None = None) -> dict:
     """Distil in place: the student ends with its best weights (lowest validation loss).
 
     Returns a summary with the validation loss curve (``log``), best step and loss, steps,
     stop reason and training seconds (accumulated over resumed runs).
     """
-    loss_fn = make_loss_fn(teacher, settings)
+    loss_fn = make_loss_fn(teacher, settings, lineage)
     trainer = Trainer(student, train, valid, config, state_dir, loss_fn, pad_id, desc=desc)
     teacher_home = next(teacher.parameters()).device
     teacher.to(trainer.device)

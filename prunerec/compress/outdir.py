@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
@@ -20,20 +20,28 @@ def _ref_id(ref) -> str:
     return str(path.resolve()) if path.exists() else str(ref)
 
 
+def _as_saved(value):
+    return json.loads(json.dumps(value))  # tuples become lists
+
+
 def run_info(model_ref, data_dir, opts, targets) -> dict:
     """What the run is: its inputs by path and by content, its options and targets."""
     return {"model": _ref_id(model_ref), "data": _ref_id(data_dir),
             "model_content": model_fingerprint(str(model_ref)),
             "data_content": "sha256 " + fingerprint(data_dir, DATA_FILES),
-            "options": json.loads(json.dumps(asdict(opts))), "targets": targets.to_json()}  # as saved: tuples are lists
+            "options": _as_saved(asdict(opts)), "targets": targets.to_json(),
+            "option_defaults": _as_saved({f.name: f.default for f in fields(opts)})}
 
 
 def _changed(saved: dict, run_info: dict) -> str:
+    """The inputs and options that differ; an option added since the run was saved counts at its default."""
     names = {"model": "--model", "data": "--data", "model_content": "--model (its content changed)",
              "data_content": "--data (its content changed)", "targets": "the targets"}
-    diff = [names.get(k, k) for k in run_info if k != "options" and saved.get(k) != run_info[k]]
-    saved_opts = saved.get("options", {})
-    diff += [f"--{k.replace('_', '-')}" for k in run_info["options"] if saved_opts.get(k) != run_info["options"][k]]
+    diff = [names.get(k, k) for k in run_info
+            if k not in ("options", "option_defaults") and saved.get(k) != run_info[k]]
+    saved_opts, defaults = saved.get("options", {}), run_info["option_defaults"]
+    diff += [f"--{k.replace('_', '-')}" for k, value in run_info["options"].items()
+             if saved_opts.get(k, defaults.get(k)) != value]
     return ", ".join(diff)
 
 
@@ -46,7 +54,7 @@ def prepare_out(out: Path, model_ref, data_dir, run_info: dict, resume: bool, ov
     saved_path = state / "run.json"
     if resume and saved_path.is_file():
         changed = _changed(json.loads(saved_path.read_text()), run_info)
-        if changed:  # an option added since the run was made counts as unchanged while it is None
+        if changed:
             raise PrunerecError(f"{out} holds a compress run with different settings ({changed}); rerun with the "
                                 "same options to resume, or with --overwrite to start again")
     state.mkdir(parents=True, exist_ok=True)

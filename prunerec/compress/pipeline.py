@@ -31,7 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from prunerec import distributed
-from prunerec.compress.distill import DistillSettings, distill
+from prunerec.compress.distill import DistillSettings, Lineage, distill
 from prunerec.compress.outdir import STATE, prepare_out, run_info
 from prunerec.compress.report import write_report
 from prunerec.compress.stages import STAGES, Calibration, ScoringOptions, build_calibration, default_layer_method
@@ -74,6 +74,7 @@ class CompressOptions:
     one_shot: bool = False
     lam: float = 0.2
     tau: float = 1.0
+    hidden_distill: float = 0.0
     epochs: int = 3
     batch_size: int = 32
     lr: float = 3e-4
@@ -102,7 +103,7 @@ class CompressOptions:
         self.training().check()
         if self.one_shot and not self.distill:
             raise PrunerecError("--one-shot distils once after all stages; it cannot be combined with --no-distill")
-        DistillSettings(self.lam, self.tau)
+        self.distill_settings()
         self.scoring()
         if self.stage_steps is not None:
             if len(self.stage_steps) != len(STAGES) or min(self.stage_steps) < 1:
@@ -114,6 +115,9 @@ class CompressOptions:
     def training(self) -> TrainingOptions:
         """The distillation's training options (the flags `prunerec train` shares)."""
         return TrainingOptions(**{name: getattr(self, name) for name in TRAINING_FLAGS})
+
+    def distill_settings(self) -> DistillSettings:
+        return DistillSettings(self.lam, self.tau, self.hidden_distill)
 
     def scoring(self) -> ScoringOptions:
         return ScoringOptions(method=self.method, layer_method=self.layer_method or default_layer_method(self.method),
@@ -278,7 +282,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    dsettings = DistillSettings(opts.lam, opts.tau)
+    dsettings = opts.distill_settings()
 
     records, prev = [], str(model_ref)
     bar = tqdm(total=len(STAGES), desc="compress", unit="stage", dynamic_ncols=True, disable=not main)
@@ -309,8 +313,11 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
         summary = None
         if distilled:
             _say(f"{name}: distilling from the original model")
+            lineage = Lineage.of([r["pruning"]["kept"] for r in records] + [prune_record["kept"]],
+                                 teacher.config.num_hidden_layers)
             summary = distill(rec.model, teacher, inputs.train, inputs.valid, opts.train_config(name), sdir / "train",
-                              base.tokenizer.pad_token_id, dsettings, resume=True, desc=f"{name} distill")
+                              base.tokenizer.pad_token_id, dsettings, resume=True, desc=f"{name} distill",
+                              lineage=lineage)
         if main:
             _say(f"{name}: evaluating on validation")
             evaluation = _evaluate(rec, data_dir, opts)

@@ -39,6 +39,7 @@ def format_report(report: dict) -> str:
         f"- method: {opts['method']} (layers: {stages[0]['layer_method']}), mode: {stages[0]['mode']}",
         f"- distillation: lambda {opts['lam']}, tau {opts['tau']}, lr {opts['lr']}, {opts['epochs']} epochs, "
         f"batch {opts['batch_size']}"
+        + (f", hidden-state term x{opts['hidden_distill']}" if opts.get("hidden_distill") else "")
         + (f", at most {opts['max_steps']} steps" if opts["max_steps"] and not opts.get("stage_steps") else "")
         + (f", {'/'.join(map(str, opts['stage_steps']))} steps after stages I/II/III" if opts.get("stage_steps")
            else "")

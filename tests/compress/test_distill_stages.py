@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from prunerec.compress.distill import DistillSettings, kd_loss, make_loss_fn
+from prunerec.compress.distill import DistillSettings, Lineage, hidden_loss, kd_loss, make_loss_fn
 from prunerec.compress.stages import (
     METHODS,
     ScoringOptions,
@@ -18,6 +18,7 @@ from prunerec.compress.stages import (
 )
 from prunerec.compress.targets import Targets
 from prunerec.errors import PrunerecError
+from prunerec.model import surgery
 from prunerec.rec.batching import collate, response_ce
 from prunerec.rec.encode import Example
 
@@ -81,6 +82,55 @@ def test_distill_loss_uses_shifted_response_tokens_only():
     # gradients reach the student only
     loss_fn(student, batch).backward()
     assert student.lm_head.weight.grad is not None and teacher.lm_head.weight.grad is None
+
+
+def test_hidden_loss_hand_made():
+    # hidden_states as Hugging Face lays them out: embeddings, layer outputs, final normed output
+    teacher = [torch.full((1, 2, 4), float(i)) for i in range(5)]  # 4 layers, hidden 4
+    mask = torch.tensor([[1, 0]])
+    keep = (0, 2)
+    same = [t[..., list(keep)] for t in teacher[:3]] + [torch.zeros(1, 2, 2)]  # student: 3 layers
+    lineage = Lineage(layers=(0, 1, 3), hidden=keep)
+    # the last student layer (and so its final output) is left to the logits
+    assert hidden_loss(same, teacher, lineage, mask).item() == 0.0
+    # student layer i is compared with teacher layer lineage.layers[i]: here 0 -> 0, 1 -> 1 only
+    off = [t.clone() for t in same]
+    off[2][0, 0] = 0.0  # teacher layer 1's output is 2.0 -> error 1 on this term
+    assert hidden_loss(off, teacher, lineage, mask).item() == pytest.approx(0.5 * 1.0)
+    # padded positions do not count
+    padded = [t.clone() for t in same]
+    padded[1][0, 1] = 99.0
+    assert hidden_loss(padded, teacher, lineage, mask).item() == 0.0
+    # the kept dimensions are the ones compared
+    wrong_dims = [t[..., [1, 3]] * 0 + 7 for t in teacher[:3]] + [torch.zeros(1, 2, 2)]
+    assert hidden_loss(wrong_dims, teacher, lineage, mask).item() > 1
+    assert Lineage.of([{"hidden": [0, 2]}, {"mlp": [[1]]}, {"layers": [0, 1, 3]}], 4) == lineage
+    assert Lineage.of([], 3) == Lineage((0, 1, 2))
+    with pytest.raises(PrunerecError):
+        DistillSettings(hidden_weight=-1)
+
+
+def test_hidden_term_vanishes_where_only_a_pass_through_layer_was_removed():
+    teacher = tiny(0, layers=4)
+    with torch.no_grad():  # layer 1 adds nothing to the residual stream
+        teacher.model.layers[1].self_attn.o_proj.weight.zero_()
+        teacher.model.layers[1].mlp.down_proj.weight.zero_()
+    student = copy.deepcopy(teacher)
+    surgery.remove_layers(student, [1])
+    settings = DistillSettings(lam=0.2, hidden_weight=3.0)
+    batch = collate(examples(4), pad_id=0)
+    with_hidden = make_loss_fn(teacher, settings, Lineage.of([{"layers": [0, 2, 3]}], 4))
+    logits_only = make_loss_fn(teacher, DistillSettings(lam=0.2))
+    assert with_hidden(student, batch).item() == pytest.approx(logits_only(student, batch).item(), abs=1e-6)
+    # a lineage that pairs the student with the wrong teacher layers is penalized
+    wrong = make_loss_fn(teacher, settings, Lineage((0, 1, 3)))
+    assert wrong(student, batch).item() > logits_only(student, batch).item() + 1e-3
+    # and the term trains the student
+    other = tiny(1, layers=3)
+    with_hidden(other, batch).backward()
+    assert other.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        make_loss_fn(teacher, settings)
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -185,15 +185,21 @@ def test_resume_with_other_options_refused(full_run, tiny_base):
 
 
 def test_run_from_before_a_new_option_resumes(full_run, tiny_base, tmp_path):
-    """A run whose saved settings lack an option added later (at its None default) still resumes."""
+    """A run whose saved settings lack options added later still resumes while they are at their defaults."""
     data, base = tiny_base
     out = tmp_path / "out"
     shutil.copytree(full_run, out)
     saved = out / ".state" / "run.json"
     info = json.loads(saved.read_text())
-    del info["options"]["stage_steps"]
+    for added in ("stage_steps", "hidden_distill"):  # defaults None and 0.0
+        del info["options"][added]
+    del info["option_defaults"]
     saved.write_text(json.dumps(info))
     compress(base, data, out, "--resume")
+    saved.write_text(json.dumps(info))
+    result = cli("compress", "--model", base, "--data", data, "--out", out, *FAST, "--resume",
+                 "--hidden-distill", "0.5")
+    assert result.exit_code != 0 and "different settings (--hidden-distill)" in result.output, result.output
 
 
 def test_stage_steps_set_each_distillation(tiny_base, tmp_path):
@@ -204,6 +210,18 @@ def test_stage_steps_set_each_distillation(tiny_base, tmp_path):
     assert [s["distill"]["steps"] for s in report["stages"]] == [2, 1, 4]
     assert "2/1/4 steps after stages I/II/III" in (out / "report.md").read_text()
     compress(base, data, out, "--stage-steps", "2,1,4", "--eval-users", "0", "--resume")  # same settings
+
+
+def test_hidden_distill_runs_through_every_stage(tiny_base, tmp_path):
+    data, base = tiny_base
+    out = tmp_path / "out"
+    compress(base, data, out, "--hidden-distill", "0.5", "--stage-steps", "1,1,2", "--eval-users", "0")
+    report = json.loads((out / "report.json").read_text())
+    assert [s["distill"]["settings"]["hidden_weight"] for s in report["stages"]] == [0.5] * 3
+    assert "hidden-state term x0.5" in (out / "report.md").read_text()
+    result = cli("compress", "--model", base, "--data", data, "--out", tmp_path / "bad", *FAST,
+                 "--hidden-distill", "-1")
+    assert result.exit_code != 0 and "--hidden-distill must be >= 0" in result.output, result.output
 
 
 @pytest.mark.parametrize("value, extra, message", [
