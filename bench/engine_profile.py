@@ -13,7 +13,7 @@ what the engine thread spends waiting in `gather` while every search is busy. Wi
 Writes OUT.json (atomically) and prints a summary.
 Usage:
   python bench/engine_profile.py MODEL --data DIR [--engines vllm,torch] [--users 16] [--seconds 30]
-      [--cprofile] [--vllm-core auto|inline|process] [--out bench/out/engine_profile]
+      [--cprofile] [--vllm-core auto|inline|process] [--max-batch 8] [--out bench/out/engine_profile]
 """
 from __future__ import annotations
 
@@ -130,12 +130,12 @@ def profile_rows(profile: cProfile.Profile, top: int = 25) -> list[dict]:
 
 
 def run_engine(folder: str, engine_name: str, prompts_of, users: int, seconds: float, beams: int,
-               cprofile: bool, enforce_eager: bool, vllm_core: str = "auto") -> dict:
+               cprofile: bool, enforce_eager: bool, vllm_core: str = "auto", max_batch: int = 8) -> dict:
     from prunerec.serve.app import build_engine
 
     sm = load_serve_model(folder, engine_name)
     prompts = [sm.prompt(sm.resolve_history(h)) for h in prompts_of]
-    engine = build_engine(sm, beams=beams, enforce_eager=enforce_eager, vllm_core=vllm_core)
+    engine = build_engine(sm, beams=beams, enforce_eager=enforce_eager, vllm_core=vllm_core, max_batch=max_batch)
     try:
         drive(engine, prompts, users, min(5.0, seconds), beams)  # warm-up
         profile = cProfile.Profile() if cprofile else None
@@ -179,14 +179,16 @@ def main() -> int:
     parser.add_argument("--cprofile", action="store_true", help="break step() down by function (slows it)")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--vllm-core", default="auto", choices=("auto", "inline", "process"))
+    parser.add_argument("--max-batch", type=int, default=8, help="torch/onnx: requests batched into one search")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "engine_profile")
     args = parser.parse_args()
     prompts_of = histories(args.data)
-    record = {"model": args.model, "users": args.users, "vllm_core": args.vllm_core, "seconds": args.seconds,
+    record = {"model": args.model, "users": args.users, "vllm_core": args.vllm_core, "max_batch": args.max_batch,
+              "seconds": args.seconds,
               "beams": args.beams, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "engines": {}}
     for name in args.engines.split(","):
         record["engines"][name] = run_engine(args.model, name, prompts_of, args.users, args.seconds, args.beams,
-                                             args.cprofile, args.enforce_eager, args.vllm_core)
+                                             args.cprofile, args.enforce_eager, args.vllm_core, args.max_batch)
         print(name, json.dumps({k: v for k, v in record["engines"][name].items() if k != "profile"}),
               flush=True)
         write_json(args.out.with_suffix(".json"), record)
