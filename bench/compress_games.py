@@ -86,11 +86,18 @@ class Paths:
         return json.loads(path.read_text())
 
 
+TEACHER_CACHE = HERE / "out" / "teacher_cache"
+
+
 def bench_options(*, lr: float, eval_every: int, eval_users: int, calib_samples: int = 64, target_file=None,
-                  **settings) -> CompressOptions:
-    """The benchmark's fixed settings around what a run varies (steps, lr, lambda, method, ablation)."""
+                  teacher_cache: Path | None = TEACHER_CACHE, **settings) -> CompressOptions:
+    """The benchmark's fixed settings around what a run varies (steps, lr, lambda, method, ablation).
+    The teacher cache (on unless --no-teacher-cache) changes the work, not the results (up to float
+    rounding), so every variant pays for the teacher's forward passes once."""
+    cache = str(teacher_cache) if teacher_cache and not settings.get("hidden_distill") else None
     return CompressOptions(lr=lr, eval_every=eval_every, eval_users=eval_users, valid_limit=300,
-                           calib_samples=calib_samples, seed=0, target_file=target_file, **settings)
+                           calib_samples=calib_samples, seed=0, target_file=target_file, teacher_cache=cache,
+                           **settings)
 
 
 def options_for(variant: str, args, steps: int | None = None) -> CompressOptions:
@@ -98,7 +105,7 @@ def options_for(variant: str, args, steps: int | None = None) -> CompressOptions
     stage_steps = None if steps is not None else args.stage_steps
     steps = args.max_steps if steps is None else steps
     common = dict(lr=args.lr, eval_users=args.eval_users, calib_samples=args.calib_samples,
-                  target_file=args.target_file, **changes)
+                  target_file=args.target_file, teacher_cache=args.teacher_cache, **changes)
     if stage_steps and not changes.get("one_shot") and changes.get("distill", True):
         return bench_options(stage_steps=stage_steps, eval_every=min(stage_steps) // 3, **common)
     total = (sum(stage_steps) if stage_steps else steps * 3) if changes.get("one_shot") else steps
@@ -249,6 +256,8 @@ def main():
     parser.add_argument("--tag", default="", help="suffix of the output names (e.g. _deep)")
     parser.add_argument("--curve", default=None, metavar="STEPS,...",
                         help="distillation budgets (steps per stage) for PruneRec's kept-quality curve")
+    parser.add_argument("--no-teacher-cache", dest="teacher_cache", action="store_const", const=None,
+                        default=TEACHER_CACHE, help=f"run the teacher every step (default: cache in {TEACHER_CACHE})")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()
     paths = Paths(args.base, args.data, args.tag)

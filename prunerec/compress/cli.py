@@ -66,6 +66,11 @@ def _stage_steps(ctx, param, value: str | None) -> tuple[int, ...] | None:
                    "stream after each layer but the last, against the teacher's after the layer it comes "
                    "from, on the kept hidden dimensions (normalized squared error). 0: logits only, as "
                    "in the paper.")
+@click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder where the teacher's last hidden states at response positions are kept (float32, "
+                   "hidden_size x 4 bytes per response token), so that no example goes through the teacher "
+                   "twice: not in the three stages, not on --resume, not in other compressions of the same base. "
+                   "Saves most of the teacher's share of distillation time on CPUs. Not with --hidden-distill.")
 @click_options(TrainingOptions, TRAINING_FLAGS,
                defaults={name: getattr(CompressOptions, name) for name in TRAINING_FLAGS})
 @click.option("--stage-steps", default=None, callback=_stage_steps, metavar="I,II,III",

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from prunerec import distributed
+from prunerec.compress.teacher_cache import TeacherCache, teacher_logits
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json
 from prunerec.rec.batching import response_logits
@@ -113,21 +114,27 @@ def _states_and_logits(model, batch: dict) -> tuple[tuple[torch.Tensor, ...], to
     return out.hidden_states, model.lm_head(picked)
 
 
-def make_loss_fn(teacher, settings: DistillSettings, lineage: Lineage | None = None):
+def make_loss_fn(teacher, settings: DistillSettings, lineage: Lineage | None = None,
+                 cache: TeacherCache | None = None):
     """A ``loss_fn(student, batch)`` for the Trainer; the teacher runs frozen, without gradients.
 
-    ``lineage`` is needed when ``settings.hidden_weight`` > 0.
+    ``lineage`` is needed when ``settings.hidden_weight`` > 0; ``cache`` (logits-only loss) keeps
+    the teacher's hidden states for the next time an example comes round.
     """
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     if settings.hidden_weight > 0 and lineage is None:
         raise ValueError("hidden-state distillation needs the student's lineage")
+    if settings.hidden_weight > 0 and cache is not None:
+        raise ValueError("the teacher cache keeps final hidden states only; the hidden-state term needs all")
 
     def logits_only(student, batch: dict) -> torch.Tensor:
         b = _on(student, batch)
         with torch.no_grad():
-            t_logits = response_logits(teacher, _on(teacher, b))
+            on_teacher = _on(teacher, b)
+            t_logits = response_logits(teacher, on_teacher) if cache is None else teacher_logits(
+                teacher, on_teacher, cache)
         s_logits = response_logits(student, b)
         return kd_loss(s_logits, t_logits.to(s_logits.device), b["targets"], settings.lam, settings.tau)
 
@@ -145,13 +152,15 @@ def make_loss_fn(teacher, settings: DistillSettings, lineage: Lineage | None = N
 
 def distill(student, teacher, train: Sequence[Example], valid: Sequence[Example], config: TrainConfig,
             state_dir: str | Path, pad_id: int, settings: DistillSettings = DistillSettings(),
-            resume: bool = False, desc: str = "distill", lineage: Lineage | None = None) -> dict:
+            resume: bool = False, desc: str = "distill", lineage: Lineage | None = None,
+            cache: TeacherCache | None = None) -> dict:
     """Distil in place: the student ends with its best weights (lowest validation loss).
 
     Returns a summary with the validation loss curve (``log``), best step and loss, steps,
     stop reason and training seconds (accumulated over resumed runs).
     """
-    loss_fn = make_loss_fn(teacher, settings, lineage)
+    loss_fn = make_loss_fn(teacher, settings, lineage, cache)
+    hits_before, misses_before = (cache.hits, cache.misses) if cache is not None else (0, 0)
     trainer = Trainer(student, train, valid, config, state_dir, loss_fn, pad_id, desc=desc)
     teacher_home = next(teacher.parameters()).device
     teacher.to(trainer.device)
@@ -184,6 +193,8 @@ def distill(student, teacher, train: Sequence[Example], valid: Sequence[Example]
         "best_step": state.best_step,
         "best_valid_loss": state.best_loss,
         "stop_reason": state.stop_reason,
+        "teacher_cache": None if cache is None else {"folder": str(cache.folder), "hits": cache.hits - hits_before,
+                                                      "misses": cache.misses - misses_before},
         "initial_valid_loss": initial,
         "train_seconds": round(state.elapsed_s, 2),
         "wall_seconds_this_run": round(time.perf_counter() - started, 2),

@@ -33,6 +33,10 @@ def run_info(model_ref, data_dir, opts, targets) -> dict:
             "option_defaults": _as_saved({f.name: f.default for f in fields(opts)})}
 
 
+# options that change how the work is done, never its result: a resume may change them
+RESULT_NEUTRAL = ("teacher_cache",)
+
+
 def _changed(saved: dict, run_info: dict) -> str:
     """The inputs and options that differ; an option added since the run was saved counts at its default."""
     names = {"model": "--model", "data": "--data", "model_content": "--model (its content changed)",
@@ -41,7 +45,7 @@ def _changed(saved: dict, run_info: dict) -> str:
             if k not in ("options", "option_defaults") and saved.get(k) != run_info[k]]
     saved_opts, defaults = saved.get("options", {}), run_info["option_defaults"]
     diff += [f"--{k.replace('_', '-')}" for k, value in run_info["options"].items()
-             if saved_opts.get(k, defaults.get(k)) != value]
+             if k not in RESULT_NEUTRAL and saved_opts.get(k, defaults.get(k)) != value]
     return ", ".join(diff)
 
 

@@ -21,6 +21,7 @@ part in the distillation (see rec/trainer.py). OUT must be on storage all ranks 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -36,13 +37,14 @@ from prunerec.compress.outdir import STATE, prepare_out, run_info
 from prunerec.compress.report import write_report
 from prunerec.compress.stages import STAGES, Calibration, ScoringOptions, build_calibration, default_layer_method
 from prunerec.compress.targets import Targets, base_shape, resolve_targets, target_summary
+from prunerec.compress.teacher_cache import TeacherCache
 from prunerec.data.catalog import load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.io import atomic_dir, write_json
 from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
 from prunerec.rec.encode import build_examples
-from prunerec.rec.sft import subsample
+from prunerec.rec.sft import model_fingerprint, subsample
 from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 from prunerec.rec.trainer import TrainConfig
 
@@ -75,6 +77,7 @@ class CompressOptions:
     lam: float = 0.2
     tau: float = 1.0
     hidden_distill: float = 0.0
+    teacher_cache: str | None = None  # folder; the teacher's hidden states are kept there per teacher
     epochs: int = 3
     batch_size: int = 32
     lr: float = 3e-4
@@ -104,6 +107,9 @@ class CompressOptions:
         if self.one_shot and not self.distill:
             raise PrunerecError("--one-shot distils once after all stages; it cannot be combined with --no-distill")
         self.distill_settings()
+        if self.teacher_cache and self.hidden_distill:
+            raise PrunerecError("--teacher-cache keeps the teacher's last hidden states only; --hidden-distill needs "
+                                "every layer's: use one or the other")
         self.scoring()
         if self.stage_steps is not None:
             if len(self.stage_steps) != len(STAGES) or min(self.stage_steps) < 1:
@@ -138,6 +144,17 @@ class CompressOptions:
     @property
     def mode(self) -> str:
         return "one-shot" if self.one_shot else ("prune only" if not self.distill else "staged")
+
+
+def _teacher_cache(opts: CompressOptions, model_ref, teacher) -> TeacherCache | None:
+    """The cache folder of this teacher inside --teacher-cache (named by the teacher's content)."""
+    if not opts.teacher_cache:
+        return None
+    if distributed.world_size() > 1:
+        _say("note: --teacher-cache is not used under torchrun")
+        return None
+    name = hashlib.sha256(model_fingerprint(str(model_ref)).encode()).hexdigest()[:16]
+    return TeacherCache(Path(opts.teacher_cache).expanduser() / name, teacher.config.hidden_size)
 
 
 def _say(message: str) -> None:
@@ -283,6 +300,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     for p in teacher.parameters():
         p.requires_grad_(False)
     dsettings = opts.distill_settings()
+    cache = _teacher_cache(opts, model_ref, teacher) if opts.distill else None
 
     records, prev = [], str(model_ref)
     bar = tqdm(total=len(STAGES), desc="compress", unit="stage", dynamic_ncols=True, disable=not main)
@@ -317,7 +335,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
                                  teacher.config.num_hidden_layers)
             summary = distill(rec.model, teacher, inputs.train, inputs.valid, opts.train_config(name), sdir / "train",
                               base.tokenizer.pad_token_id, dsettings, resume=True, desc=f"{name} distill",
-                              lineage=lineage)
+                              lineage=lineage, cache=cache)
         if main:
             _say(f"{name}: evaluating on validation")
             evaluation = _evaluate(rec, data_dir, opts)

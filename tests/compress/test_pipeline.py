@@ -224,6 +224,24 @@ def test_hidden_distill_runs_through_every_stage(tiny_base, tmp_path):
     assert result.exit_code != 0 and "--hidden-distill must be >= 0" in result.output, result.output
 
 
+def test_teacher_cache_changes_nothing_but_the_work(full_run, tiny_base, tmp_path):
+    data, base = tiny_base
+    cache = tmp_path / "teacher"
+    compress(base, data, tmp_path / "a", "--teacher-cache", cache)
+    for name in STAGES:  # the same weights as without the cache, bit for bit
+        assert_same_weights(full_run / name, tmp_path / "a" / name)
+    first = json.loads((tmp_path / "a" / "report.json").read_text())["stages"]
+    # stage I's distillation fills the cache; the later ones walk the same examples in the same order
+    assert first[0]["distill"]["teacher_cache"]["misses"] > 0
+    assert all(s["distill"]["teacher_cache"]["misses"] == 0 for s in first[1:])
+    compress(base, data, tmp_path / "b", "--teacher-cache", cache, "--method", "random")
+    second = json.loads((tmp_path / "b" / "report.json").read_text())["stages"]
+    assert all(s["distill"]["teacher_cache"]["misses"] == 0 for s in second)  # another compression, same base
+    result = cli("compress", "--model", base, "--data", data, "--out", tmp_path / "c", *FAST,
+                 "--teacher-cache", cache, "--hidden-distill", "1")
+    assert result.exit_code != 0 and "use one or the other" in result.output, result.output
+
+
 @pytest.mark.parametrize("value, extra, message", [
     ("1,2", (), "three step counts"),
     ("a,b,c", (), "three step counts"),
