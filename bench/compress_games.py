@@ -15,16 +15,19 @@ metric, with a 95% paired bootstrap interval (the same resampled users for both)
 Variants: prunerec, random, magnitude (+ShortGPT layers), wanda-sp (+ShortGPT layers),
 prunerec-shortgpt (PruneRec widths, ShortGPT layers), no-distill, one-shot.
 
-`--curve 100,300,1000` runs PruneRec once per distillation budget (steps per stage) instead,
-each evaluated on the base's test users: the curve of quality kept against distillation steps
-(bench/out/compress_games<tag>_curve.json and .png).
+`--curve 100,300,1000` runs PruneRec once per distillation budget (steps per stage; with
+`--curve-shape 1,1,4` a budget N is N, N, 4N steps after stages I, II, III) instead, each
+evaluated on the base's test users: the curve of quality kept against distillation steps
+(bench/out/compress_games<tag>_curve.json and .png). A point with the prunerec variant's
+settings reuses that run.
 
 Writes bench/out/compress_games<tag>/<variant>/ (the compress run and eval.json) and
 bench/out/compress_games<tag>_<variant>.json; `--summarize` gathers them into
 bench/out/compress_games<tag>.json and prints the table for docs/results.md.
 Usage: python bench/compress_games.py --variants prunerec,random [--max-steps 300]
        python bench/compress_games.py --summarize
-       python bench/compress_games.py --base bench/out/base_games_full_deep --tag _deep --curve 100,300,1000,3000
+       python bench/compress_games.py --base bench/out/base_games_full_deep --tag _deep --curve 150,300,600,1200 \
+           --curve-shape 1,1,4
 """
 from __future__ import annotations
 
@@ -131,14 +134,25 @@ def quality_rows(report: dict, base_eval: dict, paths: Paths) -> dict:
             "kept": kept, "kept_ci95": {k: v for k, v in paired_ratio_ci(rows, base_rows).items() if k in METRICS}}
 
 
+def _earlier_evaluation(folder: Path, base_eval: dict) -> dict | None:
+    """folder/eval.json when it was made from the final model as it is now, on the base's users."""
+    path, final = folder / "eval.json", folder / "run" / "final" / "model.safetensors"
+    if not path.is_file() or path.stat().st_mtime < final.stat().st_mtime:
+        return None
+    evaluation = json.loads(path.read_text())
+    return evaluation if evaluation.get("users") == base_eval["users"] else None
+
+
 def compress_and_test(folder: Path, options: CompressOptions, base_eval: dict, paths: Paths) -> tuple[dict, dict]:
     """One compress run into folder/run (resumed where it exists), evaluated on the base's users."""
     started = time.time()
     report = run_compress(paths.base / "model", paths.data, folder / "run", options, resume=(folder / "run").exists())
     compress_seconds = time.time() - started
-    evaluation, table = run_evaluate(folder / "run" / "final", paths.data, split="test", grounding="trie", beams=20,
-                                     batch_size=16, limit=base_eval["users"], out=folder / "eval.json")
-    print(table, flush=True)
+    evaluation = _earlier_evaluation(folder, base_eval)
+    if evaluation is None:
+        evaluation, table = run_evaluate(folder / "run" / "final", paths.data, split="test", grounding="trie",
+                                         beams=20, batch_size=16, limit=base_eval["users"], out=folder / "eval.json")
+        print(table, flush=True)
     return {"options": dataclasses.asdict(options),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             "compress_seconds": round(compress_seconds, 1),
@@ -155,14 +169,43 @@ def run_variant(variant: str, args, base_eval: dict, paths: Paths) -> dict:
     return summary
 
 
+def curve_budget(steps: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(steps * share for share in shape)
+
+
+def curve_options(steps: int, args) -> CompressOptions:
+    stage_steps = curve_budget(steps, args.curve_shape)
+    if len(set(stage_steps)) == 1:  # even budgets run as --max-steps, as the earlier curves did
+        return options_for("prunerec", args, steps)
+    return options_for("prunerec", argparse.Namespace(**{**vars(args), "stage_steps": stage_steps}))
+
+
+def _run_options(folder: Path) -> dict | None:
+    saved = folder / "run" / ".state" / "run.json"
+    return json.loads(saved.read_text())["options"] if saved.is_file() else None
+
+
+def _same_settings(saved: dict | None, options: CompressOptions) -> bool:
+    wanted = json.loads(json.dumps(dataclasses.asdict(options)))
+    return saved is not None and all(saved.get(k) == v for k, v in wanted.items() if k != "teacher_cache")
+
+
 def run_curve(budgets: list[int], args, base_eval: dict, paths: Paths) -> dict:
-    """PruneRec at each distillation budget (steps per stage), on the base's test users."""
+    """PruneRec at each distillation budget (steps after each stage: a budget times --curve-shape),
+    on the base's test users. The prunerec variant's run is reused where its settings match."""
     points = []
     for steps in budgets:
-        result, _ = compress_and_test(paths.out / "curve" / f"steps_{steps}", options_for("prunerec", args, steps),
-                                      base_eval, paths)
-        points.append({"steps_per_stage": steps, "rows_per_stage": steps * 32, **result})
-        curve = {"base": str(paths.base), "users": base_eval["users"], "points": points}
+        stage_steps = curve_budget(steps, args.curve_shape)
+        options = curve_options(steps, args)
+        name = f"steps_{steps}" if len(set(stage_steps)) == 1 else "steps_" + "-".join(map(str, stage_steps))
+        folder = paths.out / "curve" / name
+        if not folder.exists() and _same_settings(_run_options(paths.out / "prunerec"), options):
+            folder = paths.out / "prunerec"
+        result, _ = compress_and_test(folder, options, base_eval, paths)
+        points.append({"steps_per_stage": steps, "stage_steps": list(stage_steps), "total_steps": sum(stage_steps),
+                       "rows_per_stage": steps * 32, "folder": str(folder), **result})
+        curve = {"base": str(paths.base), "users": base_eval["users"], "shape": list(args.curve_shape),
+                 "points": points}
         write_json(paths.summary("curve"), curve)  # after every point: a long run keeps what it has
     plot_curve(points, paths.summary("curve").with_suffix(".png"))
     return curve
@@ -171,7 +214,7 @@ def run_curve(budgets: list[int], args, base_eval: dict, paths: Paths) -> dict:
 def plot_curve(points: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    steps = [p["steps_per_stage"] for p in points]
+    steps = [p.get("total_steps", 3 * p["steps_per_stage"]) for p in points]
     for metric, marker in (("NDCG@10", "o"), ("HR@10", "s")):
         kept = [p["test"]["kept"][metric] or 0.0 for p in points]
         lows = [k - p["test"]["kept_ci95"][metric][0] for k, p in zip(kept, points)]
@@ -181,7 +224,7 @@ def plot_curve(points: list[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks(steps, [f"{s:,}" for s in steps])
     ax.minorticks_off()
-    ax.set_xlabel("distillation steps per stage (batch 32)")
+    ax.set_xlabel("distillation steps, three stages together (batch 32)")
     ax.set_ylabel("share of the base's quality (95% paired CI)")
     ax.set_title("PruneRec: quality kept against distillation budget")
     ax.grid(alpha=0.3)
@@ -255,7 +298,12 @@ def main():
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--tag", default="", help="suffix of the output names (e.g. _deep)")
     parser.add_argument("--curve", default=None, metavar="STEPS,...",
-                        help="distillation budgets (steps per stage) for PruneRec's kept-quality curve")
+                        help="distillation budgets for PruneRec's kept-quality curve: steps per stage, times "
+                             "--curve-shape")
+    parser.add_argument("--curve-shape", default=(1, 1, 1), metavar="I,II,III",
+                        type=lambda text: tuple(int(x) for x in text.split(",")),
+                        help="how a curve budget N is spread: N*I, N*II, N*III steps after stage I, II, III "
+                             "(1,1,4 follows the README's 600,600,2400)")
     parser.add_argument("--no-teacher-cache", dest="teacher_cache", action="store_const", const=None,
                         default=TEACHER_CACHE, help=f"run the teacher every step (default: cache in {TEACHER_CACHE})")
     parser.add_argument("--summarize", action="store_true")
@@ -272,6 +320,8 @@ def main():
             raise SystemExit(f"--curve {args.curve}: expected steps per stage, e.g. 100,300,1000") from None
         if not budgets or budgets[0] <= 0:
             raise SystemExit(f"--curve {args.curve}: budgets must be > 0")
+        if len(args.curve_shape) != 3 or min(args.curve_shape) <= 0:
+            raise SystemExit("--curve-shape takes three positive integers, e.g. 1,1,4")
         print(json.dumps(run_curve(budgets, args, base_eval, paths)["points"][-1]["test"]["kept"]))
         return
     for variant in args.variants.split(","):
