@@ -1,0 +1,102 @@
+"""Benchmark: a distillation step with the teacher run every step against the teacher cache.
+
+For a base (--base: a model folder) and its default compression target, students of the shape
+after each stage (the first heads / dims / channels / layers kept: the step time depends on the
+shape, not on which were kept) take --steps training steps (forward, backward, AdamW) on the
+same batches of 32 training examples: once with the teacher run every step, once with its
+hidden states from a warm cache. Filling the cache (the teacher's forward alone) is timed too.
+Side by side in one process, so the two modes see the same machine.
+
+Writes --out (JSON) and prints a table.
+Usage: python bench/teacher_cache_speed.py --base bench/out/base_games_full_deep/model \
+           --data ../shared/data/amazon-games --steps 20 --out bench/out/teacher_cache_speed_deep.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from prunerec.compress.distill import DistillSettings, make_loss_fn
+from prunerec.compress.pipeline import CompressOptions, _check_inputs
+from prunerec.compress.teacher_cache import TeacherCache, teacher_logits
+from prunerec.io import write_json
+from prunerec.model import surgery
+from prunerec.rec.batching import collate, length_batches
+
+
+def shaped_students(teacher, targets) -> dict:
+    """Copies of the teacher at the shape after stage I, II and III (first units kept)."""
+    cfg = teacher.config
+    n_layers, n_kv = cfg.num_hidden_layers, cfg.num_key_value_heads
+    per_kv = targets.heads // targets.kv_heads
+    student = copy.deepcopy(teacher)
+    groups = list(range(targets.kv_heads))
+    q = [g * (cfg.num_attention_heads // n_kv) + i for g in groups for i in range(per_kv)]
+    surgery.keep_attention_heads(student, [groups] * n_layers, [q] * n_layers)
+    surgery.keep_hidden(student, torch.arange(targets.hidden))
+    shapes = {"stage1": copy.deepcopy(student)}
+    surgery.keep_mlp_channels(student, [torch.arange(targets.mlp)] * n_layers)
+    shapes["stage2"] = copy.deepcopy(student)
+    surgery.remove_layers(student, list(range(targets.layers, n_layers)))
+    shapes["stage3"] = student
+    return shapes
+
+
+def time_steps(student, loss_fn, batches) -> float:
+    student.train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    started = time.perf_counter()
+    for batch in batches:
+        loss_fn(student, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - started) / len(batches)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="model folder (a trained base)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    inputs = _check_inputs(args.base, args.data, CompressOptions(train_limit=32 * args.steps * 4, valid_limit=8,
+                                                                  calib_samples=8))
+    teacher, pad = inputs.base.model.eval(), inputs.base.tokenizer.pad_token_id
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    order = length_batches([len(e.input_ids) for e in inputs.train], 32, seed=0)[:args.steps]
+    batches = [collate([inputs.train[i] for i in ids], pad) for ids in order]
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        cache = TeacherCache(folder, teacher.config.hidden_size)
+        started = time.perf_counter()
+        for batch in batches:
+            teacher_logits(teacher, batch, cache)
+        fill = (time.perf_counter() - started) / len(batches)
+        for stage, student in shaped_students(teacher, inputs.targets).items():
+            live = time_steps(copy.deepcopy(student), make_loss_fn(teacher, DistillSettings()), batches)
+            cached = time_steps(copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache),
+                                batches)
+            rows[stage] = {"teacher_every_step_s": round(live, 3), "cached_s": round(cached, 3),
+                           "speed_up": round(live / cached, 2)}
+    result = {"base": args.base, "steps": args.steps, "batch_size": 32, "threads": torch.get_num_threads(),
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+              "targets": inputs.targets.to_json(), "cache_fill_s_per_batch": round(fill, 3), "stages": rows}
+    write_json(args.out, result)
+    print(f"teacher forward (cache fill): {fill:.3f} s a batch")
+    print("| student shape | teacher every step | cached | speed-up |\n|---|---|---|---|")
+    for stage, r in rows.items():
+        print(f"| after {stage} | {r['teacher_every_step_s']:.3f} s | {r['cached_s']:.3f} s | {r['speed_up']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
