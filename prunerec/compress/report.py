@@ -28,6 +28,15 @@ def _shape(s: dict) -> str:
     return f"{s['layers']} x ({s['heads']}q/{s['kv_heads']}kv x {s['head_dim']}, hidden {s['hidden']}, MLP {s['mlp']})"
 
 
+def _cache_line(stages: list[dict]) -> list[str]:
+    caches = [(s["stage"], (s.get("distill") or {}).get("teacher_cache")) for s in stages]
+    caches = [(name, c) for name, c in caches if c]
+    if not caches:
+        return []
+    shares = ", ".join(f"{name} {c['hits'] / max(c['hits'] + c['misses'], 1):.0%}" for name, c in caches)
+    return [f"- teacher cache: `{caches[0][1]['folder']}`; examples read from it instead of the teacher: {shares}"]
+
+
 def format_report(report: dict) -> str:
     base, stages, final = report["base"], report["stages"], report["final"]
     opts = report["options"]
@@ -45,6 +54,7 @@ def format_report(report: dict) -> str:
            else "")
         + (f", {opts['time_budget']} min budget" if opts["time_budget"] else ""),
         f"- calibration: {stages[0]['pruning']['calibration_samples']} training prompts",
+        *_cache_line(stages),
         f"- final model: `{final['path']}`",
         "",
         "## Result", "",

@@ -234,6 +234,7 @@ def test_teacher_cache_changes_nothing_but_the_work(full_run, tiny_base, tmp_pat
     # stage I's distillation fills the cache; the later ones walk the same examples in the same order
     assert first[0]["distill"]["teacher_cache"]["misses"] > 0
     assert all(s["distill"]["teacher_cache"]["misses"] == 0 for s in first[1:])
+    assert "stage2 100%, stage3 100%" in (tmp_path / "a" / "report.md").read_text()
     compress(base, data, tmp_path / "b", "--teacher-cache", cache, "--method", "random")
     second = json.loads((tmp_path / "b" / "report.json").read_text())["stages"]
     assert all(s["distill"]["teacher_cache"]["misses"] == 0 for s in second)  # another compression, same base
