@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from prunerec.compress.distill import DistillSettings, make_loss_fn
-from prunerec.compress.pipeline import CompressOptions, _check_inputs
+from prunerec.compress.pipeline import CompressOptions, load_inputs
 from prunerec.compress.teacher_cache import TeacherCache, teacher_logits
 from prunerec.io import write_json
 from prunerec.model import surgery
@@ -68,7 +68,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    inputs = _check_inputs(args.base, args.data, CompressOptions(train_limit=32 * args.steps * 4, valid_limit=8,
+    inputs = load_inputs(args.base, args.data, CompressOptions(train_limit=32 * args.steps * 4, valid_limit=8,
                                                                   calib_samples=8))
     teacher, pad = inputs.base.model.eval(), inputs.base.tokenizer.pad_token_id
     for p in teacher.parameters():

@@ -48,7 +48,7 @@ from prunerec.rec.sft import model_fingerprint, subsample
 from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 from prunerec.rec.trainer import TrainConfig
 
-__all__ = ["CompressOptions", "run_compress", "plan_only", "STAGE_FILE", "REPORT_KS"]
+__all__ = ["CompressOptions", "CompressInputs", "load_inputs", "run_compress", "plan_only", "STAGE_FILE", "REPORT_KS"]
 
 STAGE_FILE = "compress.json"
 PRUNE_FILE = "pruning.json"
@@ -196,7 +196,7 @@ def _save_rec(rec: RecModel, folder: Path, extra_files: dict[str, dict]) -> None
 
 
 @dataclass
-class _Inputs:
+class CompressInputs:
     base: RecModel
     targets: Targets
     data_dir: Path
@@ -205,7 +205,7 @@ class _Inputs:
     calib: Calibration
 
 
-def _check_inputs(model_ref, data_dir, opts: CompressOptions, build: bool = True) -> _Inputs:
+def load_inputs(model_ref, data_dir, opts: CompressOptions, build: bool = True) -> CompressInputs:
     """Everything that can be wrong with the input, found before any work starts."""
     opts.check()
     check_checkpoint(str(model_ref))
@@ -222,7 +222,7 @@ def _check_inputs(model_ref, data_dir, opts: CompressOptions, build: bool = True
     targets = resolve_targets(cfg, heads=opts.heads, kv_heads=opts.kv_heads, hidden=opts.hidden, mlp=opts.mlp,
                               layers=opts.layers, config_file=opts.target_file)
     if not build:
-        return _Inputs(base, targets, Path(data_dir), [], [], Calibration([], [], 0))
+        return CompressInputs(base, targets, Path(data_dir), [], [], Calibration([], [], 0))
     tok, settings = base.tokenizer, base.settings
     train_rows = subsample(data["train"], opts.train_limit, opts.seed)
     valid_rows = subsample(data["valid"], opts.valid_limit, opts.seed)
@@ -231,13 +231,13 @@ def _check_inputs(model_ref, data_dir, opts: CompressOptions, build: bool = True
     valid = build_examples(tok, valid_rows, data.catalog, settings)
     calib = build_calibration(build_examples(tok, calib_rows, data.catalog, settings), tok.pad_token_id,
                               opts.calib_batch_size)
-    return _Inputs(base, targets, Path(data_dir), train, valid, calib)
+    return CompressInputs(base, targets, Path(data_dir), train, valid, calib)
 
 
 def plan_only(model_ref, data_dir, options: CompressOptions) -> dict:
     """The checks of a run and its target shape with parameter counts, without any work."""
     with quiet_loading():
-        inputs = _check_inputs(model_ref, data_dir, options, build=False)
+        inputs = load_inputs(model_ref, data_dir, options, build=False)
     scoring = options.scoring()
     return {"method": scoring.method, "layer_method": scoring.layer_method, "mode": options.mode,
             "targets": inputs.targets.to_json(), **target_summary(inputs.base.model.config, inputs.targets)}
@@ -264,7 +264,7 @@ def run_compress(model_ref, data_dir, out, options: CompressOptions = CompressOp
 def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool, stop_after: str | None,
          overwrite: bool) -> dict:
     started = time.perf_counter()
-    inputs = _check_inputs(model_ref, data_dir, options)
+    inputs = load_inputs(model_ref, data_dir, options)
     base, targets, opts = inputs.base, inputs.targets, options
     scoring = opts.scoring()
     distributed.init()
