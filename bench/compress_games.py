@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from prunerec.compress.outdir import changed_options
 from prunerec.compress.pipeline import CompressOptions, run_compress
 from prunerec.data.catalog import load_dataset
 from prunerec.io import write_json
@@ -186,8 +187,8 @@ def _run_options(folder: Path) -> dict | None:
 
 
 def _same_settings(saved: dict | None, options: CompressOptions) -> bool:
-    wanted = json.loads(json.dumps(dataclasses.asdict(options)))
-    return saved is not None and all(saved.get(k) == v for k, v in wanted.items() if k != "teacher_cache")
+    """Whether `compress --resume` would take a run saved with these options (see outdir)."""
+    return saved is not None and not changed_options(saved, options)
 
 
 def run_curve(budgets: list[int], args, base_eval: dict, paths: Paths) -> dict:

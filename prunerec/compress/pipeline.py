@@ -44,7 +44,7 @@ from prunerec.io import atomic_dir, write_json
 from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
 from prunerec.rec.encode import build_examples
-from prunerec.rec.sft import model_fingerprint, subsample
+from prunerec.rec.sft import subsample
 from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 from prunerec.rec.trainer import TrainConfig
 
@@ -146,14 +146,15 @@ class CompressOptions:
         return "one-shot" if self.one_shot else ("prune only" if not self.distill else "staged")
 
 
-def _teacher_cache(opts: CompressOptions, model_ref, teacher) -> TeacherCache | None:
-    """The cache folder of this teacher inside --teacher-cache (named by the teacher's content)."""
+def _teacher_cache(opts: CompressOptions, run: dict | None, teacher) -> TeacherCache | None:
+    """The cache folder of this teacher inside --teacher-cache (named by the teacher's content,
+    as `run_info` fingerprinted it)."""
     if not opts.teacher_cache:
         return None
     if distributed.world_size() > 1:
         _say("note: --teacher-cache is not used under torchrun")
         return None
-    name = hashlib.sha256(model_fingerprint(str(model_ref)).encode()).hexdigest()[:16]
+    name = hashlib.sha256(run["model_content"].encode()).hexdigest()[:16]
     return TeacherCache(Path(opts.teacher_cache).expanduser() / name, teacher.config.hidden_size)
 
 
@@ -269,8 +270,9 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     scoring = opts.scoring()
     distributed.init()
     main = distributed.is_main()  # under torchrun: rank 0 scores, prunes, evaluates and writes
+    info = run_info(model_ref, data_dir, opts, targets) if main else None
     if main:
-        prepare_out(out, model_ref, data_dir, run_info(model_ref, data_dir, opts, targets), resume, overwrite)
+        prepare_out(out, model_ref, data_dir, info, opts, resume, overwrite)
     distributed.barrier()
     state = out / STATE
     plan = target_summary(base.model.config, targets)
@@ -300,7 +302,7 @@ def _run(model_ref, data_dir, out: Path, options: CompressOptions, resume: bool,
     for p in teacher.parameters():
         p.requires_grad_(False)
     dsettings = opts.distill_settings()
-    cache = _teacher_cache(opts, model_ref, teacher) if opts.distill else None
+    cache = _teacher_cache(opts, info, teacher) if opts.distill else None
 
     records, prev = [], str(model_ref)
     bar = tqdm(total=len(STAGES), desc="compress", unit="stage", dynamic_ncols=True, disable=not main)

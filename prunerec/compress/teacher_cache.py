@@ -106,18 +106,13 @@ class TeacherCache:
 
 def _hidden_at_predictions(teacher, batch: dict, rows: list[int]) -> list[torch.Tensor]:
     """The teacher's last hidden states where each of `rows` predicts a response token."""
-    everything = len(rows) == len(batch["input_ids"])
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    if not everything:  # only the rows not cached yet, trimmed to their longest
+    if len(rows) < len(ids):  # only the rows not cached yet, trimmed to their longest
         pick = torch.tensor(rows, device=ids.device)
         width = int(mask[pick].sum(dim=1).max())
         ids, mask = ids[pick, :width], mask[pick, :width]
     hidden = teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    out = []
-    for local, row in enumerate(rows):
-        cols = batch["predict_cols"][batch["predict_rows"] == row]
-        out.append(hidden[local if not everything else row, cols])
-    return out
+    return [hidden[local, batch["predict_cols"][batch["predict_rows"] == row]] for local, row in enumerate(rows)]
 
 
 @torch.no_grad()

@@ -193,7 +193,6 @@ def test_run_from_before_a_new_option_resumes(full_run, tiny_base, tmp_path):
     info = json.loads(saved.read_text())
     for added in ("stage_steps", "hidden_distill"):  # defaults None and 0.0
         del info["options"][added]
-    del info["option_defaults"]
     saved.write_text(json.dumps(info))
     compress(base, data, out, "--resume")
     saved.write_text(json.dumps(info))
