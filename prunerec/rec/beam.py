@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from prunerec.rec.batching import pad_rows, positions_of
-from prunerec.rec.trie import TitleTrie
+from prunerec.rec.trie import InsertionOrderArrays, TitleTrie
 
 
 class Stepper(Protocol):
@@ -32,52 +33,73 @@ class Stepper(Protocol):
 class _Beam:
     tokens: tuple[int, ...]
     score: float
-    node: dict
+    node: int  # node id in TitleTrie.in_order
 
 
 @dataclass
 class _UserSearch:
     running: list[_Beam]
+    rows: list[int] = field(default_factory=list)  # the row of each running beam in the last step's output
     finished: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
     done: bool = False
 
 
-def _candidates(user: _UserSearch, rows: list[int], logprobs: torch.Tensor, width: int):
-    """The user's best `width` (score, beam index, token) over every running beam's allowed
-    children, best first; ties keep beam order, then the trie's child order (a stable sort).
-    One gather over all beams: `logprobs[rows, tokens]` with index tensors."""
-    beam_ids, beam_rows, counts, tokens = [], [], [], []
-    for beam_index, (beam, row) in enumerate(zip(user.running, rows)):
-        if beam.node:
-            beam_ids.append(beam_index)
-            beam_rows.append(row)
-            counts.append(len(beam.node))
-            tokens.extend(beam.node)
-    if not tokens:
-        return []
-    counts_t, token_t = torch.tensor(counts), torch.tensor(tokens)
-    row_t = torch.repeat_interleave(torch.tensor(beam_rows), counts_t)
-    base = torch.repeat_interleave(torch.tensor([user.running[i].score for i in beam_ids], dtype=torch.float64),
-                                   counts_t)
-    scores = logprobs[row_t, token_t].double() + base
-    top = torch.sort(-scores, stable=True).indices[:width]
-    owners = torch.repeat_interleave(torch.tensor(beam_ids), counts_t)
-    return list(zip(scores[top].tolist(), owners[top].tolist(), token_t[top].tolist()))
+@dataclass
+class _Candidate:
+    score: float
+    beam: int   # index into the user's running beams
+    token: int
+    node: int   # node after the token
 
 
-def _advance_user(user: _UserSearch, rows: list[int], logprobs: torch.Tensor, num_beams: int, eos: int):
+def _candidates(users: Sequence[_UserSearch], logprobs, trie: InsertionOrderArrays,
+                width: int) -> list[list[_Candidate]]:
+    """Per user, its best `width` candidates over every running beam's allowed children, best
+    first; ties keep beam order, then the trie's child order. One gather and one sort for all
+    users of the step."""
+    owner_user, owner_beam, nodes, rows, base = [], [], [], [], []
+    for user_index, user in enumerate(users):
+        for beam_index, (beam, row) in enumerate(zip(user.running, user.rows)):
+            owner_user.append(user_index)
+            owner_beam.append(beam_index)
+            nodes.append(beam.node)
+            rows.append(row)
+            base.append(beam.score)
+    picked: list[list[_Candidate]] = [[] for _ in users]
+    if not nodes:
+        return picked
+    starts = trie.child_start[nodes]
+    counts = trie.child_start[np.asarray(nodes) + 1] - starts
+    owner = np.repeat(np.arange(len(nodes)), counts)
+    edges = np.repeat(starts, counts) + np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    tokens = trie.child_token[edges]
+    row_ids = np.asarray(rows, dtype=np.int64)[owner]
+    scores = logprobs[torch.from_numpy(row_ids), torch.from_numpy(tokens)].double().numpy() + np.asarray(base)[owner]
+    user_of = np.asarray(owner_user, dtype=np.int64)[owner]
+    order = np.lexsort((-scores, user_of))  # stable: equal scores keep beam, then child order
+    sorted_users = user_of[order]
+    first_of_user = np.searchsorted(sorted_users, sorted_users)
+    order = order[np.arange(len(order)) - first_of_user < width]
+    columns = (scores[order].tolist(), np.asarray(owner_beam)[owner[order]].tolist(), tokens[order].tolist(),
+               trie.child_node[edges[order]].tolist(), user_of[order].tolist())
+    for score, beam, token, node, user_index in zip(*columns):
+        picked[user_index].append(_Candidate(score, beam, token, node))
+    return picked
+
+
+def _advance_user(user: _UserSearch, candidates: list[_Candidate], num_beams: int, eos: int):
     """One step for one user; returns [(parent_row, token)] of its new running beams."""
     running, parents = [], []
-    for rank, (score, beam_index, token) in enumerate(_candidates(user, rows, logprobs, 2 * num_beams)):
-        beam = user.running[beam_index]
-        if token == eos:
+    for rank, candidate in enumerate(candidates):
+        beam = user.running[candidate.beam]
+        if candidate.token == eos:
             if rank < num_beams:
-                user.finished.append((score, beam.tokens + (token,)))
+                user.finished.append((candidate.score, beam.tokens + (eos,)))
                 user.finished.sort(key=lambda f: -f[0])
                 del user.finished[num_beams:]
             continue
-        running.append(_Beam(beam.tokens + (token,), score, beam.node[token]))
-        parents.append((rows[beam_index], token))
+        running.append(_Beam(beam.tokens + (candidate.token,), candidate.score, candidate.node))
+        parents.append((user.rows[candidate.beam], candidate.token))
         if len(running) == num_beams:
             break
     user.running = running
@@ -92,20 +114,17 @@ def _advance_user(user: _UserSearch, rows: list[int], logprobs: torch.Tensor, nu
 def constrained_beam_search(stepper: Stepper, prompts: Sequence[Sequence[int]], trie: TitleTrie,
                             num_beams: int) -> list[list[tuple[int, float]]]:
     """Ranked (title index, summed log-probability) lists, one per prompt, best first."""
-    users = [_UserSearch([_Beam((), 0.0, trie.root)]) for _ in prompts]
-    rows_of = [[i] for i in range(len(prompts))]
+    arrays = trie.in_order
+    users = [_UserSearch([_Beam((), 0.0, 0)], [i]) for i in range(len(prompts))]
     logprobs = stepper.start(prompts)
     for _ in range(trie.max_len):
-        parents, tokens, next_rows = [], [], []
-        for user, rows in zip(users, rows_of):
-            if user.done:
-                next_rows.append([])
-                continue
-            chosen = _advance_user(user, rows, logprobs, num_beams, trie.eos_id)
-            next_rows.append(list(range(len(parents), len(parents) + len(chosen))))
+        active = [user for user in users if not user.done]
+        parents, tokens = [], []
+        for user, candidates in zip(active, _candidates(active, logprobs, arrays, 2 * num_beams)):
+            chosen = _advance_user(user, candidates, num_beams, trie.eos_id)
+            user.rows = list(range(len(parents), len(parents) + len(chosen)))
             parents.extend(p for p, _ in chosen)
             tokens.extend(t for _, t in chosen)
-        rows_of = next_rows
         if not parents:
             break
         logprobs = stepper.advance(parents, tokens)

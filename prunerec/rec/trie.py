@@ -2,6 +2,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InsertionOrderArrays:
+    """The trie as arrays, children in the order titles first reached them (the dict order the
+    search breaks ties by): child_start[n]:child_start[n + 1] indexes node n's children in
+    child_token and child_node; node 0 is the root."""
+
+    child_start: np.ndarray  # int64 [nodes + 1]
+    child_token: np.ndarray  # int64 [edges]
+    child_node: np.ndarray   # int64 [edges]
 
 
 class TitleTrie:
@@ -37,6 +52,18 @@ class TitleTrie:
         """Token ids that continue `prefix` toward some title; [] if none (or complete)."""
         node = self.node(prefix)
         return list(node) if node else []
+
+    @cached_property
+    def in_order(self) -> InsertionOrderArrays:
+        starts, tokens, nodes = [0], [], []
+        queue = [self.root]
+        for current in queue:  # breadth first; the list grows while it is walked
+            for token, child in current.items():
+                tokens.append(token)
+                nodes.append(len(queue))
+                queue.append(child)
+            starts.append(len(tokens))
+        return InsertionOrderArrays(*(np.asarray(v, dtype=np.int64) for v in (starts, tokens, nodes)))
 
     def index_of(self, sequence: Sequence[int]) -> int | None:
         """The title index of a complete path, or None."""

@@ -49,16 +49,43 @@ def test_only_real_titles_and_prefix_titles_reachable():
         assert scores == sorted(scores, reverse=True)
 
 
+def _hand_arrays():
+    """Nodes 0 (children 4, 2 in that order), 1 (a finished title: none) and 2 (children 7, 1, 3)."""
+    import numpy as np
+
+    from prunerec.rec.trie import InsertionOrderArrays
+
+    return InsertionOrderArrays(np.array([0, 2, 2, 5, 5, 5, 5, 5, 5]), np.array([4, 2, 7, 1, 3]),
+                                np.array([3, 4, 5, 6, 7]))
+
+
+def _picked(candidates):
+    return [(c.score, c.beam, c.token) for c in candidates]
+
+
 def test_candidates_best_first_ties_in_beam_then_trie_order():
     from prunerec.rec.beam import _Beam, _candidates, _UserSearch
 
     logprobs = torch.full((3, 10), float("-inf"))
     logprobs[0, [4, 2]] = torch.tensor([-1.0, -0.5])
     logprobs[2, [7, 1, 3]] = torch.tensor([-1.5, -0.5, -3.0])
-    user = _UserSearch([_Beam((4,), -1.0, {4: {}, 2: {}}), _Beam((9,), -9.0, {}),
-                        _Beam((5,), -1.0, {7: {}, 1: {}, 3: {}})])
+    user = _UserSearch([_Beam((4,), -1.0, 0), _Beam((9,), -9.0, 1), _Beam((5,), -1.0, 2)], [0, 1, 2])
     # rows 0, 1, 2 hold beams 0, 1, 2; beam 1 is a finished title (no children)
-    got = _candidates(user, [0, 1, 2], logprobs, width=4)
-    assert got == [(-1.5, 0, 2), (-1.5, 2, 1), (-2.0, 0, 4), (-2.5, 2, 7)]
-    assert _candidates(user, [0, 1, 2], logprobs, width=10)[-1] == (-4.0, 2, 3)
-    assert _candidates(_UserSearch([_Beam((), 0.0, {})]), [0], logprobs, width=4) == []
+    [got] = _candidates([user], logprobs, _hand_arrays(), width=4)
+    assert _picked(got) == [(-1.5, 0, 2), (-1.5, 2, 1), (-2.0, 0, 4), (-2.5, 2, 7)]
+    assert [c.node for c in got] == [4, 6, 3, 5]
+    assert _picked(_candidates([user], logprobs, _hand_arrays(), width=10)[0])[-1] == (-4.0, 2, 3)
+    assert _candidates([_UserSearch([_Beam((), 0.0, 1)], [0])], logprobs, _hand_arrays(), width=4) == [[]]
+
+
+def test_candidates_of_several_users_are_ranked_per_user():
+    from prunerec.rec.beam import _Beam, _candidates, _UserSearch
+
+    logprobs = torch.full((3, 10), float("-inf"))
+    logprobs[0, [4, 2]] = torch.tensor([-1.0, -0.5])
+    logprobs[1, [7, 1, 3]] = torch.tensor([-1.5, -0.5, -3.0])
+    logprobs[2, [4, 2]] = torch.tensor([-0.25, -0.5])
+    first = _UserSearch([_Beam((4,), -1.0, 0), _Beam((5,), -1.0, 2)], [0, 1])
+    second = _UserSearch([_Beam((1,), -5.0, 0)], [2])
+    got = _candidates([first, second], logprobs, _hand_arrays(), width=2)
+    assert [_picked(c) for c in got] == [[(-1.5, 0, 2), (-1.5, 1, 1)], [(-5.25, 0, 4), (-5.5, 0, 2)]]
