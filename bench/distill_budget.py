@@ -31,6 +31,7 @@ class Setting:
     steps: tuple[int, int, int]  # after stage I, II, III
     lr: float = 1e-3
     lam: float = 0.2
+    tau: float = 1.0
     hidden_distill: float = 0.0
     patience: int = 1
 
@@ -48,6 +49,8 @@ SETTINGS = {
     "last-4800": Setting((600, 600, 4800)),
     "last-4800-patience3": Setting((600, 600, 4800), patience=3),
     "last-4800-lr2e-3": Setting((600, 600, 4800), lr=2e-3),
+    "last-heavy-tau2": Setting(LAST_HEAVY, tau=2.0),
+    "long-patience3": Setting((1200, 1200, 4800), patience=3),
 }
 
 
@@ -56,8 +59,8 @@ def options(name: str) -> CompressOptions:
     steps = setting.steps
     even = len(set(steps)) == 1  # as bench/compress_games.py runs it, so its runs can be reused
     return bench_options(max_steps=steps[0] if even else 0, stage_steps=None if even else steps, lr=setting.lr,
-                         lam=setting.lam, hidden_distill=setting.hidden_distill, patience=setting.patience,
-                         eval_every=min(steps) // 3, eval_users=100)
+                         lam=setting.lam, tau=setting.tau, hidden_distill=setting.hidden_distill,
+                         patience=setting.patience, eval_every=min(steps) // 3, eval_users=100)
 
 
 def stage_minutes(folder: Path) -> float:
@@ -74,20 +77,21 @@ def row(name: str, result: dict, rows: list[dict], reference_rows: list[dict], m
                   "ci95": paired_ratio_ci(rows, reference_rows)["NDCG@10"]}
     setting = SETTINGS[name]
     return {"setting": name, "stage_steps": list(setting.steps), "lr": setting.lr, "lambda": setting.lam,
-            "hidden_distill": setting.hidden_distill, "patience": setting.patience,
+            "tau": setting.tau, "hidden_distill": setting.hidden_distill, "patience": setting.patience,
             "minutes": round(minutes, 1), "machine": result["machine"],
             "kept": test["kept"], "kept_ci95": test["kept_ci95"], "metrics": test["metrics"],
             "ndcg10_versus_first": versus}
 
 
 def table(rows: list[dict]) -> str:
-    header = ["setting", "steps I/II/III", "lr", "lambda", "hidden term", "patience", "minutes", "kept HR@10",
+    header = ["setting", "steps I/II/III", "lr", "lambda", "tau", "hidden term", "patience", "minutes", "kept HR@10",
               "kept NDCG@10", "NDCG@10 / first setting's"]
     lines = [header, ["---"] * len(header)]
     for r in rows:
         versus = r["ndcg10_versus_first"]
         lines.append([r["setting"], "/".join(map(str, r["stage_steps"])), f"{r['lr']:g}", f"{r['lambda']:g}",
-                      f"{r.get('hidden_distill', 0.0):g}", str(r.get("patience", 1)), f"{r['minutes']:.1f}",
+                      f"{r.get('tau', 1.0):g}", f"{r.get('hidden_distill', 0.0):g}", str(r.get("patience", 1)),
+                      f"{r['minutes']:.1f}",
                       _kept_cell(r["kept"]["HR@10"], r["kept_ci95"]["HR@10"]),
                       _kept_cell(r["kept"]["NDCG@10"], r["kept_ci95"]["NDCG@10"]),
                       _kept_cell(versus["ratio"], versus["ci95"]) if versus else "-"])
