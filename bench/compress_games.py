@@ -144,19 +144,26 @@ def _earlier_evaluation(folder: Path, base_eval: dict) -> dict | None:
     return evaluation if evaluation.get("users") == base_eval["users"] else None
 
 
+def _machine(folder: Path, did_work: bool) -> str:
+    """The machine that made folder's run: this one when this invocation did the work, else the one
+    recorded then (a finished run reused under other thread settings keeps its own)."""
+    record = folder / "machine.json"
+    if did_work or not record.is_file():
+        write_json(record, {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads"})
+    return json.loads(record.read_text())["machine"]
+
+
 def compress_and_test(folder: Path, options: CompressOptions, base_eval: dict, paths: Paths) -> tuple[dict, dict]:
     """One compress run into folder/run (resumed where it exists), evaluated on the base's users."""
-    started = time.time()
     report = run_compress(paths.base / "model", paths.data, folder / "run", options, resume=(folder / "run").exists())
-    compress_seconds = time.time() - started
     evaluation = _earlier_evaluation(folder, base_eval)
+    reused = evaluation is not None  # the final model is older than its evaluation: nothing was redone
     if evaluation is None:
         evaluation, table = run_evaluate(folder / "run" / "final", paths.data, split="test", grounding="trie",
                                          beams=20, batch_size=16, limit=base_eval["users"], out=folder / "eval.json")
         print(table, flush=True)
-    return {"options": dataclasses.asdict(options),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "compress_seconds": round(compress_seconds, 1),
+    return {"options": dataclasses.asdict(options), "machine": _machine(folder, did_work=not reused),
+            "stage_seconds": report["wall_seconds_stages"],
             "shape": report["final"]["shape"], "parameters": report["final"]["parameters"],
             "non_embedding_removed_share": report["final"]["non_embedding_removed_share"],
             "validation_kept": report["final"].get("quality_kept"),
