@@ -227,7 +227,8 @@ def plot_curve(points: list[dict], path: Path) -> None:
         kept = [p["test"]["kept"][metric] or 0.0 for p in points]
         lows = [k - p["test"]["kept_ci95"][metric][0] for k, p in zip(kept, points)]
         highs = [p["test"]["kept_ci95"][metric][1] - k for k, p in zip(kept, points)]
-        ax.errorbar(steps, kept, yerr=[lows, highs], marker=marker, capsize=3, label=f"{metric} kept")
+        ax.errorbar(steps, kept, yerr=[lows, highs], marker=marker, capsize=3, label=f"{metric} kept",
+                    alpha=0.9)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xticks(steps, [f"{s:,}" for s in steps])
@@ -236,7 +237,7 @@ def plot_curve(points: list[dict], path: Path) -> None:
     ax.set_ylabel("share of the base's quality (95% paired CI)")
     ax.set_title("PruneRec: quality kept against distillation budget")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)  # never over a point
     save_png(fig, path)
 
 
