@@ -68,8 +68,9 @@ def _candidates(users: Sequence[_UserSearch], logprobs, trie: InsertionOrderArra
     picked: list[list[_Candidate]] = [[] for _ in users]
     if not nodes:
         return picked
+    nodes = np.asarray(nodes, dtype=np.int64)
     starts = trie.child_start[nodes]
-    counts = trie.child_start[np.asarray(nodes) + 1] - starts
+    counts = trie.child_start[nodes + 1] - starts
     owner = np.repeat(np.arange(len(nodes)), counts)
     edges = np.repeat(starts, counts) + np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     tokens = trie.child_token[edges]

@@ -59,17 +59,7 @@ class TrieArrays:
 
     @classmethod
     def from_trie(cls, trie: TitleTrie) -> TrieArrays:
-        starts, tokens, nodes = [0], [], []
-        queue, next_id = [trie.root], 1
-        for current in queue:  # breadth first; the list grows while it is walked
-            for token in sorted(current):
-                tokens.append(token)
-                nodes.append(next_id)
-                queue.append(current[token])
-                next_id += 1
-            starts.append(len(tokens))
-        as_array = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
-        return cls(as_array(starts), as_array(tokens), as_array(nodes), int(trie.eos_id), int(trie.max_len))
+        return cls(*trie.csr(sort_children=True), int(trie.eos_id), int(trie.max_len))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

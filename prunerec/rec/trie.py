@@ -53,17 +53,22 @@ class TitleTrie:
         node = self.node(prefix)
         return list(node) if node else []
 
-    @cached_property
-    def in_order(self) -> InsertionOrderArrays:
+    def csr(self, sort_children: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(child_start, child_token, child_node) int64 arrays: node ids breadth first, root 0;
+        each node's children sorted by token, or in the order titles first reached them."""
         starts, tokens, nodes = [0], [], []
         queue = [self.root]
         for current in queue:  # breadth first; the list grows while it is walked
-            for token, child in current.items():
+            for token in (sorted(current) if sort_children else current):
                 tokens.append(token)
                 nodes.append(len(queue))
-                queue.append(child)
+                queue.append(current[token])
             starts.append(len(tokens))
-        return InsertionOrderArrays(*(np.asarray(v, dtype=np.int64) for v in (starts, tokens, nodes)))
+        return tuple(np.asarray(v, dtype=np.int64) for v in (starts, tokens, nodes))
+
+    @cached_property
+    def in_order(self) -> InsertionOrderArrays:
+        return InsertionOrderArrays(*self.csr(sort_children=False))
 
     def index_of(self, sequence: Sequence[int]) -> int | None:
         """The title index of a complete path, or None."""
