@@ -5,6 +5,8 @@ import math
 import random
 from collections.abc import Sequence
 
+import numpy as np
+
 DEFAULT_KS = (1, 3, 5, 10, 20)
 
 
@@ -37,24 +39,39 @@ def bootstrap_ci(rows: Sequence[dict[str, float]], *, samples: int = 1000, level
     """Percentile bootstrap interval of each metric's mean over users."""
     if not rows:
         raise ValueError("no users to bootstrap")
-    n = len(rows)
-    columns = _columns(rows)
-    means = {k: [] for k in columns}
-    for picks in _resamples(n, samples, seed):
-        for k, col in columns.items():
-            means[k].append(sum(col[i] for i in picks) / n)
-    return {k: _percentile_interval(means[k], level) for k in columns}
+    names = list(rows[0])
+    columns = _matrix(rows, names)
+    means = np.stack([columns[picks].mean(axis=0) for picks in _resamples(len(rows), samples, seed)])
+    return {name: _percentile_interval(means[:, j].tolist(), level) for j, name in enumerate(names)}
 
 
-def _columns(rows: Sequence[dict[str, float]]) -> dict[str, list[float]]:
-    return {k: [r[k] for r in rows] for k in rows[0]}
+def _matrix(rows: Sequence[dict[str, float]], names: Sequence[str]) -> np.ndarray:
+    """[users, metrics] float64 array of the rows' values of `names`."""
+    return np.array([[r[k] for k in names] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+
+
+def _twister(seed: int) -> np.random.MT19937:
+    """numpy's Mersenne Twister in the state of random.Random(seed)."""
+    state = random.Random(seed).getstate()[1]
+    generator = np.random.MT19937(0)
+    generator.state = {"bit_generator": "MT19937",
+                       "state": {"key": np.array(state[:624], dtype=np.uint32), "pos": state[624]}}
+    return generator
 
 
 def _resamples(n: int, samples: int, seed: int):
-    """`samples` lists of n user indices drawn with replacement (seeded)."""
-    rng = random.Random(seed)
+    """`samples` arrays of n user indices drawn with replacement: exactly the indices that
+    `random.Random(seed).randrange(n)` would draw one by one (its rejection sampling on the top
+    bits of each 32-bit output), made in bulk from the same generator state."""
+    if not 0 < n < 2 ** 32:
+        raise ValueError(f"cannot resample {n} users")
+    generator, shift, pending = _twister(seed), np.uint64(32 - n.bit_length()), np.empty(0, dtype=np.int64)
     for _ in range(samples):
-        yield [rng.randrange(n) for _ in range(n)]
+        while len(pending) < n:
+            raw = generator.random_raw(2 * n + 64) >> shift  # at least half of them are < n
+            pending = np.concatenate([pending, raw[raw < n].astype(np.int64)])
+        yield pending[:n]
+        pending = pending[n:]
 
 
 def _percentile_interval(values: Sequence[float], level: float) -> tuple[float, float]:
@@ -69,15 +86,15 @@ def paired_ratio_ci(candidate: Sequence[dict[str, float]], base: Sequence[dict[s
     same users for both (rows are aligned by user). None where the base mean of a resample is 0."""
     if len(candidate) != len(base) or not base:
         raise ValueError(f"need aligned, non-empty rows, got {len(candidate)} and {len(base)}")
-    base_columns, candidate_columns = _columns(base), _columns(candidate)
-    ratios = {k: [] for k in base_columns}
-    for picks in _resamples(len(base), samples, seed):
-        for k, base_col in base_columns.items():
-            denominator = sum(base_col[i] for i in picks)
-            if denominator > 0:
-                ratios[k].append(sum(candidate_columns[k][i] for i in picks) / denominator)
-    return {k: _percentile_interval(values, level) if len(values) >= samples // 2 else None
-            for k, values in ratios.items()}
+    names = list(base[0])
+    base_columns, candidate_columns = _matrix(base, names), _matrix(candidate, names)
+    sums = [(candidate_columns[picks].sum(axis=0), base_columns[picks].sum(axis=0))
+            for picks in _resamples(len(base), samples, seed)]
+    intervals = {}
+    for j, name in enumerate(names):
+        ratios = [float(top[j] / bottom[j]) for top, bottom in sums if bottom[j] > 0]
+        intervals[name] = _percentile_interval(ratios, level) if len(ratios) >= samples // 2 else None
+    return intervals
 
 
 def ratios(candidate: Sequence[dict[str, float]], base: Sequence[dict[str, float]], *,

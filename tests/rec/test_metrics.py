@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 
@@ -60,3 +61,34 @@ def test_ratios_hold_the_point_ratio_and_its_paired_interval():
     assert set(out) == {"HR@1"}  # the base scores 0 on NDCG@1: no ratio
     assert out["HR@1"]["ratio"] == pytest.approx(80 / 100)
     assert tuple(out["HR@1"]["ci95"]) == metrics.paired_ratio_ci(candidate, base, samples=300, seed=2)["HR@1"]
+
+
+def _bootstrap_one_by_one(candidate, base, samples, seed):
+    """The plain definition: resample users with random.Random(seed).randrange, one index at a
+    time; the mean of each metric (base None) or the paired ratio of means."""
+    rng, n = random.Random(seed), len(candidate)
+    draws = {k: [] for k in candidate[0]}
+    for _ in range(samples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        for k in draws:
+            top = sum(candidate[i][k] for i in picks)
+            bottom = n if base is None else sum(base[i][k] for i in picks)
+            if bottom > 0:
+                draws[k].append(top / bottom)
+    return {k: metrics._percentile_interval(v, 0.95) if len(v) >= samples // 2 else None for k, v in draws.items()}
+
+
+@pytest.mark.parametrize("users", [1, 7, 300, 1001])
+def test_bulk_resampling_draws_exactly_the_users_randrange_draws(users):
+    gen = random.Random(users)
+    base = [metrics.user_metrics(gen.choice([0, 2, 9, None, None]), ks=(1, 10)) for _ in range(users)]
+    candidate = [metrics.user_metrics(gen.choice([1, 4, None, None]), ks=(1, 10)) for _ in range(users)]
+    for got, want in ((metrics.bootstrap_ci(candidate, samples=200, seed=3),
+                       _bootstrap_one_by_one(candidate, None, 200, 3)),
+                      (metrics.paired_ratio_ci(candidate, base, samples=200, seed=3),
+                       _bootstrap_one_by_one(candidate, base, 200, 3))):
+        assert got.keys() == want.keys()
+        for k in want:
+            assert (got[k] is None) == (want[k] is None)
+            if want[k] is not None:
+                assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-15)
