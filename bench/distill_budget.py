@@ -51,7 +51,7 @@ SETTINGS = {
     "last-4800-lr2e-3": Setting((600, 600, 4800), lr=2e-3),
     "last-heavy-tau2": Setting(LAST_HEAVY, tau=2.0),
     "long-patience3": Setting((1200, 1200, 4800), patience=3),
-    "longer-patience3": Setting((2400, 2400, 9600), patience=3),
+    "last-9600-patience3": Setting((600, 600, 9600), patience=3),
 }
 
 
