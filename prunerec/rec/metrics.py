@@ -40,14 +40,18 @@ def bootstrap_ci(rows: Sequence[dict[str, float]], *, samples: int = 1000, level
     if not rows:
         raise ValueError("no users to bootstrap")
     names = list(rows[0])
-    columns = _matrix(rows, names)
-    means = np.stack([columns[picks].mean(axis=0) for picks in _resamples(len(rows), samples, seed)])
+    means = _resampled_sums(_matrix(rows, names), samples, seed) / len(rows)
     return {name: _percentile_interval(means[:, j].tolist(), level) for j, name in enumerate(names)}
 
 
 def _matrix(rows: Sequence[dict[str, float]], names: Sequence[str]) -> np.ndarray:
     """[users, metrics] float64 array of the rows' values of `names`."""
     return np.array([[r[k] for k in names] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+
+
+def _resampled_sums(columns: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """[samples, metrics]: each column's sum over every bootstrap resample of the users (rows)."""
+    return np.stack([columns[picks].sum(axis=0) for picks in _resamples(len(columns), samples, seed)])
 
 
 def _twister(seed: int) -> np.random.MT19937:
@@ -87,12 +91,13 @@ def paired_ratio_ci(candidate: Sequence[dict[str, float]], base: Sequence[dict[s
     if len(candidate) != len(base) or not base:
         raise ValueError(f"need aligned, non-empty rows, got {len(candidate)} and {len(base)}")
     names = list(base[0])
-    base_columns, candidate_columns = _matrix(base, names), _matrix(candidate, names)
-    sums = [(candidate_columns[picks].sum(axis=0), base_columns[picks].sum(axis=0))
-            for picks in _resamples(len(base), samples, seed)]
+    # one pass over the resamples for both: candidate columns, then base columns
+    sums = _resampled_sums(np.hstack([_matrix(candidate, names), _matrix(base, names)]), samples, seed)
+    tops, bottoms = sums[:, :len(names)], sums[:, len(names):]
     intervals = {}
     for j, name in enumerate(names):
-        ratios = [float(top[j] / bottom[j]) for top, bottom in sums if bottom[j] > 0]
+        kept = bottoms[:, j] > 0
+        ratios = (tops[kept, j] / bottoms[kept, j]).tolist()
         intervals[name] = _percentile_interval(ratios, level) if len(ratios) >= samples // 2 else None
     return intervals
 
