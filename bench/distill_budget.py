@@ -52,6 +52,7 @@ SETTINGS = {
     "last-heavy-tau2": Setting(LAST_HEAVY, tau=2.0),
     "long-patience3": Setting((1200, 1200, 4800), patience=3),
     "last-9600-patience3": Setting((600, 600, 9600), patience=3),
+    "last-19200-patience3": Setting((600, 600, 19200), patience=3),
 }
 
 

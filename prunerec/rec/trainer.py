@@ -1,7 +1,9 @@
 """A small resumable training recipe: AdamW, warmup + linear decay, periodic validation,
 early stopping on validation loss, best weights kept; used by SFT and by distillation.
 
-The learning rate decays linearly to zero at the last step of the epochs or `max_steps`. With
+The run lasts `epochs` epochs, or exactly `max_steps` steps when that is set (it then overrides
+the epochs, as in Hugging Face's Trainer, running past the last epoch if it must); the learning
+rate decays linearly to zero at the run's last step. With
 `decay_to_budget` it also reaches zero when the time budget ends (whichever comes first), and
 the run validates and stops there: a run stopped by a budget of hours would otherwise end at its
 peak rate, where the weights are noisiest. Resuming with a larger budget lowers the rate to where
@@ -55,7 +57,7 @@ class TrainConfig:
     patience: int = 1
     eval_every: int = 0  # steps between validations; 0 = once per epoch
     checkpoint_every: int = 200
-    max_steps: int = 0  # 0 = no limit
+    max_steps: int = 0  # 0 = the epochs decide; else exactly this many steps
     time_budget_s: float = 0.0  # 0 = no limit; stops at the next validation after the budget
     decay_to_budget: bool = False  # the learning rate reaches zero when the time budget ends
     seed: int = 0
@@ -135,8 +137,7 @@ class Trainer:
         model.to(self.device)
         self.lengths = [len(e.input_ids) for e in train]
         self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
-        total = self.steps_per_epoch * config.epochs
-        self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         self.state = TrainState()  # before the scheduler: the learning rate reads its clock
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -249,7 +250,7 @@ class Trainer:
 
     def _loop(self, bar) -> TrainState:
         s = self.state
-        while not s.finished and s.epoch < self.config.epochs:
+        while not s.finished and (self.config.max_steps or s.epoch < self.config.epochs):
             batches = length_batches(self.lengths, self.config.batch_size, seed=self.config.seed * 1000 + s.epoch)
             while s.batch_in_epoch < len(batches) and not s.finished:
                 started = time.perf_counter()

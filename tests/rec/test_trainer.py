@@ -83,6 +83,15 @@ def test_resume_refuses_changed_settings(tmp_path):
         changed.run(resume=True)
 
 
+def test_max_steps_overrides_the_epochs_as_in_hugging_face(tmp_path):
+    _, trainer = _trainer(tmp_path, epochs=1, max_steps=15, eval_every=5)  # 48 examples / 8 = 6 steps an epoch
+    assert trainer.total_steps == 15
+    state = trainer.run()
+    assert state.step == 15 and state.stop_reason == "max_steps 15 reached"
+    assert state.epoch == 2 and state.batch_in_epoch == 3  # into its third epoch
+    assert trainer.scheduler.get_last_lr()[0] == 0.0  # decayed to zero at step 15, not at the epochs' end
+
+
 def test_early_stopping_and_schedule():
     assert lr_factor(0, 4, 100) == 0.25 and lr_factor(3, 4, 100) == 1.0
     assert lr_factor(52, 4, 100) == pytest.approx(0.5)
