@@ -53,6 +53,7 @@ SETTINGS = {
     "long-patience3": Setting((1200, 1200, 4800), patience=3),
     "last-9600-patience3": Setting((600, 600, 9600), patience=3),
     "last-19200-patience3": Setting((600, 600, 19200), patience=3),
+    "last-19200-patience10": Setting((600, 600, 19200), patience=10),
 }
 
 
