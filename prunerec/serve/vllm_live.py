@@ -50,9 +50,11 @@ class LiveRequest:
         self.cached_tokens = 0
 
     def prompt_input(self):
-        from vllm.inputs import TokensPrompt
+        """The prompt as vLLM's engine input (token ids need no rendering: skips that step of
+        add_request)."""
+        from vllm.inputs import tokens_input
 
-        return TokensPrompt(prompt_token_ids=self.prompt)
+        return tokens_input(self.prompt)
 
     def record(self, output) -> None:
         """Append a RequestOutput (DELTA: only the new tokens)."""
@@ -116,33 +118,33 @@ class SearchStats:
 
 class SparseLogprobs:
     """Log-probabilities of some token ids per row; `x[row, ids]` gives a float tensor like a
-    dense [rows, vocab] tensor would (-inf for ids it does not hold)."""
+    dense [rows, vocab] tensor would (-inf for ids it does not hold). All rows sit in one sorted
+    array keyed by (row, id), so a step's lookup is one search however many rows it has."""
 
     def __init__(self, rows: list[Children]):
         self.rows = rows
+        lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
+        row_of = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+        ids = np.concatenate([ids for ids, _ in rows]) if rows else np.zeros(0, dtype=np.int64)
+        self.keys = self._key(row_of, ids)
+        self.values = (np.concatenate([values for _, values in rows]).astype(np.float32, copy=False)
+                       if rows else np.zeros(0, dtype=np.float32))
+
+    @staticmethod
+    def _key(rows, ids):
+        return np.asarray(rows, dtype=np.int64) << 32 | np.asarray(ids, dtype=np.int64)
 
     def __len__(self):
         return len(self.rows)
 
     def __getitem__(self, key):
-        """x[row, ids] for one row, or x[rows, ids] with one row per id (rows grouped)."""
+        """x[row, ids] for one row, or x[rows, ids] with one row per id."""
         rows, ids = key
-        query = np.asarray(ids, dtype=np.int64)
-        if np.ndim(rows) == 0:
-            return torch.from_numpy(self._lookup(int(rows), query))
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty(len(query), dtype=np.float32)
-        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        for start, end in zip(starts, np.r_[starts[1:], len(rows)]):
-            out[start:end] = self._lookup(int(rows[start]), query[start:end])
-        return torch.from_numpy(out)
-
-    def _lookup(self, row: int, query: np.ndarray) -> np.ndarray:
-        held, values = self.rows[row]
-        if not len(held):
-            return np.full(len(query), -np.inf, dtype=np.float32)
-        at = np.minimum(np.searchsorted(held, query), len(held) - 1)
-        return np.where(held[at] == query, values[at], np.float32(-np.inf)).astype(np.float32, copy=False)
+        query = self._key(np.broadcast_to(np.asarray(rows, dtype=np.int64), np.shape(ids)), ids)
+        if not len(self.keys):
+            return torch.full(query.shape, -torch.inf)
+        at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        return torch.from_numpy(np.where(self.keys[at] == query, self.values[at], np.float32(-np.inf)))
 
 
 @dataclass
@@ -151,35 +153,35 @@ class _Row:
     position: int
     node: int
     prompt: list[int]
+    logprobs: int   # vLLM logprobs a request of this row asks for (2 x its search's beams)
     prefix: tuple[int, ...] = field(default=())
 
 
 class LiveStepper:
-    """beam.Stepper over the vLLM engine thread (`engine`: new_id, trie_params, submit, release)."""
+    """The rows of beam.BeamPool's searches as positions in vLLM requests, over the vLLM engine
+    thread (`engine`: new_id, trie_params, submit, release). `stats` gathers the work done
+    until `take_stats` hands it over."""
 
-    def __init__(self, engine, deadline: Deadline, arrays: TrieArrays, trie_path: str, num_beams: int):
-        self.engine, self.deadline, self.arrays, self.trie_path = engine, deadline, arrays, trie_path
-        self.logprobs = 2 * int(num_beams)
+    def __init__(self, engine, deadline: Deadline, arrays: TrieArrays):
+        self.engine, self.deadline, self.arrays = engine, deadline, arrays
         self.rows: list[_Row] = []
-        self.created: list[LiveRequest] = []
-        self.steps = 0
+        self.stats = SearchStats()
 
-    def _new_request(self, prompt: list[int], prefix: tuple[int, ...], node: int) -> LiveRequest:
+    def _new_request(self, prompt: list[int], prefix: tuple[int, ...], node: int, logprobs: int) -> LiveRequest:
         if node == NO_NODE:
             raise PrunerecError(f"the search left the title trie at prefix {list(prefix)}")
         max_tokens = self.arrays.max_len - len(prefix)
         request_id = self.engine.new_id()
-        params = self.engine.trie_params(node, max_tokens, self.logprobs, request_id)
+        params = self.engine.trie_params(node, max_tokens, logprobs, request_id)
         request = LiveRequest(request_id, prompt + list(prefix), params)
-        self.created.append(request)
+        self.stats.requests += 1
+        self.stats.prompt_tokens += len(request.prompt)
         return request
 
-    def start(self, prompts: Sequence[Sequence[int]]) -> SparseLogprobs:
-        root = TrieArrays.ROOT
-        self.rows = [_Row(self._new_request(list(p), (), root), 0, root, list(p)) for p in prompts]
-        return self._collect([row.request for row in self.rows], [])
-
-    def advance(self, parents: Sequence[int], tokens: Sequence[int]) -> SparseLogprobs:
+    def step(self, parents: Sequence[int], tokens: Sequence[int], prompts: Sequence[Sequence[int]] = (),
+             beams: Sequence[int] = ()) -> SparseLogprobs:
+        """Rows parents[i] of the last step extended by tokens[i], then one row per new prompt
+        (searching with beams[i] beams); log-probabilities of each row's next token."""
         rows, adds, kept = [], [], set()
         for parent, token in zip(parents, tokens):
             old, token = self.rows[parent], int(token)
@@ -187,18 +189,31 @@ class LiveStepper:
             request = old.request
             if id(request) not in kept and request.outputs[old.position][0] == token:
                 kept.add(id(request))
-                rows.append(_Row(request, old.position + 1, node, old.prompt, prefix))
+                rows.append(_Row(request, old.position + 1, node, old.prompt, old.logprobs, prefix))
             else:
-                request = self._new_request(old.prompt, prefix, node)
+                request = self._new_request(old.prompt, prefix, node, old.logprobs)
                 adds.append(request)
-                rows.append(_Row(request, 0, node, old.prompt, prefix))
+                rows.append(_Row(request, 0, node, old.prompt, old.logprobs, prefix))
+        for prompt, num_beams in zip(prompts, beams, strict=True):
+            request = self._new_request(list(prompt), (), TrieArrays.ROOT, 2 * int(num_beams))
+            adds.append(request)
+            rows.append(_Row(request, 0, TrieArrays.ROOT, list(prompt), 2 * int(num_beams)))
         dropped = {id(r.request): r.request for r in self.rows if id(r.request) not in kept}
         self.rows = rows
         return self._collect(adds, list(dropped.values()))
 
+    def release_all(self) -> None:
+        self._release(list({id(r.request): r.request for r in self.rows}.values()))
+        self.rows = []
+
+    def _release(self, requests: list[LiveRequest]) -> None:
+        for request in requests:
+            self.stats.cached_tokens += request.cached_tokens
+            self.stats.decoded_tokens += len(request.outputs)
+        self.engine.release(requests)
+
     def _collect(self, adds: list[LiveRequest], dropped: list[LiveRequest]) -> SparseLogprobs:
-        self.engine.release(dropped)
-        self.steps += 1
+        self._release(dropped)
         self.engine.submit(StepJob(self.deadline, adds, [(row.request, row.position) for row in self.rows]))
         values = []
         for row in self.rows:
@@ -208,12 +223,6 @@ class LiveStepper:
             values.append(row.request.outputs[row.position][1])
         return SparseLogprobs(values)
 
-    def requests(self) -> list[LiveRequest]:
-        return list({id(r): r for r in self.created}.values())
-
-    @property
-    def stats(self) -> SearchStats:
-        return SearchStats(requests=len(self.created), steps=self.steps,
-                           prompt_tokens=sum(len(r.prompt) for r in self.created),
-                           cached_tokens=sum(r.cached_tokens for r in self.created),
-                           decoded_tokens=sum(len(r.outputs) for r in self.created))
+    def take_stats(self) -> SearchStats:
+        stats, self.stats = self.stats, SearchStats()
+        return stats
