@@ -29,6 +29,7 @@ see prunerec.serve.worker.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -52,6 +53,18 @@ log = logging.getLogger("prunerec.serve")
 PROCESSOR = "prunerec.serve.vllm_trie:TrieLogitsProcessor"
 GATHER_SECONDS = 0.02   # longest wait for the other active searches before a step
 _request_ids = itertools.count()  # process-wide: engines in one process share vllm_trie.SINK
+
+
+@functools.cache
+def _vllm_names():
+    """vLLM's SamplingParams and DELTA output kind, and vllm_trie.trie_args: imported once (a
+    search builds tens of thousands of params)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    from prunerec.serve.vllm_trie import trie_args
+
+    return SamplingParams, RequestOutputKind.DELTA, trie_args
 
 
 class _RankJob(Job):
@@ -102,6 +115,7 @@ class VllmEngine(WorkerEngine):
         self._live: dict[str, LiveRequest] = {}  # unfinished vLLM requests by id
         self._aborts: list[str] = []
         self._ranks: deque[_RankJob] = deque()   # recommendations waiting to join the search pool
+        self._eos_id = int(sm.eos_id)
         self.totals = SearchStats()
         self.steps = 0
         self.searches = 0
@@ -230,16 +244,12 @@ class VllmEngine(WorkerEngine):
         vllm_trie.SINK (no vLLM logprobs); a core process returns them as vLLM logprobs.
         skip_clone: each params object belongs to one request, and vLLM's deep copy of it was
         40% of add_request's time."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        from prunerec.serve.vllm_trie import trie_args
-
+        sampling_params, delta, trie_args = _vllm_names()
         sink = None if self.multiprocess else request_id
-        return SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False,
-                              logprobs=logprobs if sink is None else None,
-                              stop_token_ids=[self.sm.eos_id], output_kind=RequestOutputKind.DELTA,
-                              extra_args=trie_args(self.trie_path, node, sink), skip_clone=True)
+        return sampling_params(max_tokens=max_tokens, temperature=0.0, detokenize=False,
+                               logprobs=logprobs if sink is None else None,
+                               stop_token_ids=[self._eos_id], output_kind=delta,
+                               extra_args=trie_args(self.trie_path, node, sink), skip_clone=True)
 
     def _generate_params(self, max_tokens: int):
         from vllm import SamplingParams

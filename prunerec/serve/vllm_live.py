@@ -183,9 +183,10 @@ class LiveStepper:
         """Rows parents[i] of the last step extended by tokens[i], then one row per new prompt
         (searching with beams[i] beams); log-probabilities of each row's next token."""
         rows, adds, kept = [], [], set()
-        for parent, token in zip(parents, tokens):
+        nodes = self.arrays.steps([self.rows[p].node for p in parents], tokens).tolist()
+        for parent, token, node in zip(parents, tokens, nodes):
             old, token = self.rows[parent], int(token)
-            node, prefix = self.arrays.step(old.node, token), old.prefix + (token,)
+            prefix = old.prefix + (token,)
             request = old.request
             if id(request) not in kept and request.outputs[old.position][0] == token:
                 kept.add(id(request))
