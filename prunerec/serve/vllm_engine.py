@@ -10,7 +10,7 @@ requests that live across beam steps.
 - A beam is a position in a vLLM request. When the search extends a beam by the token its
   request already decoded there, the new beam keeps the request (and its KV cache); any other
   child starts a new request (prompt + beam + child); requests no beam needs are aborted.
-  `LiveStepper` does this behind the `Stepper` interface, so the ranking is beam.py's own
+  `LiveStepper` does this for the rows of a `BeamPool`, whose bookkeeping is beam.py's own
   (Hugging Face beam semantics, length_penalty 0: the same titles, order and scores as
   `prunerec evaluate`).
 - One engine thread drives `LLMEngine` step by step (`add_request` / `step` / `abort_request`).

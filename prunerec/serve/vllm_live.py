@@ -1,5 +1,5 @@
-"""Long-lived vLLM requests behind beam.py's `Stepper` interface (the search side of the vLLM
-engine; the engine thread lives in vllm_engine.py).
+"""Long-lived vLLM requests under beam.py's `BeamPool` (the search side of the vLLM engine; the
+engine thread lives in vllm_engine.py).
 
 A row of the search (a beam) is a position in a vLLM request: output `position` of `request`
 holds the log-probabilities of the children of the row's trie node (filled in by the engine-side
