@@ -9,7 +9,7 @@ continue as running beams; a user is done when num_beams titles are finished and
 beam can still beat the worst of them.
 
 `BeamPool` holds the searches of a step stream: `constrained_beam_search` starts all of them at
-once (a batch); the vLLM engine lets searches join and leave between steps.
+once (a batch); a search may also join a running pool, and each leaves as soon as it ends.
 """
 from __future__ import annotations
 
@@ -137,9 +137,6 @@ class BeamPool:
 
     def add(self, key: Hashable, num_beams: int, row: int) -> None:
         self.users[key] = _UserSearch([_Beam((), 0.0, 0)], [row], int(num_beams))
-
-    def remove(self, key: Hashable) -> None:
-        self.users.pop(key, None)
 
     def advance(self, logprobs) -> tuple[list[int], list[int], list[tuple[Hashable, Ranking]]]:
         """One step of every search: the parent rows and tokens of the beams that go on, and the

@@ -10,15 +10,15 @@ requests that live across beam steps.
 - A beam is a position in a vLLM request. When the search extends a beam by the token its
   request already decoded there, the new beam keeps the request (and its KV cache); any other
   child starts a new request (prompt + beam + child); requests no beam needs are aborted.
-  `LiveStepper` does this for the rows of a `BeamPool`, whose bookkeeping is beam.py's own
+  `LiveStepper` does this behind beam.py's `Stepper` interface, so the search is beam.py's own
   (Hugging Face beam semantics, length_penalty 0: the same titles, order and scores as
   `prunerec evaluate`).
 - One engine thread drives `LLMEngine` step by step (`add_request` / `step` / `abort_request`).
-  One search thread runs every recommendation in flight as a `BeamPool` (continuous batching):
-  a new one joins at the next step, one that ends answers its HTTP request at once, and each
-  step of the pool is one `StepJob` (requests to add and abort, outputs it waits for). A
-  `generate` call hands in its own job; before each step the engine waits briefly until every
-  active caller has handed in, so they share engine steps.
+  Each search runs in its HTTP request's thread and hands the engine a `StepJob` (requests to
+  add and abort, outputs it waits for); before each step the engine waits briefly until every
+  active search has handed in, so concurrent searches share engine steps. (One pool of all
+  searches in lockstep was tried: faster on tiny models, but on a Qwen2-0.5B shape every search
+  then waited for the slowest one's prefills; see docs/results.md.)
 
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0; faster on CPUs, and adds and
 aborts take effect at the next step) unless `core="process"`, or `"auto"` with a model that needs
@@ -36,17 +36,16 @@ import os
 import tempfile
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
 from prunerec.model.dtypes import vllm_dtype
 from prunerec.model.vocab import generation_ids
-from prunerec.rec.beam import BeamPool
+from prunerec.rec.beam import constrained_beam_search
 from prunerec.serve.model import ServeModel
 from prunerec.serve.service import MAX_K
 from prunerec.serve.vllm_live import LiveRequest, LiveStepper, SearchStats, StepJob
-from prunerec.serve.worker import Cancelled, Deadline, EngineDead, Job, WorkerEngine, cut_at_eos, unexpired
+from prunerec.serve.worker import Cancelled, EngineDead, WorkerEngine, cut_at_eos
 
 log = logging.getLogger("prunerec.serve")
 
@@ -65,12 +64,6 @@ def _vllm_names():
     from prunerec.serve.vllm_trie import trie_args
 
     return SamplingParams, RequestOutputKind.DELTA, trie_args
-
-
-class _RankJob(Job):
-    def __init__(self, deadline: Deadline, prompt: list[int], num_beams: int):
-        super().__init__(deadline)
-        self.prompt, self.num_beams = prompt, num_beams
 
 
 def needs_transformers_impl(config) -> bool:
@@ -114,7 +107,6 @@ class VllmEngine(WorkerEngine):
         self._waiting: list[StepJob] = []        # jobs whose outputs are not all there yet
         self._live: dict[str, LiveRequest] = {}  # unfinished vLLM requests by id
         self._aborts: list[str] = []
-        self._ranks: deque[_RankJob] = deque()   # recommendations waiting to join the search pool
         self._eos_id = int(sm.eos_id)
         self.totals = SearchStats()
         self.steps = 0
@@ -122,23 +114,21 @@ class VllmEngine(WorkerEngine):
         self.gather_timeouts = 0   # steps that went ahead without every active search
         self._llm = None
         self._load_error: BaseException | None = None
-        self._search_thread = threading.Thread(target=self._guarded_search, name="vllm-search", daemon=True)
         self.start_worker()
         self._loaded_wait()
-        self._search_thread.start()
 
     # ------------------------------------------------------------------ public interface
     def rank(self, prompt, num_beams, deadline):
-        prompt = list(prompt)
-        if len(prompt) + self.sm.trie.max_len > self.max_model_len:
-            raise PrunerecError(f"a prompt of {len(prompt)} tokens leaves no room for a title in vLLM's "
-                                f"{self.max_model_len}-token context")
-        job = _RankJob(deadline, prompt, int(num_beams))
+        stepper = LiveStepper(self, deadline, self.sm.index.arrays, int(num_beams))
+        with self._session():
+            try:
+                ranked = constrained_beam_search(stepper, [list(prompt)], self.sm.trie, num_beams)
+            finally:
+                stepper.release_all()
         with self._cv:
-            self._refuse_if_stopped()
-            self._ranks.append(job)
-            self._cv.notify_all()
-        return self._wait(job)
+            self.searches += 1
+            self.totals.add(stepper.stats)
+        return ranked[0]
 
     def generate(self, prompt, max_new_tokens, deadline):
         request = LiveRequest(self.new_id(), list(prompt), self._generate_params(int(max_new_tokens)))
@@ -164,76 +154,8 @@ class VllmEngine(WorkerEngine):
         super().close()
         with self._cv:
             waiting, self._waiting = self._waiting, []
-            ranks = list(self._ranks)
-            self._ranks.clear()
-        self._fail(waiting + ranks, Cancelled("the engine is shutting down"))
-        if self._search_thread.is_alive():
-            self._search_thread.join(timeout=60)
+        self._fail(waiting, Cancelled("the engine is shutting down"))
         self._tmp.cleanup()
-
-    # ------------------------------------------------------------------ the search pool
-    def _guarded_search(self):
-        try:
-            while self._wait_for_ranks():
-                with self._session():
-                    self._search_until_idle()
-        except BaseException as err:  # noqa: BLE001 - anything that ends the search thread kills the engine
-            if not self._closed:
-                self._die(f"search thread: {type(err).__name__}: {err}", err)
-        finally:  # a request queued while the engine stopped
-            with self._cv:
-                left = list(self._ranks)
-                self._ranks.clear()
-            self._fail(left, self._dead_error() if self.dead else Cancelled("the engine is shutting down"))
-
-    def _wait_for_ranks(self) -> bool:
-        with self._cv:
-            while not self._ranks and not self._closed and self.dead is None:
-                self._cv.wait()
-            return not self._closed and self.dead is None
-
-    def _take_ranks(self) -> list[_RankJob]:
-        with self._cv:
-            taken = list(self._ranks)
-            self._ranks.clear()
-        return unexpired(taken)
-
-    def _search_until_idle(self):
-        """Every waiting recommendation joins the pool at the next step; a search that ends
-        answers its request at once; returns when none is left. An error fails every search in
-        the pool (they share each engine step)."""
-        pool, jobs = BeamPool(self.sm.trie), {}
-        stepper = LiveStepper(self, Deadline(), self.sm.index.arrays)
-        logprobs = None
-        try:
-            while True:
-                for key in [key for key, job in jobs.items() if job.deadline.expired()]:
-                    pool.remove(key)
-                    jobs.pop(key).future.set_exception(Cancelled("request deadline passed"))
-                parents, tokens, ended = pool.advance(logprobs) if logprobs is not None else ([], [], [])
-                for key, ranking in ended:
-                    jobs.pop(key).future.set_result(ranking)
-                joined = self._take_ranks()
-                for row, job in enumerate(joined, start=len(parents)):
-                    jobs[id(job)] = job
-                    pool.add(id(job), job.num_beams, row)
-                self._count(stepper, len(ended), len(pool))
-                if not len(pool):
-                    return
-                logprobs = stepper.step(parents, tokens, [j.prompt for j in joined], [j.num_beams for j in joined])
-        except Exception as err:
-            if not isinstance(err, (Cancelled, EngineDead)):
-                log.exception("vLLM search failed with %d recommendations in it", len(jobs))
-            self._fail(list(jobs.values()), err)
-        finally:
-            stepper.release_all()
-            self._count(stepper, 0, 0)
-
-    def _count(self, stepper: LiveStepper, searches: int, steps: int):
-        with self._cv:
-            self.searches += searches
-            self.totals.add(stepper.take_stats())
-            self.totals.steps += steps
 
     # ------------------------------------------------------------------ search side
     def new_id(self) -> str:
@@ -465,8 +387,6 @@ class VllmEngine(WorkerEngine):
             if self.dead is not None:
                 return
             waiting, self._waiting = self._waiting, []
-            waiting += list(self._ranks)
-            self._ranks.clear()
         super()._die(reason, err)
         self._fail(waiting, self._dead_error())
 

@@ -1,5 +1,5 @@
-"""Long-lived vLLM requests under beam.py's `BeamPool` (the search side of the vLLM engine; the
-engine thread lives in vllm_engine.py).
+"""Long-lived vLLM requests behind beam.py's `Stepper` interface (the search side of the vLLM
+engine; the engine thread lives in vllm_engine.py).
 
 A row of the search (a beam) is a position in a vLLM request: output `position` of `request`
 holds the log-probabilities of the children of the row's trie node (filled in by the engine-side
@@ -158,14 +158,19 @@ class _Row:
 
 
 class LiveStepper:
-    """The rows of beam.BeamPool's searches as positions in vLLM requests, over the vLLM engine
-    thread (`engine`: new_id, trie_params, submit, release). `stats` gathers the work done
-    until `take_stats` hands it over."""
+    """beam.Stepper whose rows are positions in vLLM requests, over the vLLM engine thread
+    (`engine`: new_id, trie_params, submit, release); `stats` gathers the work done."""
 
-    def __init__(self, engine, deadline: Deadline, arrays: TrieArrays):
-        self.engine, self.deadline, self.arrays = engine, deadline, arrays
+    def __init__(self, engine, deadline: Deadline, arrays: TrieArrays, num_beams: int):
+        self.engine, self.deadline, self.arrays, self.num_beams = engine, deadline, arrays, int(num_beams)
         self.rows: list[_Row] = []
         self.stats = SearchStats()
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> SparseLogprobs:
+        return self.step([], [], prompts, [self.num_beams] * len(prompts))
+
+    def advance(self, parents: Sequence[int], tokens: Sequence[int]) -> SparseLogprobs:
+        return self.step(parents, tokens)
 
     def _new_request(self, prompt: list[int], prefix: tuple[int, ...], node: int, logprobs: int) -> LiveRequest:
         if node == NO_NODE:
@@ -215,6 +220,7 @@ class LiveStepper:
 
     def _collect(self, adds: list[LiveRequest], dropped: list[LiveRequest]) -> SparseLogprobs:
         self._release(dropped)
+        self.stats.steps += 1
         self.engine.submit(StepJob(self.deadline, adds, [(row.request, row.position) for row in self.rows]))
         values = []
         for row in self.rows:
@@ -223,7 +229,3 @@ class LiveStepper:
                                     f"tokens; the search needed {row.position + 1}")
             values.append(row.request.outputs[row.position][1])
         return SparseLogprobs(values)
-
-    def take_stats(self) -> SearchStats:
-        stats, self.stats = self.stats, SearchStats()
-        return stats
