@@ -3,11 +3,11 @@ process and U threads call `rank` back to back (as U server threads would) for D
 
 For the torch and onnx engines the worker thread's time is split into waiting for requests and
 running a batch's search (with --cprofile, broken down by function). For the vllm engine the
-engine thread's wall time is split into: waiting for the search thread to hand in
-the pool's next step (`gather`), adding requests, `LLMEngine.step()` and bookkeeping; and, with
+engine thread's wall time is split into: waiting for searches to hand in
+their next step (`gather`), adding requests, `LLMEngine.step()` and bookkeeping; and, with
 --cprofile, `step()` itself is broken down by vLLM function (cumulative seconds of the engine
-thread). The search thread's own time (beam search over the returned log-probabilities) is
-what the engine thread spends waiting in `gather`. With
+thread). The search threads' own time (beam search over the returned log-probabilities) is
+what the engine thread spends waiting in `gather` while every search is busy. With
 --vllm-core process, `step()` is the wait for the core process's outputs plus their processing.
 
 Writes OUT.json (atomically) and prints a summary.
