@@ -153,7 +153,6 @@ class _Row:
     position: int
     node: int
     prompt: list[int]
-    logprobs: int   # vLLM logprobs a request of this row asks for (2 x its search's beams)
     prefix: tuple[int, ...] = field(default=())
 
 
@@ -167,26 +166,26 @@ class LiveStepper:
         self.stats = SearchStats()
 
     def start(self, prompts: Sequence[Sequence[int]]) -> SparseLogprobs:
-        return self.step([], [], prompts, [self.num_beams] * len(prompts))
+        return self.step([], [], prompts)
 
     def advance(self, parents: Sequence[int], tokens: Sequence[int]) -> SparseLogprobs:
         return self.step(parents, tokens)
 
-    def _new_request(self, prompt: list[int], prefix: tuple[int, ...], node: int, logprobs: int) -> LiveRequest:
+    def _new_request(self, prompt: list[int], prefix: tuple[int, ...], node: int) -> LiveRequest:
         if node == NO_NODE:
             raise PrunerecError(f"the search left the title trie at prefix {list(prefix)}")
         max_tokens = self.arrays.max_len - len(prefix)
         request_id = self.engine.new_id()
-        params = self.engine.trie_params(node, max_tokens, logprobs, request_id)
+        params = self.engine.trie_params(node, max_tokens, 2 * self.num_beams, request_id)
         request = LiveRequest(request_id, prompt + list(prefix), params)
         self.stats.requests += 1
         self.stats.prompt_tokens += len(request.prompt)
         return request
 
-    def step(self, parents: Sequence[int], tokens: Sequence[int], prompts: Sequence[Sequence[int]] = (),
-             beams: Sequence[int] = ()) -> SparseLogprobs:
-        """Rows parents[i] of the last step extended by tokens[i], then one row per new prompt
-        (searching with beams[i] beams); log-probabilities of each row's next token."""
+    def step(self, parents: Sequence[int], tokens: Sequence[int],
+             prompts: Sequence[Sequence[int]] = ()) -> SparseLogprobs:
+        """Rows parents[i] of the last step extended by tokens[i], then one row per new prompt;
+        log-probabilities of each row's next token."""
         rows, adds, kept = [], [], set()
         nodes = self.arrays.steps([self.rows[p].node for p in parents], tokens).tolist()
         for parent, token, node in zip(parents, tokens, nodes):
@@ -195,15 +194,15 @@ class LiveStepper:
             request = old.request
             if id(request) not in kept and request.outputs[old.position][0] == token:
                 kept.add(id(request))
-                rows.append(_Row(request, old.position + 1, node, old.prompt, old.logprobs, prefix))
+                rows.append(_Row(request, old.position + 1, node, old.prompt, prefix))
             else:
-                request = self._new_request(old.prompt, prefix, node, old.logprobs)
+                request = self._new_request(old.prompt, prefix, node)
                 adds.append(request)
-                rows.append(_Row(request, 0, node, old.prompt, old.logprobs, prefix))
-        for prompt, num_beams in zip(prompts, beams, strict=True):
-            request = self._new_request(list(prompt), (), TrieArrays.ROOT, 2 * int(num_beams))
+                rows.append(_Row(request, 0, node, old.prompt, prefix))
+        for prompt in prompts:
+            request = self._new_request(list(prompt), (), TrieArrays.ROOT)
             adds.append(request)
-            rows.append(_Row(request, 0, TrieArrays.ROOT, list(prompt), 2 * int(num_beams)))
+            rows.append(_Row(request, 0, TrieArrays.ROOT, list(prompt)))
         dropped = {id(r.request): r.request for r in self.rows if id(r.request) not in kept}
         self.rows = rows
         return self._collect(adds, list(dropped.values()))
