@@ -7,13 +7,10 @@ per user, the best 2*num_beams candidates are walked in order, a candidate that 
 title (EOS) joins the finished list when ranked among the first num_beams, the others
 continue as running beams; a user is done when num_beams titles are finished and no running
 beam can still beat the worst of them.
-
-`BeamPool` holds the searches of a step stream: `constrained_beam_search` starts all of them at
-once (a batch); a search may also join a running pool, and each leaves as soon as it ends.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,9 +40,7 @@ class _Beam:
 class _UserSearch:
     running: list[_Beam]
     rows: list[int] = field(default_factory=list)  # the row of each running beam in the last step's output
-    num_beams: int = 1
     finished: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
-    selections: int = 0  # steps taken: a search ends after the trie's longest title
     done: bool = False
 
 
@@ -58,10 +53,10 @@ class _Candidate:
 
 
 def _candidates(users: Sequence[_UserSearch], logprobs, trie: InsertionOrderArrays,
-                width: int | None = None) -> list[list[_Candidate]]:
-    """Per user, its best `width` (default 2 x its num_beams) candidates over every running beam's
-    allowed children, best first; ties keep beam order, then the trie's child order. One gather
-    and one sort for all users of the step."""
+                width: int) -> list[list[_Candidate]]:
+    """Per user, its best `width` candidates over every running beam's allowed children, best
+    first; ties keep beam order, then the trie's child order. One gather and one sort for all
+    users of the step."""
     owner_user, owner_beam, nodes, rows, base = [], [], [], [], []
     for user_index, user in enumerate(users):
         for beam_index, (beam, row) in enumerate(zip(user.running, user.rows)):
@@ -85,8 +80,7 @@ def _candidates(users: Sequence[_UserSearch], logprobs, trie: InsertionOrderArra
     order = np.lexsort((-scores, user_of))  # stable: equal scores keep beam, then child order
     sorted_users = user_of[order]
     first_of_user = np.searchsorted(sorted_users, sorted_users)
-    widths = np.asarray([2 * u.num_beams if width is None else width for u in users], dtype=np.int64)
-    order = order[np.arange(len(order)) - first_of_user < widths[sorted_users]]
+    order = order[np.arange(len(order)) - first_of_user < width]
     columns = (scores[order].tolist(), np.asarray(owner_beam)[owner[order]].tolist(), tokens[order].tolist(),
                trie.child_node[edges[order]].tolist(), user_of[order].tolist())
     for score, beam, token, node, user_index in zip(*columns):
@@ -94,9 +88,8 @@ def _candidates(users: Sequence[_UserSearch], logprobs, trie: InsertionOrderArra
     return picked
 
 
-def _advance_user(user: _UserSearch, candidates: list[_Candidate], eos: int):
+def _advance_user(user: _UserSearch, candidates: list[_Candidate], num_beams: int, eos: int):
     """One step for one user; returns [(parent_row, token)] of its new running beams."""
-    num_beams = user.num_beams
     running, parents = [], []
     for rank, candidate in enumerate(candidates):
         beam = user.running[candidate.beam]
@@ -119,57 +112,24 @@ def _advance_user(user: _UserSearch, candidates: list[_Candidate], eos: int):
     return parents
 
 
-Ranking = list[tuple[int, float]]  # (title index, summed log-probability), best first
-
-
-class BeamPool:
-    """Searches sharing one stream of steps. A search joins with the row of its prompt in the next
-    log-probabilities and leaves, with its ranking, once its titles are final; the rest go on.
-    Searches stay in join order and each one's rows are contiguous (what
-    shared_prompt.SharedPromptStepper needs)."""
-
-    def __init__(self, trie: TitleTrie):
-        self.trie = trie
-        self.users: dict[Hashable, _UserSearch] = {}
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def add(self, key: Hashable, num_beams: int, row: int) -> None:
-        self.users[key] = _UserSearch([_Beam((), 0.0, 0)], [row], int(num_beams))
-
-    def advance(self, logprobs) -> tuple[list[int], list[int], list[tuple[Hashable, Ranking]]]:
-        """One step of every search: the parent rows and tokens of the beams that go on, and the
-        (key, ranking) of the searches that ended (they leave the pool)."""
-        parents, tokens, ended = [], [], []
-        users = list(self.users.items())
-        for (key, user), candidates in zip(users, _candidates([u for _, u in users], logprobs, self.trie.in_order)):
-            chosen = _advance_user(user, candidates, self.trie.eos_id)
-            user.selections += 1
-            if user.done or user.selections >= self.trie.max_len:
-                del self.users[key]
-                ended.append((key, [(self.trie.index_of(seq), score) for score, seq in user.finished]))
-                continue
+def constrained_beam_search(stepper: Stepper, prompts: Sequence[Sequence[int]], trie: TitleTrie,
+                            num_beams: int) -> list[list[tuple[int, float]]]:
+    """Ranked (title index, summed log-probability) lists, one per prompt, best first."""
+    arrays = trie.in_order
+    users = [_UserSearch([_Beam((), 0.0, 0)], [i]) for i in range(len(prompts))]
+    logprobs = stepper.start(prompts)
+    for _ in range(trie.max_len):
+        active = [user for user in users if not user.done]
+        parents, tokens = [], []
+        for user, candidates in zip(active, _candidates(active, logprobs, arrays, 2 * num_beams)):
+            chosen = _advance_user(user, candidates, num_beams, trie.eos_id)
             user.rows = list(range(len(parents), len(parents) + len(chosen)))
             parents.extend(p for p, _ in chosen)
             tokens.extend(t for _, t in chosen)
-        return parents, tokens, ended
-
-
-def constrained_beam_search(stepper: Stepper, prompts: Sequence[Sequence[int]], trie: TitleTrie,
-                            num_beams: int) -> list[Ranking]:
-    """Ranked (title index, summed log-probability) lists, one per prompt, best first."""
-    pool = BeamPool(trie)
-    for row in range(len(prompts)):
-        pool.add(row, num_beams, row)
-    logprobs = stepper.start(prompts)
-    rankings: dict[Hashable, Ranking] = {}
-    while True:
-        parents, tokens, ended = pool.advance(logprobs)
-        rankings.update(ended)
         if not parents:
-            return [rankings[row] for row in range(len(prompts))]
+            break
         logprobs = stepper.advance(parents, tokens)
+    return [[(trie.index_of(seq), score) for score, seq in user.finished] for user in users]
 
 
 class TorchStepper:

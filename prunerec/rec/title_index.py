@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -52,22 +51,6 @@ class TrieArrays:
         begin, end = int(self.child_start[node]), int(self.child_start[node + 1])
         at = begin + int(np.searchsorted(self.child_token[begin:end], token))
         return int(self.child_node[at]) if at < end and int(self.child_token[at]) == int(token) else NO_NODE
-
-    @cached_property
-    def _edge_keys(self) -> np.ndarray:
-        """(parent node, token) of every edge as one sorted int64 key: nodes ascend, tokens ascend
-        within a node."""
-        parents = np.repeat(np.arange(self.num_nodes, dtype=np.int64), np.diff(self.child_start))
-        return parents << 32 | self.child_token
-
-    def steps(self, nodes: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
-        """`step` for many (node, token) pairs at once."""
-        keys = np.asarray(nodes, dtype=np.int64) << 32 | np.asarray(tokens, dtype=np.int64)
-        edge_keys = self._edge_keys
-        if not len(edge_keys):
-            return np.full(len(keys), NO_NODE, dtype=np.int64)
-        at = np.minimum(np.searchsorted(edge_keys, keys), len(edge_keys) - 1)
-        return np.where((edge_keys[at] == keys) & (keys >= 0), self.child_node[at], NO_NODE)
 
     def walk(self, tokens: Sequence[int], node: int = ROOT) -> int:
         for token in tokens:

@@ -10,7 +10,7 @@ requests that live across beam steps.
 - A beam is a position in a vLLM request. When the search extends a beam by the token its
   request already decoded there, the new beam keeps the request (and its KV cache); any other
   child starts a new request (prompt + beam + child); requests no beam needs are aborted.
-  `LiveStepper` does this behind beam.py's `Stepper` interface, so the search is beam.py's own
+  `LiveStepper` does this behind the `Stepper` interface, so the ranking is beam.py's own
   (Hugging Face beam semantics, length_penalty 0: the same titles, order and scores as
   `prunerec evaluate`).
 - One engine thread drives `LLMEngine` step by step (`add_request` / `step` / `abort_request`).
@@ -18,7 +18,7 @@ requests that live across beam steps.
   add and abort, outputs it waits for); before each step the engine waits briefly until every
   active search has handed in, so concurrent searches share engine steps. (One pool of all
   searches in lockstep was tried: faster on tiny models, but on a Qwen2-0.5B shape every search
-  then waited for the slowest one's prefills; see docs/results.md.)
+  then waited for the slowest one's prefills; docs/results.md, session 12.)
 
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0; faster on CPUs, and adds and
 aborts take effect at the next step) unless `core="process"`, or `"auto"` with a model that needs
@@ -119,12 +119,12 @@ class VllmEngine(WorkerEngine):
 
     # ------------------------------------------------------------------ public interface
     def rank(self, prompt, num_beams, deadline):
-        stepper = LiveStepper(self, deadline, self.sm.index.arrays, int(num_beams))
+        stepper = LiveStepper(self, deadline, self.sm.index.arrays, self.trie_path, int(num_beams))
         with self._session():
             try:
                 ranked = constrained_beam_search(stepper, [list(prompt)], self.sm.trie, num_beams)
             finally:
-                stepper.release_all()
+                self.release(stepper.requests())
         with self._cv:
             self.searches += 1
             self.totals.add(stepper.stats)
@@ -174,13 +174,11 @@ class VllmEngine(WorkerEngine):
                                extra_args=trie_args(self.trie_path, node, sink), skip_clone=True)
 
     def _generate_params(self, max_tokens: int):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        return SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False,
-                              stop_token_ids=[self.sm.eos_id], output_kind=RequestOutputKind.DELTA,
-                              allowed_token_ids=generation_ids(self.sm.tokenizer, self.sm.config.vocab_size),
-                              skip_clone=True)
+        sampling_params, delta, _ = _vllm_names()
+        return sampling_params(max_tokens=max_tokens, temperature=0.0, detokenize=False,
+                               stop_token_ids=[self._eos_id], output_kind=delta,
+                               allowed_token_ids=generation_ids(self.sm.tokenizer, self.sm.config.vocab_size),
+                               skip_clone=True)
 
     class _Session:
         def __init__(self, engine):

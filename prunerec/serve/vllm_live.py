@@ -157,40 +157,35 @@ class _Row:
 
 
 class LiveStepper:
-    """beam.Stepper whose rows are positions in vLLM requests, over the vLLM engine thread
-    (`engine`: new_id, trie_params, submit, release); `stats` gathers the work done."""
+    """beam.Stepper over the vLLM engine thread (`engine`: new_id, trie_params, submit, release)."""
 
-    def __init__(self, engine, deadline: Deadline, arrays: TrieArrays, num_beams: int):
-        self.engine, self.deadline, self.arrays, self.num_beams = engine, deadline, arrays, int(num_beams)
+    def __init__(self, engine, deadline: Deadline, arrays: TrieArrays, trie_path: str, num_beams: int):
+        self.engine, self.deadline, self.arrays, self.trie_path = engine, deadline, arrays, trie_path
+        self.logprobs = 2 * int(num_beams)
         self.rows: list[_Row] = []
-        self.stats = SearchStats()
-
-    def start(self, prompts: Sequence[Sequence[int]]) -> SparseLogprobs:
-        return self.step([], [], prompts)
-
-    def advance(self, parents: Sequence[int], tokens: Sequence[int]) -> SparseLogprobs:
-        return self.step(parents, tokens)
+        self.created: list[LiveRequest] = []
+        self.steps = 0
 
     def _new_request(self, prompt: list[int], prefix: tuple[int, ...], node: int) -> LiveRequest:
         if node == NO_NODE:
             raise PrunerecError(f"the search left the title trie at prefix {list(prefix)}")
         max_tokens = self.arrays.max_len - len(prefix)
         request_id = self.engine.new_id()
-        params = self.engine.trie_params(node, max_tokens, 2 * self.num_beams, request_id)
+        params = self.engine.trie_params(node, max_tokens, self.logprobs, request_id)
         request = LiveRequest(request_id, prompt + list(prefix), params)
-        self.stats.requests += 1
-        self.stats.prompt_tokens += len(request.prompt)
+        self.created.append(request)
         return request
 
-    def step(self, parents: Sequence[int], tokens: Sequence[int],
-             prompts: Sequence[Sequence[int]] = ()) -> SparseLogprobs:
-        """Rows parents[i] of the last step extended by tokens[i], then one row per new prompt;
-        log-probabilities of each row's next token."""
+    def start(self, prompts: Sequence[Sequence[int]]) -> SparseLogprobs:
+        root = TrieArrays.ROOT
+        self.rows = [_Row(self._new_request(list(p), (), root), 0, root, list(p)) for p in prompts]
+        return self._collect([row.request for row in self.rows], [])
+
+    def advance(self, parents: Sequence[int], tokens: Sequence[int]) -> SparseLogprobs:
         rows, adds, kept = [], [], set()
-        nodes = self.arrays.steps([self.rows[p].node for p in parents], tokens).tolist()
-        for parent, token, node in zip(parents, tokens, nodes):
+        for parent, token in zip(parents, tokens):
             old, token = self.rows[parent], int(token)
-            prefix = old.prefix + (token,)
+            node, prefix = self.arrays.step(old.node, token), old.prefix + (token,)
             request = old.request
             if id(request) not in kept and request.outputs[old.position][0] == token:
                 kept.add(id(request))
@@ -199,27 +194,13 @@ class LiveStepper:
                 request = self._new_request(old.prompt, prefix, node)
                 adds.append(request)
                 rows.append(_Row(request, 0, node, old.prompt, prefix))
-        for prompt in prompts:
-            request = self._new_request(list(prompt), (), TrieArrays.ROOT)
-            adds.append(request)
-            rows.append(_Row(request, 0, TrieArrays.ROOT, list(prompt)))
         dropped = {id(r.request): r.request for r in self.rows if id(r.request) not in kept}
         self.rows = rows
         return self._collect(adds, list(dropped.values()))
 
-    def release_all(self) -> None:
-        self._release(list({id(r.request): r.request for r in self.rows}.values()))
-        self.rows = []
-
-    def _release(self, requests: list[LiveRequest]) -> None:
-        for request in requests:
-            self.stats.cached_tokens += request.cached_tokens
-            self.stats.decoded_tokens += len(request.outputs)
-        self.engine.release(requests)
-
     def _collect(self, adds: list[LiveRequest], dropped: list[LiveRequest]) -> SparseLogprobs:
-        self._release(dropped)
-        self.stats.steps += 1
+        self.engine.release(dropped)
+        self.steps += 1
         self.engine.submit(StepJob(self.deadline, adds, [(row.request, row.position) for row in self.rows]))
         values = []
         for row in self.rows:
@@ -228,3 +209,13 @@ class LiveStepper:
                                     f"tokens; the search needed {row.position + 1}")
             values.append(row.request.outputs[row.position][1])
         return SparseLogprobs(values)
+
+    def requests(self) -> list[LiveRequest]:
+        return list({id(r): r for r in self.created}.values())
+
+    @property
+    def stats(self) -> SearchStats:
+        return SearchStats(requests=len(self.created), steps=self.steps,
+                           prompt_tokens=sum(len(r.prompt) for r in self.created),
+                           cached_tokens=sum(r.cached_tokens for r in self.created),
+                           decoded_tokens=sum(len(r.outputs) for r in self.created))

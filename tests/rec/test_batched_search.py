@@ -1,6 +1,5 @@
 """Batched evaluation ranks exactly as one user at a time: the search bookkeeping (hand-made
-log-probabilities), searches joining a running pool at different steps (the vLLM engine's
-continuous batching), the shared-prompt stepper (against the stock-cache one), and the
+log-probabilities), the shared-prompt stepper (against the stock-cache one), and the
 length-sorted batches spread over worker processes."""
 import random
 
@@ -10,7 +9,7 @@ import torch
 from prunerec.data.catalog import Catalog
 from prunerec.model.checkpoint import RecModel
 from prunerec.model.prompt import PromptSettings
-from prunerec.rec.beam import BeamPool, TorchStepper, constrained_beam_search
+from prunerec.rec.beam import TorchStepper, constrained_beam_search
 from prunerec.rec.encode import response_ids
 from prunerec.rec.evaluate import EvalOptions, Recommender, length_batches, rank_users
 from prunerec.rec.shared_prompt import SharedPromptStepper, make_stepper, supports
@@ -36,9 +35,8 @@ class HandMadeStepper:
         self.rows = [(tuple(p), ()) for p in prompts]
         return torch.stack([self._logprobs(r) for r in self.rows])
 
-    def advance(self, parents, tokens, new_prompts=()):
+    def advance(self, parents, tokens):
         self.rows = [(self.rows[p][0], self.rows[p][1] + (t,)) for p, t in zip(parents, tokens)]
-        self.rows += [(tuple(p), ()) for p in new_prompts]
         return torch.stack([self._logprobs(r) for r in self.rows])
 
 
@@ -59,28 +57,6 @@ def test_hand_made_batched_equals_one_user_at_a_time(setup):
                   for p in prompts]
         assert batched == single  # titles, order and scores, exactly
         assert all(len(row) == num_beams for row in batched)
-
-
-def test_searches_joining_a_running_pool_rank_as_alone(setup):
-    """Users join at steps 0, 0, 1 and 3 with different beam counts, while others run and end."""
-    tokenizer, _, trie, prompts = setup
-    joins = {0: [(0, 5), (1, 2)], 1: [(2, 12)], 3: [(3, 5)]}  # step -> [(prompt index, num_beams)]
-    alone = {i: constrained_beam_search(HandMadeStepper(len(tokenizer)), [prompts[i]], trie, beams)[0]
-             for entries in joins.values() for i, beams in entries}
-    pool, stepper, got = BeamPool(trie), HandMadeStepper(len(tokenizer)), {}
-    stepper.rows, logprobs, step = [], None, 0
-    while True:
-        parents, tokens, ended = pool.advance(logprobs) if logprobs is not None else ([], [], [])
-        got.update(ended)
-        joined = joins.get(step, [])
-        for row, (i, beams) in enumerate(joined, start=len(parents)):
-            pool.add(i, beams, row)
-        if not len(pool):
-            break
-        logprobs = stepper.advance(parents, tokens, [prompts[i] for i, _ in joined])
-        step += 1
-    assert got == alone  # titles, order and scores, exactly
-    assert step > 4 and set(got) == {0, 1, 2, 3}
 
 
 def test_shared_prompt_logprobs_equal_the_stock_cache(setup):

@@ -24,15 +24,3 @@ def test_arrays_match_the_dict_trie(tmp_path):
     assert arrays.step(TrieArrays.ROOT, tokenizer.eos_token_id) == NO_NODE
     assert arrays.walk([tokenizer.eos_token_id, 1]) == NO_NODE and len(arrays.children(NO_NODE)) == 0
     assert index.widest_node() == int(np.diff(arrays.child_start).max()) == len(index.trie.root)
-
-
-def test_steps_equal_step_on_every_pair():
-    """The vectorized step (one search for a whole beam step) against the scalar one on every
-    (node, token) pair of the tiny vocabulary, NO_NODE included."""
-    tokenizer = tiny_tokenizer()
-    arrays = TitleIndex.of_catalog(tokenizer, Catalog.from_titles(TITLES)).arrays
-    nodes = np.repeat(np.arange(-1, arrays.num_nodes), len(tokenizer))
-    tokens = np.tile(np.arange(len(tokenizer)), arrays.num_nodes + 1)
-    got = arrays.steps(nodes, tokens)
-    assert got.tolist() == [arrays.step(int(n), int(t)) for n, t in zip(nodes, tokens)]
-    assert (got != NO_NODE).sum() == arrays.num_nodes - 1  # every node but the root is some edge's child
