@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prunerec.allocator import keep_freed_memory  # noqa: E402
 from prunerec.io import write_json  # noqa: E402
 from prunerec.serve.model import load_serve_model  # noqa: E402
 from prunerec.serve.worker import Deadline  # noqa: E402
@@ -181,9 +182,14 @@ def main() -> int:
     parser.add_argument("--vllm-core", default="auto", choices=("auto", "inline", "process"))
     parser.add_argument("--max-batch", type=int, default=8, help="torch/onnx: requests batched into one search")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "engine_profile")
+    parser.add_argument("--freed-to-os", action="store_true",
+                        help="leave glibc's defaults (freed memory returned to the system), for a before/after")
     args = parser.parse_args()
+    if not args.freed_to_os:
+        keep_freed_memory()  # as the prunerec command does
     prompts_of = histories(args.data)
-    record = {"model": args.model, "users": args.users, "vllm_core": args.vllm_core, "max_batch": args.max_batch,
+    record = {"model": args.model, "users": args.users, "freed_to_os": args.freed_to_os,
+              "vllm_core": args.vllm_core, "max_batch": args.max_batch,
               "seconds": args.seconds,
               "beams": args.beams, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "engines": {}}
     for name in args.engines.split(","):

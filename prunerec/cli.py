@@ -18,6 +18,9 @@ def main():
 
     Typical flow: `data` -> `train` -> `evaluate`; `demo` runs it all on built-in data.
     """
+    from prunerec.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
 
 # --- data ---------------------------------------------------------------------------------

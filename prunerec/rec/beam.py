@@ -11,7 +11,7 @@ beam can still beat the worst of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
@@ -30,106 +30,117 @@ class Stepper(Protocol):
 
 
 @dataclass
-class _Beam:
-    tokens: tuple[int, ...]
-    score: float
-    node: int  # node id in TitleTrie.in_order
+class _Rows:
+    """Running beams (or their candidates), contiguous per user in user order, in beam order
+    within a user: one engine row each."""
+
+    user: np.ndarray   # int64
+    score: np.ndarray  # float64: summed log-probability
+    node: np.ndarray   # int64: node id in TitleTrie.in_order
 
 
 @dataclass
-class _UserSearch:
-    running: list[_Beam]
-    rows: list[int] = field(default_factory=list)  # the row of each running beam in the last step's output
-    finished: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
-    done: bool = False
+class _Candidates(_Rows):
+    """Per user, its best candidates, best first."""
+
+    parent: np.ndarray  # int64: the row (in the last step's output) they extend
+    token: np.ndarray   # int64
+    rank: np.ndarray    # int64: position among the user's candidates
 
 
-@dataclass
-class _Candidate:
-    score: float
-    beam: int   # index into the user's running beams
-    token: int
-    node: int   # node after the token
+class _Finished:
+    """Per user, the best num_beams complete titles so far: (score, node) best first, ties in
+    the order they were found."""
+
+    def __init__(self, users: int, num_beams: int):
+        self.score = np.full((users, num_beams), -np.inf)
+        self.node = np.zeros((users, num_beams), dtype=np.int64)
+        self.count = np.zeros(users, dtype=np.int64)
+
+    def add(self, found: _Rows) -> None:
+        """Merge `found` (best first within a user) into each user's list."""
+        if not len(found.user):
+            return
+        num_beams = self.score.shape[1]
+        kept_user, kept_slot = np.nonzero(np.arange(num_beams) < self.count[:, None])
+        user = np.concatenate([kept_user, found.user])
+        score = np.concatenate([self.score[kept_user, kept_slot], found.score])
+        node = np.concatenate([self.node[kept_user, kept_slot], found.node])
+        arrival = np.arange(len(user))  # the ones already kept first: a stable insert
+        order = np.lexsort((arrival, -score, user))
+        slot = _rank_within(user[order])
+        order, slot = order[slot < num_beams], slot[slot < num_beams]
+        self.score[user[order], slot] = score[order]
+        self.node[user[order], slot] = node[order]
+        self.count = np.minimum(self.count + np.bincount(found.user, minlength=len(self.count)), num_beams)
+
+    def beat_by_none(self, best_running: np.ndarray) -> np.ndarray:
+        """Per user: num_beams titles are finished and no running beam scores above the worst."""
+        return (self.count >= self.score.shape[1]) & (best_running <= self.score[:, -1])
 
 
-def _candidates(users: Sequence[_UserSearch], logprobs, trie: InsertionOrderArrays,
-                width: int) -> list[list[_Candidate]]:
+def _rank_within(sorted_users: np.ndarray) -> np.ndarray:
+    """Position of each entry among the entries of its user (entries grouped by user)."""
+    return np.arange(len(sorted_users)) - np.searchsorted(sorted_users, sorted_users)
+
+
+def _candidates(rows: _Rows, logprobs, trie: InsertionOrderArrays, width: int) -> _Candidates:
     """Per user, its best `width` candidates over every running beam's allowed children, best
     first; ties keep beam order, then the trie's child order. One gather and one sort for all
     users of the step."""
-    owner_user, owner_beam, nodes, rows, base = [], [], [], [], []
-    for user_index, user in enumerate(users):
-        for beam_index, (beam, row) in enumerate(zip(user.running, user.rows)):
-            owner_user.append(user_index)
-            owner_beam.append(beam_index)
-            nodes.append(beam.node)
-            rows.append(row)
-            base.append(beam.score)
-    picked: list[list[_Candidate]] = [[] for _ in users]
-    if not nodes:
-        return picked
-    nodes = np.asarray(nodes, dtype=np.int64)
-    starts = trie.child_start[nodes]
-    counts = trie.child_start[nodes + 1] - starts
-    owner = np.repeat(np.arange(len(nodes)), counts)
+    starts = trie.child_start[rows.node]
+    counts = trie.child_start[rows.node + 1] - starts
+    owner = np.repeat(np.arange(len(rows.node)), counts)
     edges = np.repeat(starts, counts) + np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     tokens = trie.child_token[edges]
-    row_ids = np.asarray(rows, dtype=np.int64)[owner]
-    scores = logprobs[torch.from_numpy(row_ids), torch.from_numpy(tokens)].double().numpy() + np.asarray(base)[owner]
-    user_of = np.asarray(owner_user, dtype=np.int64)[owner]
-    order = np.lexsort((-scores, user_of))  # stable: equal scores keep beam, then child order
-    sorted_users = user_of[order]
-    first_of_user = np.searchsorted(sorted_users, sorted_users)
-    order = order[np.arange(len(order)) - first_of_user < width]
-    columns = (scores[order].tolist(), np.asarray(owner_beam)[owner[order]].tolist(), tokens[order].tolist(),
-               trie.child_node[edges[order]].tolist(), user_of[order].tolist())
-    for score, beam, token, node, user_index in zip(*columns):
-        picked[user_index].append(_Candidate(score, beam, token, node))
-    return picked
+    scores = logprobs[torch.from_numpy(owner), torch.from_numpy(tokens)].double().numpy() + rows.score[owner]
+    user = rows.user[owner]
+    order = np.lexsort((-scores, user))  # stable: equal scores keep beam, then child order
+    rank = _rank_within(user[order])
+    order, rank = order[rank < width], rank[rank < width]
+    return _Candidates(user[order], scores[order], trie.child_node[edges[order]], owner[order], tokens[order], rank)
 
 
-def _advance_user(user: _UserSearch, candidates: list[_Candidate], num_beams: int, eos: int):
-    """One step for one user; returns [(parent_row, token)] of its new running beams."""
-    running, parents = [], []
-    for rank, candidate in enumerate(candidates):
-        beam = user.running[candidate.beam]
-        if candidate.token == eos:
-            if rank < num_beams:
-                user.finished.append((candidate.score, beam.tokens + (eos,)))
-                user.finished.sort(key=lambda f: -f[0])
-                del user.finished[num_beams:]
-            continue
-        running.append(_Beam(beam.tokens + (candidate.token,), candidate.score, candidate.node))
-        parents.append((user.rows[candidate.beam], candidate.token))
-        if len(running) == num_beams:
-            break
-    user.running = running
-    full = len(user.finished) >= num_beams
-    user.done = not running or (full and max(b.score for b in running) <= user.finished[-1][0])
-    if user.done:
-        user.running = []
-        parents = []
-    return parents
+def _advance(candidates: _Candidates, finished: _Finished, num_beams: int, eos: int) -> _Candidates:
+    """One step for every user, Hugging Face's way: each user's candidates are walked best first;
+    EOS among the first num_beams closes a title, the others continue until num_beams run; a user
+    is done when nothing runs or num_beams titles are finished and no running beam beats the worst.
+    Returns the running beams of the users not done."""
+    is_eos = candidates.token == eos
+    continues = ~is_eos
+    continuing_before = np.cumsum(continues) - continues
+    first_of_user = np.arange(len(is_eos)) - candidates.rank
+    reached = continuing_before - continuing_before[first_of_user] < num_beams  # before the walk stops
+    finished.add(_select(candidates, is_eos & (candidates.rank < num_beams)))
+    running = _select(candidates, continues & reached)
+    users, first = np.unique(running.user, return_index=True)
+    best_running = np.full(len(finished.count), np.inf)
+    best_running[users] = running.score[first]  # best first: a user's first running beam is its best
+    return _select(running, ~finished.beat_by_none(best_running)[running.user])
+
+
+def _select(rows: _Candidates, mask: np.ndarray) -> _Candidates:
+    kept = _Candidates(*(getattr(rows, f.name)[mask] for f in fields(_Candidates)))
+    if len(kept.rank):
+        kept.rank = _rank_within(kept.user)
+    return kept
 
 
 def constrained_beam_search(stepper: Stepper, prompts: Sequence[Sequence[int]], trie: TitleTrie,
                             num_beams: int) -> list[list[tuple[int, float]]]:
     """Ranked (title index, summed log-probability) lists, one per prompt, best first."""
     arrays = trie.in_order
-    users = [_UserSearch([_Beam((), 0.0, 0)], [i]) for i in range(len(prompts))]
+    users = len(prompts)
+    rows = _Rows(np.arange(users), np.zeros(users), np.zeros(users, dtype=np.int64))
+    finished = _Finished(users, num_beams)
     logprobs = stepper.start(prompts)
     for _ in range(trie.max_len):
-        active = [user for user in users if not user.done]
-        parents, tokens = [], []
-        for user, candidates in zip(active, _candidates(active, logprobs, arrays, 2 * num_beams)):
-            chosen = _advance_user(user, candidates, num_beams, trie.eos_id)
-            user.rows = list(range(len(parents), len(parents) + len(chosen)))
-            parents.extend(p for p, _ in chosen)
-            tokens.extend(t for _, t in chosen)
-        if not parents:
+        rows = _advance(_candidates(rows, logprobs, arrays, 2 * num_beams), finished, num_beams, trie.eos_id)
+        if not len(rows.user):
             break
-        logprobs = stepper.advance(parents, tokens)
-    return [[(trie.index_of(seq), score) for score, seq in user.finished] for user in users]
+        logprobs = stepper.advance(rows.parent.tolist(), rows.token.tolist())
+    titles, scores = arrays.title_at[finished.node].tolist(), finished.score.tolist()
+    return [list(zip(titles[u][:n], scores[u][:n])) for u, n in enumerate(finished.count.tolist())]
 
 
 class TorchStepper:

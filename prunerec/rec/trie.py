@@ -17,6 +17,7 @@ class InsertionOrderArrays:
     child_start: np.ndarray  # int64 [nodes + 1]
     child_token: np.ndarray  # int64 [edges]
     child_node: np.ndarray   # int64 [edges]
+    title_at: np.ndarray     # int64 [nodes]: the title a complete path (ending with EOS) ends at; -1 elsewhere
 
 
 class TitleTrie:
@@ -56,6 +57,10 @@ class TitleTrie:
     def csr(self, sort_children: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(child_start, child_token, child_node) int64 arrays: node ids breadth first, root 0;
         each node's children sorted by token, or in the order titles first reached them."""
+        return self._breadth_first(sort_children)[1]
+
+    def _breadth_first(self, sort_children: bool) -> tuple[list[dict], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The node dicts in node-id order, and csr's arrays."""
         starts, tokens, nodes = [0], [], []
         queue = [self.root]
         for current in queue:  # breadth first; the list grows while it is walked
@@ -64,11 +69,16 @@ class TitleTrie:
                 nodes.append(len(queue))
                 queue.append(current[token])
             starts.append(len(tokens))
-        return tuple(np.asarray(v, dtype=np.int64) for v in (starts, tokens, nodes))
+        return queue, tuple(np.asarray(v, dtype=np.int64) for v in (starts, tokens, nodes))
 
     @cached_property
     def in_order(self) -> InsertionOrderArrays:
-        return InsertionOrderArrays(*self.csr(sort_children=False))
+        queue, arrays = self._breadth_first(sort_children=False)
+        node_of = {id(node): i for i, node in enumerate(queue)}
+        title_at = np.full(len(queue), -1, dtype=np.int64)
+        for sequence, index in self.ends.items():
+            title_at[node_of[id(self.node(sequence))]] = index
+        return InsertionOrderArrays(*arrays, title_at)
 
     def index_of(self, sequence: Sequence[int]) -> int | None:
         """The title index of a complete path, or None."""

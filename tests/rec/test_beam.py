@@ -56,36 +56,89 @@ def _hand_arrays():
     from prunerec.rec.trie import InsertionOrderArrays
 
     return InsertionOrderArrays(np.array([0, 2, 2, 5, 5, 5, 5, 5, 5]), np.array([4, 2, 7, 1, 3]),
-                                np.array([3, 4, 5, 6, 7]))
+                                np.array([3, 4, 5, 6, 7]), np.full(8, -1))
+
+
+def _rows(users, scores, nodes):
+    import numpy as np
+
+    from prunerec.rec.beam import _Rows
+
+    return _Rows(np.array(users), np.array(scores, dtype=np.float64), np.array(nodes))
 
 
 def _picked(candidates):
-    return [(c.score, c.beam, c.token) for c in candidates]
+    return list(zip(candidates.user.tolist(), candidates.score.tolist(), candidates.parent.tolist(),
+                    candidates.token.tolist(), candidates.rank.tolist()))
 
 
 def test_candidates_best_first_ties_in_beam_then_trie_order():
-    from prunerec.rec.beam import _Beam, _candidates, _UserSearch
+    from prunerec.rec.beam import _candidates
 
     logprobs = torch.full((3, 10), float("-inf"))
     logprobs[0, [4, 2]] = torch.tensor([-1.0, -0.5])
     logprobs[2, [7, 1, 3]] = torch.tensor([-1.5, -0.5, -3.0])
-    user = _UserSearch([_Beam((4,), -1.0, 0), _Beam((9,), -9.0, 1), _Beam((5,), -1.0, 2)], [0, 1, 2])
-    # rows 0, 1, 2 hold beams 0, 1, 2; beam 1 is a finished title (no children)
-    [got] = _candidates([user], logprobs, _hand_arrays(), width=4)
-    assert _picked(got) == [(-1.5, 0, 2), (-1.5, 2, 1), (-2.0, 0, 4), (-2.5, 2, 7)]
-    assert [c.node for c in got] == [4, 6, 3, 5]
-    assert _picked(_candidates([user], logprobs, _hand_arrays(), width=10)[0])[-1] == (-4.0, 2, 3)
-    assert _candidates([_UserSearch([_Beam((), 0.0, 1)], [0])], logprobs, _hand_arrays(), width=4) == [[]]
+    rows = _rows([0, 0, 0], [-1.0, -9.0, -1.0], [0, 1, 2])  # row 1 is a finished title (no children)
+    got = _candidates(rows, logprobs, _hand_arrays(), width=4)
+    assert _picked(got) == [(0, -1.5, 0, 2, 0), (0, -1.5, 2, 1, 1), (0, -2.0, 0, 4, 2), (0, -2.5, 2, 7, 3)]
+    assert got.node.tolist() == [4, 6, 3, 5]
+    assert _picked(_candidates(rows, logprobs, _hand_arrays(), width=10))[-1] == (0, -4.0, 2, 3, 4)
+    assert _picked(_candidates(_rows([0], [0.0], [1]), logprobs, _hand_arrays(), width=4)) == []
 
 
 def test_candidates_of_several_users_are_ranked_per_user():
-    from prunerec.rec.beam import _Beam, _candidates, _UserSearch
+    from prunerec.rec.beam import _candidates
 
     logprobs = torch.full((3, 10), float("-inf"))
     logprobs[0, [4, 2]] = torch.tensor([-1.0, -0.5])
     logprobs[1, [7, 1, 3]] = torch.tensor([-1.5, -0.5, -3.0])
     logprobs[2, [4, 2]] = torch.tensor([-0.25, -0.5])
-    first = _UserSearch([_Beam((4,), -1.0, 0), _Beam((5,), -1.0, 2)], [0, 1])
-    second = _UserSearch([_Beam((1,), -5.0, 0)], [2])
-    got = _candidates([first, second], logprobs, _hand_arrays(), width=2)
-    assert [_picked(c) for c in got] == [[(-1.5, 0, 2), (-1.5, 1, 1)], [(-5.25, 0, 4), (-5.5, 0, 2)]]
+    rows = _rows([0, 0, 1], [-1.0, -1.0, -5.0], [0, 2, 0])
+    got = _candidates(rows, logprobs, _hand_arrays(), width=2)
+    assert _picked(got) == [(0, -1.5, 0, 2, 0), (0, -1.5, 1, 1, 1), (1, -5.25, 2, 4, 0), (1, -5.5, 2, 2, 1)]
+
+
+def _step(candidates, finished, num_beams=2, eos=9):
+    """_advance on hand-made candidates (user, score, parent row, token, node), best first per user."""
+    import numpy as np
+
+    from prunerec.rec.beam import _advance, _Candidates
+
+    user, score, parent, token, node = (np.array(v) for v in zip(*candidates))
+    rank = np.arange(len(user)) - np.searchsorted(user, user)
+    return _advance(_Candidates(user, score.astype(np.float64), node, parent, token, rank), finished, num_beams, eos)
+
+
+def _running(rows):
+    return list(zip(rows.user.tolist(), rows.parent.tolist(), rows.token.tolist()))
+
+
+def test_advance_walks_each_user_best_first_like_hugging_face():
+    from prunerec.rec.beam import _Finished
+
+    finished = _Finished(users=2, num_beams=2)
+    # user 0: EOS ranked first closes a title, then two continue and the walk stops there (the
+    # later EOS is never reached); user 1: EOS ranked 2nd and 3rd, only the 2nd (rank < 2) counts
+    running = _step([(0, -1.0, 0, 9, 90), (0, -2.0, 0, 5, 50), (0, -3.0, 1, 6, 60), (0, -3.5, 1, 9, 91),
+                     (1, -1.0, 2, 7, 70), (1, -2.0, 2, 9, 92), (1, -2.5, 3, 9, 93), (1, -4.0, 3, 8, 80)], finished)
+    assert _running(running) == [(0, 0, 5), (0, 1, 6), (1, 2, 7), (1, 3, 8)]
+    assert running.node.tolist() == [50, 60, 70, 80] and running.rank.tolist() == [0, 1, 0, 1]
+    assert finished.count.tolist() == [1, 1]
+    assert finished.score[:, 0].tolist() == [-1.0, -2.0] and finished.node[:, 0].tolist() == [90, 92]
+
+
+def test_advance_keeps_the_best_titles_ties_first_found_and_stops_beaten_users():
+    from prunerec.rec.beam import _Finished
+
+    finished = _Finished(users=2, num_beams=2)
+    running = _step([(0, -2.0, 0, 9, 100), (0, -2.5, 0, 5, 50), (1, -1.0, 1, 9, 101), (1, -1.2, 1, 6, 60)],
+                    finished)
+    assert _running(running) == [(0, 0, 5), (1, 1, 6)]
+    # user 0: a better title, and one tying its kept -2.0 that goes after it and out; its running
+    # beam (-3.0) cannot beat its worst title (-2.0): done. User 1's running beam (-1.25) can (-1.3).
+    running = _step([(0, -1.0, 0, 9, 102), (0, -2.0, 0, 9, 103), (0, -3.0, 0, 5, 51),
+                     (1, -1.25, 1, 6, 61), (1, -1.3, 1, 9, 104)], finished)
+    assert _running(running) == [(1, 1, 6)]
+    assert finished.score.tolist() == [[-1.0, -2.0], [-1.0, -1.3]]
+    assert finished.node.tolist() == [[102, 100], [101, 104]] and finished.count.tolist() == [2, 2]
+    assert _running(_step([(1, -1.5, 0, 9, 105)], finished)) == []  # nothing continues: done
