@@ -66,6 +66,9 @@ class ServeOptions:
     beams: int = flag(20, "Beams of the constrained search (num_beams = max(k, --beams)), as in `prunerec evaluate`.",
                       low=1)
     max_batch: int = flag(8, "torch/onnx only: waiting requests batched into one search.", low=1)
+    processes: int | None = flag(None, "torch only: processes running batched searches side by side (forked, "
+                                       "sharing the model; each uses cores / busy processes threads).",
+                                 low=1, kind=int, default_text="one per usable core")
     tensor_parallel_size: int = flag(1, "vLLM only: devices to shard the model over.", low=1)
     dtype: str = flag("auto", "vLLM only: compute dtype (auto: float32, what the torch reference computes in, so "
                               "answers match).", choices=("auto", "float32", "bfloat16", "float16"))
@@ -168,9 +171,9 @@ class Runtime:
 
 def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
                  dtype: str = "auto", enforce_eager: bool = False, beams: int = 20,
-                 vllm_core: str = "auto") -> Engine:
+                 vllm_core: str = "auto", processes: int | None = None) -> Engine:
     if sm.engine == "torch":
-        return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay)
+        return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay, processes=processes)
     if sm.engine == "onnx":
         return OnnxEngine(sm, max_batch=max_batch, step_delay=step_delay)
     if sm.engine == "vllm":
@@ -185,7 +188,7 @@ def _default_engine(sm: ServeModel, options: ServeOptions) -> Engine:
     return build_engine(sm, max_batch=options.max_batch, step_delay=options.step_delay,
                         tensor_parallel_size=options.tensor_parallel_size, dtype=options.dtype,
                         enforce_eager=options.enforce_eager, beams=options.beams,
-                        vllm_core=options.vllm_core)
+                        vllm_core=options.vllm_core, processes=options.processes)
 
 
 # ----------------------------------------------------------------------------- middleware

@@ -56,7 +56,8 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
               help="Serve a non-loopback --host without an API key on purpose (e.g. behind a proxy that "
                    "authenticates). Without it, such a bind is refused.")
 @click_options(ServeOptions, ["max_concurrency", "max_queue", "max_body_bytes", "request_timeout", "queue_timeout",
-                              "beams", "tensor_parallel_size", "dtype", "enforce_eager", "vllm_core", "max_batch"])
+                              "beams", "tensor_parallel_size", "dtype", "enforce_eager", "vllm_core", "max_batch",
+                              "processes"])
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.option("--debug-step-delay", default=0.0, hidden=True, type=click.FloatRange(0),
@@ -64,7 +65,7 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
 @friendly_errors
 def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_concurrency, max_queue, max_body_bytes,
           request_timeout, queue_timeout, beams, tensor_parallel_size, dtype, enforce_eager, vllm_core, max_batch,
-          log_level, debug_step_delay):
+          processes, log_level, debug_step_delay):
     """Serve recommendations over HTTP: POST /v1/recommend with {"history": [ids or titles], "k": 10}
     returns k distinct catalog items ranked by trie-constrained beam search (the ranking of
     `prunerec evaluate`), with L2 grounding of a free generation when the search finds fewer.
@@ -82,12 +83,15 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
     """
     import uvicorn
 
+    from prunerec.allocator import keep_freed_memory
     from prunerec.serve.app import create_app
     from prunerec.serve.model import load_serve_model
 
     if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "auto"):
         raise PrunerecError("--tensor-parallel-size, --dtype, --enforce-eager and --vllm-core apply to --engine vllm "
                             "only")
+    if engine != "torch" and processes is not None:
+        raise PrunerecError("--processes applies to --engine torch only")
     check_exposure(host, api_key, allow_unauthenticated)
     if queue_timeout is not None and queue_timeout >= request_timeout:
         raise PrunerecError(f"--queue-timeout {queue_timeout:g} must be less than --request-timeout "
@@ -98,11 +102,13 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
         log.warning("serving %s without an API key (--allow-unauthenticated): anyone who reaches this port can "
                     "use the model", host)
 
+    keep_freed_memory()  # also when started as `python -m prunerec.serve.cli`
     sm = load_serve_model(model_dir, engine)
     options = ServeOptions(engine=engine, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
                            max_body_bytes=max_body_bytes, request_timeout=request_timeout,
                            queue_timeout=queue_timeout, beams=beams,
-                           max_batch=max_batch, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                           max_batch=max_batch, processes=processes, tensor_parallel_size=tensor_parallel_size,
+                           dtype=dtype,
                            enforce_eager=enforce_eager, step_delay=debug_step_delay, vllm_core=vllm_core)
     fatal: list[str] = []
     server: uvicorn.Server | None = None

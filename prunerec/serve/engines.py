@@ -1,9 +1,10 @@
 """Engines behind one interface: rank a prompt by trie-constrained beam search, and write a free
-(greedy) generation. `torch` and `onnx` run prunerec.rec.beam's search on a `Stepper` in one
-worker thread (prunerec.serve.worker) that batches requests waiting at the same time; `vllm`
-lives in vllm_engine.py; serve/app.py's `build_engine` picks one.
+(greedy) generation. `torch` and `onnx` run prunerec.rec.beam's search on a `Stepper` in a
+worker thread (prunerec.serve.worker) that batches requests waiting at the same time (torch: one
+worker thread per forked search process, prunerec.serve.forked); `vllm` lives in vllm_engine.py;
+serve/app.py's `build_engine` picks one.
 
-Every engine answers from one thread of its own, so callers (the HTTP server's request
+Every engine answers from threads of its own, so callers (the HTTP server's request
 threads) may call `rank` and `generate` concurrently. A `Deadline` cancels work that nobody
 waits for any more: steppers check it before each step.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +21,9 @@ import torch
 
 from prunerec.errors import PrunerecError
 from prunerec.rec.beam import constrained_beam_search
+from prunerec.serve.forked import ForkedWorkers, WorkerProcessDied
 from prunerec.serve.model import ServeModel
-from prunerec.serve.worker import Cancelled, Deadline, Engine, Job, WorkerEngine, unexpired
+from prunerec.serve.worker import Cancelled, Deadline, Engine, EngineDead, Job, WorkerEngine, unexpired
 
 log = logging.getLogger("prunerec.serve")
 
@@ -46,16 +49,18 @@ def greedy_tokens(stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int
 
 
 class _GuardedStepper:
-    """Wraps a Stepper: stops the batch when every request in it is cancelled; optional delay
-    per step (a testing aid: --debug-step-delay)."""
+    """Wraps a Stepper: stops the batch when every request in it is cancelled (or `should_stop`
+    says so); optional delay per step (a testing aid: --debug-step-delay)."""
 
-    def __init__(self, inner, deadlines: Sequence[Deadline], delay: float):
-        self.inner, self.deadlines, self.delay = inner, deadlines, delay
+    def __init__(self, inner, deadlines: Sequence[Deadline], delay: float,
+                 should_stop: Callable[[], bool] | None = None):
+        self.inner, self.deadlines, self.delay, self.should_stop = inner, deadlines, delay, should_stop
 
     def _check(self):
         if self.delay:
             time.sleep(self.delay)
-        if all(d.expired() for d in self.deadlines):
+        stopped = self.should_stop is not None and self.should_stop()
+        if stopped or all(d.expired() for d in self.deadlines):
             raise Cancelled("every request of the batch was cancelled")
 
     def start(self, prompts):
@@ -76,13 +81,15 @@ class _Job(Job):
 
 
 class BatchingEngine(WorkerEngine):
-    """Runs jobs on one worker thread in arrival order: the oldest job and the jobs right behind
-    it of the same kind and parameter (up to max_batch) share one batched search, as `prunerec
-    evaluate` batches users. A job never waits behind a later one (no starvation)."""
+    """Runs jobs in arrival order: the oldest job and the jobs right behind it of the same kind and
+    parameter (up to max_batch) share one batched search, as `prunerec evaluate` batches users. A
+    job never waits behind a later one (no starvation). With `forked` workers (ForkedWorkers, one
+    worker thread per process) several batches run at once, each in its own process."""
 
-    def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0):
-        super().__init__(sm, step_delay)
+    def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0, workers: int = 1):
+        super().__init__(sm, step_delay, workers)
         self.max_batch = max(1, int(max_batch))
+        self.forked = None
 
     def new_stepper(self):
         raise NotImplementedError
@@ -93,6 +100,11 @@ class BatchingEngine(WorkerEngine):
 
     def generate(self, prompt, max_new_tokens, deadline):
         return self._submit(_Job("generate", int(max_new_tokens), list(prompt), deadline))
+
+    def close(self) -> None:
+        super().close()
+        if self.forked is not None:
+            self.forked.close()
 
     # ---------------------------------------------------------------- worker
     def _take_batch(self) -> list[_Job] | None:
@@ -107,15 +119,26 @@ class BatchingEngine(WorkerEngine):
                 batch.append(self._jobs.popleft())
         return batch
 
-    def _run(self, batch: list[_Job]):
-        stepper = _GuardedStepper(self.new_stepper(), [j.deadline for j in batch], self.step_delay)
-        prompts = [j.prompt for j in batch]
+    def _search(self, kind: str, param: int, prompts: list, deadlines: Sequence[Deadline],
+                should_stop: Callable[[], bool] | None = None):
+        stepper = _GuardedStepper(self.new_stepper(), deadlines, self.step_delay, should_stop)
         with torch.inference_mode():
-            if batch[0].kind == "rank":
-                return constrained_beam_search(stepper, prompts, self.sm.trie, batch[0].param)
-            return greedy_tokens(stepper, prompts, batch[0].param, self.sm.eos_id, len(self.sm.tokenizer))
+            if kind == "rank":
+                return constrained_beam_search(stepper, prompts, self.sm.trie, param)
+            return greedy_tokens(stepper, prompts, param, self.sm.eos_id, len(self.sm.tokenizer))
 
-    def _work(self) -> None:
+    def _search_in_process(self, kind, param, prompts, deadline_ats, should_stop):
+        """ForkedWorkers' runner, in a worker process."""
+        return self._search(kind, param, prompts, [Deadline.until(at) for at in deadline_ats], should_stop)
+
+    def _run(self, slot: int, batch: list[_Job]):
+        first, prompts = batch[0], [j.prompt for j in batch]
+        if self.forked is None:
+            return self._search(first.kind, first.param, prompts, [j.deadline for j in batch])
+        return self.forked.run_batch(slot, first.kind, first.param, prompts, [j.deadline.at for j in batch],
+                                     cancelled=lambda: all(j.deadline.expired() for j in batch))
+
+    def _work(self, slot: int) -> None:
         while True:
             batch = self._take_batch()
             if batch is None:
@@ -124,7 +147,11 @@ class BatchingEngine(WorkerEngine):
             if not live:
                 continue
             try:
-                results = self._run(live)
+                results = self._run(slot, live)
+            except WorkerProcessDied as err:  # the engine dies: on_dead runs, every call gets EngineDead
+                self._die(str(err), err)
+                self._fail(live, EngineDead(str(err)))
+                return
             except Exception as err:  # handed to the waiting request threads
                 if not isinstance(err, Cancelled):
                     log.exception("%s engine failed on a batch of %d", self.name, len(live))
@@ -135,17 +162,34 @@ class BatchingEngine(WorkerEngine):
                     job.future.set_result(result)
 
 
+def search_processes(requested: int | None, model) -> int:
+    """Worker processes for the torch engine: `requested`, or one per usable core; one (no fork)
+    when the model is not on the CPU."""
+    from prunerec.rec.parallel import usable_cores
+
+    if next(model.parameters()).device.type != "cpu":
+        return 1
+    return max(1, usable_cores() if requested is None else int(requested))
+
+
 class TorchEngine(BatchingEngine):
     """transformers with `prunerec evaluate`'s stepper (rec.shared_prompt.make_stepper): the same
-    computation as evaluate."""
+    computation as evaluate. Searches run in `processes` forked processes side by side (one per
+    usable core by default; prunerec.serve.forked), or in this process when there is one."""
 
     name = "torch"
 
-    def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0):
+    def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0, processes: int | None = None):
         from prunerec.model.checkpoint import load_rec_model
+        from prunerec.rec.parallel import usable_cores
 
-        super().__init__(sm, max_batch, step_delay)
-        self.rec = load_rec_model(str(sm.folder), need_catalog=True)
+        rec = load_rec_model(str(sm.folder), need_catalog=True)
+        processes = search_processes(processes, rec.model)
+        super().__init__(sm, max_batch, step_delay, workers=processes)
+        self.rec = rec
+        if processes > 1:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer thread pool across the fork
+            self.forked = ForkedWorkers(processes, usable_cores(), self._search_in_process)
         self.start_worker()
 
     def new_stepper(self):
@@ -158,7 +202,8 @@ class TorchEngine(BatchingEngine):
 
     def describe(self):
         return {"engine": self.name, "dtype": str(next(self.rec.model.parameters()).dtype).replace("torch.", ""),
-                "threads": torch.get_num_threads(), "max_batch": self.max_batch}
+                "threads": torch.get_num_threads(), "max_batch": self.max_batch,
+                "processes": len(self.forked.workers) if self.forked is not None else 1}
 
 
 class OnnxEngine(BatchingEngine):

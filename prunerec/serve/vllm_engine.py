@@ -257,7 +257,7 @@ class VllmEngine(WorkerEngine):
             f"{k}={v}" for k, v in kwargs.items() if k not in ("model", "tokenizer")))
         return LLM(**kwargs)
 
-    def _work(self):
+    def _work(self, slot: int):
         try:
             llm = self._load()
         except BaseException as err:  # noqa: BLE001 - reported by the constructor

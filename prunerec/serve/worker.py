@@ -35,6 +35,13 @@ class Deadline:
         self.at = None if seconds is None else time.monotonic() + seconds
         self._cancelled = False
 
+    @classmethod
+    def until(cls, at: float | None) -> Deadline:
+        """The deadline at monotonic time `at` (the same clock in every process)."""
+        deadline = cls()
+        deadline.at = at
+        return deadline
+
     def cancel(self) -> None:
         self._cancelled = True
 
@@ -101,21 +108,23 @@ class Job:
 
 
 class WorkerEngine(Engine):
-    """One worker thread runs `_work()` (subclasses: take jobs with `_take`, answer their futures);
-    `_submit` queues a job and waits for it within its deadline."""
+    """Worker threads run `_work(slot)` (subclasses: take jobs with `_take`, answer their futures),
+    slot 0 to workers - 1; `_submit` queues a job and waits for it within its deadline."""
 
-    def __init__(self, sm, step_delay: float = 0.0):
+    def __init__(self, sm, step_delay: float = 0.0, workers: int = 1):
         super().__init__(sm, step_delay)
         self._jobs: deque[Job] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self.dead: str | None = None
-        self._thread = threading.Thread(target=self._guarded_work, name=f"{self.name}-engine", daemon=True)
+        self._threads = [threading.Thread(target=self._guarded_work, args=(slot,), name=f"{self.name}-engine-{slot}",
+                                          daemon=True) for slot in range(workers)]
 
     def start_worker(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- caller side
@@ -155,9 +164,9 @@ class WorkerEngine(Engine):
             self._jobs.clear()
         return taken
 
-    def _guarded_work(self) -> None:
+    def _guarded_work(self, slot: int) -> None:
         try:
-            self._work()
+            self._work(slot)
         except BaseException as err:  # noqa: BLE001 - anything that ends the worker kills the engine
             if not self._closed:
                 self._die(f"{type(err).__name__}: {err}", err)
@@ -188,5 +197,6 @@ class WorkerEngine(Engine):
             self._jobs.clear()
             self._cv.notify_all()
         self._fail(pending, Cancelled("the engine is shutting down"))
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=60)
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=60)

@@ -75,7 +75,7 @@ def test_engine_tokens_are_counted(sm, torch_engine):
 def test_batching_engine_serves_jobs_in_arrival_order(sm):
     """Jobs queued behind a busy worker start in the order they arrived: a later job that could
     share a batch with an earlier one never overtakes a job of another kind in between."""
-    engine = TorchEngine(sm, max_batch=8, step_delay=0.05)
+    engine = TorchEngine(sm, max_batch=8, step_delay=0.05, processes=1)
     prompt = sm.prompt([1, 2])
     finished: list[int] = []
     lock = threading.Lock()

@@ -1,0 +1,134 @@
+"""Batched searches in forked worker processes, one per core, side by side.
+
+On a small model a beam step is as much Python bookkeeping as matrix products, and in one
+process the bookkeeping runs on one core while torch's other threads wait; searches in separate
+processes keep every core busy with both (as `prunerec evaluate` does). The processes are forked
+once the model is loaded, so they share its weights. Before every step a process sets its torch
+threads to cores // (batches in flight): a lone request still gets every core, two busy
+processes on two cores get one each.
+
+A batch is sent with the deadlines of its requests (monotonic clock: the same in every process)
+and comes back as ("ok", result) or ("error", exception); the parent raises `stop` when every
+request of the batch was cancelled, and the process stops at its next step. A process that
+dies (killed, out of memory) surfaces as `WorkerProcessDied`.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+POLL_SECONDS = 0.05  # how often the parent looks for cancelled requests while a batch runs
+
+# run(kind, param, prompts, deadline_ats, should_stop) -> result, in the worker process
+BatchRunner = Callable[[str, int, list, list, Callable[[], bool]], object]
+
+
+class WorkerProcessDied(Exception):
+    """A worker process ended while it held a batch."""
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    conn: object     # the parent's end of the pipe
+    stop: object     # shared flag: abandon the batch at the next step
+
+
+class ForkedWorkers:
+    """`count` forked processes that run `run` on batches; `run_batch(slot, ...)` uses process `slot`
+    (one caller per slot at a time)."""
+
+    def __init__(self, count: int, cores: int, run: BatchRunner):
+        context = multiprocessing.get_context("fork")
+        self.busy = context.Value("i", 0)
+        self.workers = []
+        for _ in range(count):
+            parent_end, child_end = context.Pipe()
+            stop = context.Value("b", 0, lock=False)
+            process = context.Process(target=_serve_batches, args=(child_end, stop, self.busy, cores, run),
+                                      name="prunerec-search", daemon=True)
+            process.start()
+            child_end.close()
+            self.workers.append(_Worker(process, parent_end, stop))
+
+    def run_batch(self, slot: int, kind: str, param: int, prompts: list, deadline_ats: Sequence[float | None],
+                  cancelled: Callable[[], bool]):
+        worker = self.workers[slot]
+        worker.stop.value = 0
+        with self.busy.get_lock():
+            self.busy.value += 1
+        try:
+            worker.conn.send((kind, param, prompts, list(deadline_ats)))
+            while not worker.conn.poll(POLL_SECONDS):
+                if not worker.process.is_alive():
+                    break
+                if cancelled():
+                    worker.stop.value = 1
+            status, value = worker.conn.recv()
+        except (EOFError, OSError) as err:
+            worker.process.join(timeout=1)
+            raise WorkerProcessDied(f"a search process ended (exit code {worker.process.exitcode})") from err
+        finally:
+            with self.busy.get_lock():
+                self.busy.value -= 1
+        if status == "error":
+            raise value
+        return value
+
+    def pids(self) -> list[int]:
+        return [worker.process.pid for worker in self.workers]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+        for worker in self.workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            worker.conn.close()
+
+
+def _serve_batches(conn, stop, busy, cores: int, run: BatchRunner) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it closes the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threads = 0
+
+    def should_stop() -> bool:
+        nonlocal threads
+        wanted = max(1, cores // max(1, busy.value))
+        if wanted != threads:
+            torch.set_num_threads(wanted)
+            threads = wanted
+        return bool(stop.value)
+
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            break
+        if job is None:
+            break
+        try:
+            reply = ("ok", run(*job, should_stop))
+        except Exception as err:  # noqa: BLE001 - every failure goes back to the waiting request
+            reply = ("error", _picklable(err))
+        conn.send(reply)
+    os._exit(0)  # skip the parent's atexit handlers and finalizers, inherited by the fork
+
+
+def _picklable(err: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001 - an exception that cannot cross the pipe is sent as text
+        return RuntimeError(f"{type(err).__name__}: {err}")
