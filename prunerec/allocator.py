@@ -3,9 +3,10 @@
 A beam step allocates its logits and log-probabilities afresh (rows x vocabulary floats: 5 MB
 for 160 rows of an 8,192-token vocabulary, 97 MB with Qwen2's), and glibc serves such sizes
 with mmap, or trims them from the heap when freed, so every step touches fresh pages and pays a
-page fault for each 4 KB. Measured on the pruned Games model (2 cores, torch engine, 16 users
-in-process): 84.6 -> 101.6 recommendations/s, the base 17.6 -> 18.9, when freed memory is
-kept. The cost: the process keeps its peak heap size instead of shrinking after a peak.
+page fault for each 4 KB. On the pruned Games model (2 cores, batches of 8 users) a search
+took ~3,200-8,000 page faults without this and ~0-150 with it, and served about a tenth more
+recommendations per second (docs/results.md). The cost: the process keeps its peak heap size
+instead of shrinking after a peak.
 """
 from __future__ import annotations
 
