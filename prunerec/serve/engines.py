@@ -163,25 +163,23 @@ class BatchingEngine(WorkerEngine):
 
 
 def search_processes(requested: int | None, model) -> int:
-    """Worker processes for the torch engine: `requested`, or one per usable core; one (no fork)
-    when the model is not on the CPU."""
-    from prunerec.rec.parallel import usable_cores
-
+    """Worker processes for the torch engine: `requested`, or one per torch thread (the cores, or
+    OMP_NUM_THREADS: a container's CPU quota does not show in the cores torch sees, the variable
+    does); one (no fork) when the model is not on the CPU."""
     if next(model.parameters()).device.type != "cpu":
         return 1
-    return max(1, usable_cores() if requested is None else int(requested))
+    return max(1, torch.get_num_threads() if requested is None else int(requested))
 
 
 class TorchEngine(BatchingEngine):
     """transformers with `prunerec evaluate`'s stepper (rec.shared_prompt.make_stepper): the same
     computation as evaluate. Searches run in `processes` forked processes side by side (one per
-    usable core by default; prunerec.serve.forked), or in this process when there is one."""
+    torch thread by default; prunerec.serve.forked), or in this process when there is one."""
 
     name = "torch"
 
     def __init__(self, sm: ServeModel, max_batch: int = 8, step_delay: float = 0.0, processes: int | None = None):
         from prunerec.model.checkpoint import load_rec_model
-        from prunerec.rec.parallel import usable_cores
 
         rec = load_rec_model(str(sm.folder), need_catalog=True)
         processes = search_processes(processes, rec.model)
@@ -189,7 +187,7 @@ class TorchEngine(BatchingEngine):
         self.rec = rec
         if processes > 1:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer thread pool across the fork
-            self.forked = ForkedWorkers(processes, usable_cores(), self._search_in_process)
+            self.forked = ForkedWorkers(processes, torch.get_num_threads(), self._search_in_process)
         self.start_worker()
 
     def new_stepper(self):

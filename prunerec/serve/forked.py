@@ -5,7 +5,7 @@ process the bookkeeping runs on one core while torch's other threads wait; searc
 processes keep every core busy with both (as `prunerec evaluate` does). The processes are forked
 once the model is loaded, so they share its weights. Before every step a process sets its torch
 threads to cores // (batches in flight): a lone request still gets every core, two busy
-processes on two cores get one each.
+processes on two cores get one each ("cores": the threads torch would use in one process).
 
 A batch is sent with the deadlines of its requests (monotonic clock: the same in every process)
 and comes back as ("ok", result) or ("error", exception); the parent raises `stop` when every
@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,24 @@ class ForkedWorkers:
         context = multiprocessing.get_context("fork")
         self.busy = context.Value("i", 0)
         self.workers = []
+        # Forked from a thread that never ran an OpenMP parallel region: a child of a thread that
+        # did inherits its OpenMP thread pool without the threads, and hangs in its first
+        # multi-threaded operation (GNU libgomp, PyTorch's CPU wheels).
+        errors: list[Exception] = []
+        forker = threading.Thread(target=self._start, args=(context, count, cores, run, errors), name="prunerec-fork")
+        forker.start()
+        forker.join()
+        if errors:
+            self.close()
+            raise errors[0]
+
+    def _start(self, context, count: int, cores: int, run: BatchRunner, errors: list) -> None:
+        try:
+            self._fork(context, count, cores, run)
+        except Exception as err:  # noqa: BLE001 - raised again in the constructor's thread
+            errors.append(err)
+
+    def _fork(self, context, count: int, cores: int, run: BatchRunner) -> None:
         for _ in range(count):
             parent_end, child_end = context.Pipe()
             stop = context.Value("b", 0, lock=False)

@@ -45,6 +45,26 @@ def test_forked_engine_answers_as_in_process(sm):
     assert all(not w.process.is_alive() for w in forked.forked.workers)
 
 
+def test_processes_forked_after_multithreaded_work_use_their_threads(sm):
+    """A process forked from a thread that ran OpenMP work would hang in its first two-thread
+    operation; the engine forks from a fresh thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        square = torch.randn(1024, 1024)
+        (square @ square).cos()  # this thread's OpenMP pool now exists
+        engine = TorchEngine(sm, processes=2)  # a lone batch gets both threads
+        try:
+            ranked = engine.rank(sm.prompt([1, 2]), 4, Deadline(30))
+            assert len(ranked) == 4
+        finally:
+            engine.close()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_cancelled_request_stops_its_process(sm):
     engine = TorchEngine(sm, processes=2, step_delay=1.0)  # a search: five steps or more, 1 s each
     try:
