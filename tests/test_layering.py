@@ -1,7 +1,7 @@
 """The package's layering: no import cycles, and no import from a lower layer to a higher one.
 
-Layers, lowest first: shared helpers (errors, io, plots, distributed, options) -> data -> model -> rec ->
-compress | export (side by side, neither imports the other) -> serve -> loadtest -> recipes -> cli.
+Layers, lowest first: shared helpers (errors, io, plots, distributed, options, allocator) -> data -> model ->
+rec -> compress | export (side by side, neither imports the other) -> serve -> loadtest -> recipes -> cli.
 Every import counts, including those inside functions: a lazy import does not remove a dependency.
 """
 import ast
@@ -12,8 +12,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prunerec"
 
-LAYERS = {"errors": 0, "io": 0, "plots": 0, "distributed": 0, "options": 0, "data": 1, "model": 2, "rec": 3,
-          "compress": 4, "export": 4, "serve": 5, "loadtest": 6, "recipes": 7, "cli": 8, "__main__": 9,
+LAYERS = {"errors": 0, "io": 0, "plots": 0, "distributed": 0, "options": 0, "allocator": 0, "data": 1, "model": 2,
+          "rec": 3, "compress": 4, "export": 4, "serve": 5, "loadtest": 6, "recipes": 7, "cli": 8, "__main__": 9,
           "__init__": 0}
 
 
