@@ -187,8 +187,17 @@ class TorchEngine(BatchingEngine):
         self.rec = rec
         if processes > 1:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer thread pool across the fork
+            _ = sm.trie.in_order  # built once here, inherited by every process
             self.forked = ForkedWorkers(processes, torch.get_num_threads(), self._search_in_process)
+            self._warm_every_process()
         self.start_worker()
+
+    def _warm_every_process(self) -> None:
+        """One short search in each process, so that none pays its first-use costs on a request
+        (the server's warm-up request reaches only one)."""
+        prompt = self.sm.prompt([self.sm.first_ids[0]])
+        for slot in range(len(self.forked.workers)):
+            self.forked.run_batch(slot, "rank", 2, [prompt], [None], cancelled=lambda: False)
 
     def new_stepper(self):
         from prunerec.rec.shared_prompt import make_stepper
