@@ -3,9 +3,11 @@
 On a small model a beam step is as much Python bookkeeping as matrix products, and in one
 process the bookkeeping runs on one core while torch's other threads wait; searches in separate
 processes keep every core busy with both (as `prunerec evaluate` does). The processes are forked
-once the model is loaded, so they share its weights. Before every step a process sets its torch
-threads to cores // (batches in flight): a lone request still gets every core, two busy
-processes on two cores get one each ("cores": the threads torch would use in one process).
+once the model is loaded, so they share its weights, and each uses threads // processes torch
+threads ("threads": what torch would use in one process). Adjusting that to the processes busy
+at each step (a lone request on every core) was tried: the brief oversubscription whenever a
+second batch starts, with OpenMP threads spinning, cost the pruned demo model a third of its
+requests/s and tripled its p99 at 4 users (docs/results.md).
 
 A batch is sent with the deadlines of its requests (monotonic clock: the same in every process)
 and comes back as ("ok", result) or ("error", exception); the parent raises `stop` when every
@@ -45,32 +47,32 @@ class ForkedWorkers:
     """`count` forked processes that run `run` on batches; `run_batch(slot, ...)` uses process `slot`
     (one caller per slot at a time)."""
 
-    def __init__(self, count: int, cores: int, run: BatchRunner):
+    def __init__(self, count: int, threads: int, run: BatchRunner):
         context = multiprocessing.get_context("fork")
-        self.busy = context.Value("i", 0)
         self.workers = []
         # Forked from a thread that never ran an OpenMP parallel region: a child of a thread that
         # did inherits its OpenMP thread pool without the threads, and hangs in its first
         # multi-threaded operation (GNU libgomp, PyTorch's CPU wheels).
         errors: list[Exception] = []
-        forker = threading.Thread(target=self._start, args=(context, count, cores, run, errors), name="prunerec-fork")
+        each = max(1, threads // count)
+        forker = threading.Thread(target=self._start, args=(context, count, each, run, errors), name="prunerec-fork")
         forker.start()
         forker.join()
         if errors:
             self.close()
             raise errors[0]
 
-    def _start(self, context, count: int, cores: int, run: BatchRunner, errors: list) -> None:
+    def _start(self, context, count: int, threads: int, run: BatchRunner, errors: list) -> None:
         try:
-            self._fork(context, count, cores, run)
+            self._fork(context, count, threads, run)
         except Exception as err:  # noqa: BLE001 - raised again in the constructor's thread
             errors.append(err)
 
-    def _fork(self, context, count: int, cores: int, run: BatchRunner) -> None:
+    def _fork(self, context, count: int, threads: int, run: BatchRunner) -> None:
         for _ in range(count):
             parent_end, child_end = context.Pipe()
             stop = context.Value("b", 0, lock=False)
-            process = context.Process(target=_serve_batches, args=(child_end, stop, self.busy, cores, run),
+            process = context.Process(target=_serve_batches, args=(child_end, stop, threads, run),
                                       name="prunerec-search", daemon=True)
             process.start()
             child_end.close()
@@ -80,8 +82,6 @@ class ForkedWorkers:
                   cancelled: Callable[[], bool]):
         worker = self.workers[slot]
         worker.stop.value = 0
-        with self.busy.get_lock():
-            self.busy.value += 1
         try:
             worker.conn.send((kind, param, prompts, list(deadline_ats)))
             while not worker.conn.poll(POLL_SECONDS):
@@ -93,9 +93,6 @@ class ForkedWorkers:
         except (EOFError, OSError) as err:
             worker.process.join(timeout=1)
             raise WorkerProcessDied(f"a search process ended (exit code {worker.process.exitcode})") from err
-        finally:
-            with self.busy.get_lock():
-                self.busy.value -= 1
         if status == "error":
             raise value
         return value
@@ -117,17 +114,12 @@ class ForkedWorkers:
             worker.conn.close()
 
 
-def _serve_batches(conn, stop, busy, cores: int, run: BatchRunner) -> None:
+def _serve_batches(conn, stop, threads: int, run: BatchRunner) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it closes the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    threads = 0
+    torch.set_num_threads(threads)
 
     def should_stop() -> bool:
-        nonlocal threads
-        wanted = max(1, cores // max(1, busy.value))
-        if wanted != threads:
-            torch.set_num_threads(wanted)
-            threads = wanted
         return bool(stop.value)
 
     while True:

@@ -51,11 +51,11 @@ def test_processes_forked_after_multithreaded_work_use_their_threads(sm):
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(4)
     try:
         square = torch.randn(1024, 1024)
         (square @ square).cos()  # this thread's OpenMP pool now exists
-        engine = TorchEngine(sm, processes=2)  # a lone batch gets both threads
+        engine = TorchEngine(sm, processes=2)  # two threads each
         try:
             ranked = engine.rank(sm.prompt([1, 2]), 4, Deadline(30))
             assert len(ranked) == 4
