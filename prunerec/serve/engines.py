@@ -208,9 +208,10 @@ class TorchEngine(BatchingEngine):
         return self.rec.model
 
     def describe(self):
+        forked = self.forked
         return {"engine": self.name, "dtype": str(next(self.rec.model.parameters()).dtype).replace("torch.", ""),
-                "threads": torch.get_num_threads(), "max_batch": self.max_batch,
-                "processes": len(self.forked.workers) if self.forked is not None else 1}
+                "threads": forked.threads_each if forked is not None else torch.get_num_threads(),  # per search
+                "max_batch": self.max_batch, "processes": len(forked.workers) if forked is not None else 1}
 
 
 class OnnxEngine(BatchingEngine):

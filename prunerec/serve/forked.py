@@ -54,8 +54,9 @@ class ForkedWorkers:
         # did inherits its OpenMP thread pool without the threads, and hangs in its first
         # multi-threaded operation (GNU libgomp, PyTorch's CPU wheels).
         errors: list[Exception] = []
-        each = max(1, threads // count)
-        forker = threading.Thread(target=self._start, args=(context, count, each, run, errors), name="prunerec-fork")
+        self.threads_each = max(1, threads // count)
+        forker = threading.Thread(target=self._start, args=(context, count, self.threads_each, run, errors),
+                                  name="prunerec-fork")
         forker.start()
         forker.join()
         if errors:

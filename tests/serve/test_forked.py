@@ -33,6 +33,7 @@ def test_forked_engine_answers_as_in_process(sm):
     forked = TorchEngine(sm, processes=2, max_batch=2)
     try:
         assert forked.describe()["processes"] == 2 and len(set(forked.forked.pids())) == 2
+        assert forked.describe()["threads"] == forked.forked.threads_each  # what each search runs on
         with ThreadPoolExecutor(8) as pool:  # batches of two, side by side in both processes
             got = list(pool.map(lambda p: forked.rank(p, 6, Deadline(60)), prompts))
         # the same titles in the same order; scores up to float rounding (batches pad differently)
