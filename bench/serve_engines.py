@@ -97,7 +97,8 @@ def run_one(folder: Path, engine: str, options: LoadtestOptions, data_dir: Path,
 
     target = Target(role, str(folder), folder=folder)
     run_options = LoadtestOptions(**{**options.__dict__, "engine": engine,
-                                     "enforce_eager": options.enforce_eager and engine == "vllm"})
+                                     "enforce_eager": options.enforce_eager and engine == "vllm",
+                                     "processes": options.processes if engine == "torch" else None})
     result = run_model(target, run_options, data_dir, out_dir / f"{role}-{engine}", say, on_level)
     previous = result["ready"].get("engine", {})
     previous = ({"searches": previous["searches"], "engine_steps": previous["engine_steps"], **previous["totals"]}
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--beams", type=int, default=20)
     ap.add_argument("--max-concurrency", type=int, default=16, help="serve option (every run)")
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without graph compilation (faster start)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="serve option for the torch runs: forked search processes (default: one per torch thread)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "serve_engines",
                     help="output path without suffix (.json and .md are written)")
     args = ap.parse_args(argv)
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
             raise PrunerecError(f"--data {args.data}: no test.jsonl (a prepared data folder is needed)")
         options = LoadtestOptions(users=tuple(parse_users(args.users)), duration_s=parse_duration(args.duration),
                                   k=args.k, beams=args.beams, enforce_eager=args.enforce_eager,
-                                  max_concurrency=args.max_concurrency)
+                                  max_concurrency=args.max_concurrency, processes=args.processes)
         record = measure(args.pair, args.data, engines, options, args.out)
     except PrunerecError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -12,7 +12,8 @@ from prunerec.serve.app import ServeOptions
 __all__ = ["COMMANDS", "loadtest"]
 
 # the `prunerec serve` options both servers started here get
-SHARED_SERVE_OPTIONS = ["beams", "max_concurrency", "max_queue", "max_batch", "request_timeout", "enforce_eager"]
+SHARED_SERVE_OPTIONS = ["beams", "max_concurrency", "max_queue", "max_batch", "processes", "request_timeout",
+                        "enforce_eager"]
 
 
 @click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
@@ -41,7 +42,7 @@ SHARED_SERVE_OPTIONS = ["beams", "max_concurrency", "max_queue", "max_batch", "r
 @click.option("--allow-remote", is_flag=True, help="Allow URLs that are not loopback addresses.")
 @friendly_errors
 def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, spawn_rate, k, beams, max_concurrency,
-             max_queue, max_batch, request_timeout, enforce_eager, port, ready_timeout, allow_remote):
+             max_queue, max_batch, processes, request_timeout, enforce_eager, port, ready_timeout, allow_remote):
     """Load-test two models in turn with the same real requests and compare them: requests/s,
     p50/p90/p99 latency, failures and engine tokens/s at each concurrency level, and the
     candidate/baseline ratios (printed at the end). Every answer is checked to hold only real
@@ -59,9 +60,11 @@ def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, sp
 
     if enforce_eager and engine != "vllm":
         raise PrunerecError("--enforce-eager applies to --engine vllm only")
+    if processes is not None and engine != "torch":
+        raise PrunerecError("--processes applies to --engine torch only")
     options = LoadtestOptions(engine=engine, users=tuple(parse_users(users)), duration_s=parse_duration(duration),
                               spawn_rate=spawn_rate, k=k, beams=beams, max_concurrency=max_concurrency,
-                              max_queue=max_queue, max_batch=max_batch, request_timeout=request_timeout,
+                              max_queue=max_queue, max_batch=max_batch, processes=processes, request_timeout=request_timeout,
                               enforce_eager=enforce_eager, port=port, ready_timeout=ready_timeout,
                               allow_remote=allow_remote)
     try:

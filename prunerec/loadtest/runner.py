@@ -45,6 +45,7 @@ class LoadtestOptions:
     max_concurrency: int = ServeOptions.max_concurrency
     max_queue: int = ServeOptions.max_queue
     max_batch: int = ServeOptions.max_batch
+    processes: int | None = ServeOptions.processes
     request_timeout: float = ServeOptions.request_timeout
     enforce_eager: bool = ServeOptions.enforce_eager
     port: int = 0                       # 0: a free port for each server started
@@ -56,6 +57,8 @@ class LoadtestOptions:
         """The `prunerec serve` options both models get (identical settings)."""
         args = ["--beams", self.beams, "--max-concurrency", self.max_concurrency, "--max-queue", self.max_queue,
                 "--max-batch", self.max_batch, "--request-timeout", self.request_timeout]
+        if self.processes is not None:
+            args += ["--processes", self.processes]
         return [str(a) for a in args] + (["--enforce-eager"] if self.enforce_eager else [])
 
 

@@ -24,10 +24,13 @@ from tests.serve.conftest import REPO, free_port
 def test_torch_loadtest_report_matches_locust(model_dir, data_dir, tmp_path):
     out = tmp_path / "report"
     done = run_loadtest(model_dir, model_dir, data_dir, out, "--engine", "torch", "--users", "1,2",
-                        "--duration", "2s", "--k", "5")
+                        "--duration", "2s", "--k", "5", "--processes", "2")
     report = check_report(out, [1, 2], done.stdout)
-    assert report["models"]["baseline"]["ready"]["engine"]["engine"] == "torch"
+    for role in ("baseline", "candidate"):
+        assert report["models"][role]["ready"]["engine"]["engine"] == "torch"
+        assert report["models"][role]["ready"]["engine"]["processes"] == 2
     assert report["settings"]["serve_args"].startswith("--beams 20 --max-concurrency 16")
+    assert "--processes 2" in report["settings"]["serve_args"]
     for line in ("baseline u=1: 2 s of load", "candidate u=2:", "baseline: server stopped (exit code 0)"):
         assert line in done.stderr
     assert "throughput" in done.stdout and "Traceback" not in done.stderr
@@ -82,4 +85,5 @@ def test_bad_input(cli, model_dir, data_dir, tmp_path):
     assert "no such model folder" in cli("--baseline", tmp_path / "nope", "--candidate", model_dir, *common)
     assert "--allow-remote" in cli("--baseline", "http://192.0.2.1:8000", "--candidate", model_dir, *common)
     assert "--enforce-eager applies to --engine vllm only" in cli(*both, "--engine", "torch", "--enforce-eager")
+    assert "--processes applies to --engine torch only" in cli(*both, "--engine", "vllm", "--processes", "2")
     assert not (tmp_path / "out").exists()  # nothing started, nothing written
