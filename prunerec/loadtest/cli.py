@@ -65,8 +65,8 @@ def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, sp
     options = LoadtestOptions(engine=engine, users=tuple(parse_users(users)), duration_s=parse_duration(duration),
                               spawn_rate=spawn_rate, k=k, beams=beams, max_concurrency=max_concurrency,
                               max_queue=max_queue, max_batch=max_batch, processes=processes,
-                              request_timeout=request_timeout, enforce_eager=enforce_eager, port=port, ready_timeout=ready_timeout,
-                              allow_remote=allow_remote)
+                              request_timeout=request_timeout, enforce_eager=enforce_eager, port=port,
+                              ready_timeout=ready_timeout, allow_remote=allow_remote)
     try:
         report = run_loadtest(baseline, candidate, data_dir, out_dir, options, say=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:
