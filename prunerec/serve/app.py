@@ -67,8 +67,7 @@ class ServeOptions:
                       low=1)
     max_batch: int = flag(8, "torch/onnx only: waiting requests batched into one search.", low=1)
     processes: int | None = flag(None, "torch only: processes running batched searches side by side (forked, "
-                                       "sharing the model; a batch that starts alone runs on every torch thread, "
-                                       "N busy ones on threads / N each).",
+                                       "sharing the model; each uses threads / processes torch threads).",
                                  low=1, kind=int, default_text="one per torch thread: the cores, or OMP_NUM_THREADS")
     tensor_parallel_size: int = flag(1, "vLLM only: devices to shard the model over.", low=1)
     dtype: str = flag("auto", "vLLM only: compute dtype (auto: float32, what the torch reference computes in, so "

@@ -49,17 +49,17 @@ def greedy_tokens(stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int
 
 
 class _GuardedStepper:
-    """Wraps a Stepper: stops the batch when every request in it is cancelled (or `before_step`,
-    run before each step, says so); optional delay per step (a testing aid: --debug-step-delay)."""
+    """Wraps a Stepper: stops the batch when every request in it is cancelled (or `should_stop`
+    says so); optional delay per step (a testing aid: --debug-step-delay)."""
 
     def __init__(self, inner, deadlines: Sequence[Deadline], delay: float,
-                 before_step: Callable[[], bool] | None = None):
-        self.inner, self.deadlines, self.delay, self.before_step = inner, deadlines, delay, before_step
+                 should_stop: Callable[[], bool] | None = None):
+        self.inner, self.deadlines, self.delay, self.should_stop = inner, deadlines, delay, should_stop
 
     def _check(self):
         if self.delay:
             time.sleep(self.delay)
-        stopped = self.before_step is not None and self.before_step()
+        stopped = self.should_stop is not None and self.should_stop()
         if stopped or all(d.expired() for d in self.deadlines):
             raise Cancelled("every request of the batch was cancelled")
 
@@ -120,16 +120,16 @@ class BatchingEngine(WorkerEngine):
         return batch
 
     def _search(self, kind: str, param: int, prompts: list, deadlines: Sequence[Deadline],
-                before_step: Callable[[], bool] | None = None):
-        stepper = _GuardedStepper(self.new_stepper(), deadlines, self.step_delay, before_step)
+                should_stop: Callable[[], bool] | None = None):
+        stepper = _GuardedStepper(self.new_stepper(), deadlines, self.step_delay, should_stop)
         with torch.inference_mode():
             if kind == "rank":
                 return constrained_beam_search(stepper, prompts, self.sm.trie, param)
             return greedy_tokens(stepper, prompts, param, self.sm.eos_id, len(self.sm.tokenizer))
 
-    def _search_in_process(self, kind, param, prompts, deadline_ats, before_step):
+    def _search_in_process(self, kind, param, prompts, deadline_ats, should_stop):
         """ForkedWorkers' runner, in a worker process."""
-        return self._search(kind, param, prompts, [Deadline.until(at) for at in deadline_ats], before_step)
+        return self._search(kind, param, prompts, [Deadline.until(at) for at in deadline_ats], should_stop)
 
     def _run(self, slot: int, batch: list[_Job]):
         first, prompts = batch[0], [j.prompt for j in batch]
@@ -210,7 +210,7 @@ class TorchEngine(BatchingEngine):
     def describe(self):
         forked = self.forked
         return {"engine": self.name, "dtype": str(next(self.rec.model.parameters()).dtype).replace("torch.", ""),
-                "threads": forked.threads if forked is not None else torch.get_num_threads(),  # a lone search
+                "threads": forked.threads_each if forked is not None else torch.get_num_threads(),  # per search
                 "max_batch": self.max_batch, "processes": len(forked.workers) if forked is not None else 1}
 
 

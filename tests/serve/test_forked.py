@@ -1,6 +1,5 @@
 """The torch engine's searches in forked processes (prunerec.serve.forked): the same answers as
 in-process, cancellation reaches the process, and a killed process kills the engine."""
-import multiprocessing
 import os
 import signal
 import threading
@@ -8,10 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from prunerec.serve.engines import TorchEngine
-from prunerec.serve.forked import ThreadShare
 from prunerec.serve.model import load_serve_model
 from prunerec.serve.worker import Cancelled, Deadline, EngineDead
 
@@ -25,24 +22,6 @@ def _prompts(sm):
     return [sm.prompt(history) for history in ([1, 2], [5], [3, 7, 9], [11, 4], [20], [8, 2, 6], [30, 31], [12])]
 
 
-def test_busy_processes_share_the_threads_without_oversubscribing():
-    share = ThreadShare(multiprocessing.get_context("fork"), 2, 4)
-    share.begin(0)
-    assert share.take(0, first_step=True) == 4  # alone: every thread
-    share.begin(1)
-    assert share._grant(1) == 0  # process 0 still holds them all: process 1 waits
-    assert share.take(0, first_step=False) == 2  # process 0's next step: its half
-    assert share.take(1, first_step=True) == 2
-    share.end(0)
-    assert share.take(1, first_step=False) == 2  # a batch grows only at its first step
-    share.begin(0)
-    assert share.take(0, first_step=True) == 2
-    share.end(0)
-    share.end(1)
-    share.begin(1)
-    assert share.take(1, first_step=True) == 4
-
-
 def test_forked_engine_answers_as_in_process(sm):
     prompts = _prompts(sm)
     alone = TorchEngine(sm, processes=1)
@@ -54,7 +33,7 @@ def test_forked_engine_answers_as_in_process(sm):
     forked = TorchEngine(sm, processes=2, max_batch=2)
     try:
         assert forked.describe()["processes"] == 2 and len(set(forked.forked.pids())) == 2
-        assert forked.describe()["threads"] == torch.get_num_threads()  # what a lone search runs on
+        assert forked.describe()["threads"] == forked.forked.threads_each  # what each search runs on
         with ThreadPoolExecutor(8) as pool:  # batches of two, side by side in both processes
             got = list(pool.map(lambda p: forked.rank(p, 6, Deadline(60)), prompts))
         # the same titles in the same order; scores up to float rounding (batches pad differently)
@@ -70,12 +49,14 @@ def test_forked_engine_answers_as_in_process(sm):
 def test_processes_forked_after_multithreaded_work_use_their_threads(sm):
     """A process forked from a thread that ran OpenMP work would hang in its first two-thread
     operation; the engine forks from a fresh thread."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
         square = torch.randn(1024, 1024)
         (square @ square).cos()  # this thread's OpenMP pool now exists
-        engine = TorchEngine(sm, processes=2)  # a lone search on four threads
+        engine = TorchEngine(sm, processes=2)  # two threads each
         try:
             ranked = engine.rank(sm.prompt([1, 2]), 4, Deadline(30))
             assert len(ranked) == 4
