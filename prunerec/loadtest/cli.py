@@ -6,14 +6,11 @@ import sys
 import click
 
 from prunerec.errors import PrunerecError, friendly_errors
+from prunerec.loadtest.serve_options import SHARED_SERVE_OPTIONS
 from prunerec.options import click_options
-from prunerec.serve.app import ServeOptions
+from prunerec.serve.app import ServeOptions, check_processes
 
 __all__ = ["COMMANDS", "loadtest"]
-
-# the `prunerec serve` options both servers started here get
-SHARED_SERVE_OPTIONS = ["beams", "max_concurrency", "max_queue", "max_batch", "processes", "request_timeout",
-                        "enforce_eager"]
 
 
 @click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
@@ -60,8 +57,7 @@ def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, sp
 
     if enforce_eager and engine != "vllm":
         raise PrunerecError("--enforce-eager applies to --engine vllm only")
-    if processes is not None and engine != "torch":
-        raise PrunerecError("--processes applies to --engine torch only")
+    check_processes(engine, processes)
     options = LoadtestOptions(engine=engine, users=tuple(parse_users(users)), duration_s=parse_duration(duration),
                               spawn_rate=spawn_rate, k=k, beams=beams, max_concurrency=max_concurrency,
                               max_queue=max_queue, max_batch=max_batch, processes=processes,

@@ -24,7 +24,9 @@ import requests
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
 from prunerec.loadtest import report as rp
+from prunerec.loadtest.serve_options import SHARED_SERVE_OPTIONS
 from prunerec.loadtest.workload import auth_headers, bodies_from_data
+from prunerec.options import option_name
 from prunerec.serve.app import ServeOptions
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -55,11 +57,14 @@ class LoadtestOptions:
 
     def serve_args(self) -> list[str]:
         """The `prunerec serve` options both models get (identical settings)."""
-        args = ["--beams", self.beams, "--max-concurrency", self.max_concurrency, "--max-queue", self.max_queue,
-                "--max-batch", self.max_batch, "--request-timeout", self.request_timeout]
-        if self.processes is not None:
-            args += ["--processes", self.processes]
-        return [str(a) for a in args] + (["--enforce-eager"] if self.enforce_eager else [])
+        args = []
+        for name in SHARED_SERVE_OPTIONS:
+            value = getattr(self, name)
+            if value is True:
+                args.append(option_name(name))
+            elif value is not None and value is not False:  # unset: the server's own default
+                args += [option_name(name), str(value)]
+        return args
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,12 @@ class ServeOptions:
 
 
 # ----------------------------------------------------------------------------- runtime
+def check_processes(engine: str, processes: int | None) -> None:
+    """`--processes` is the torch engine's (its searches run in forked processes)."""
+    if processes is not None and engine != "torch":
+        raise PrunerecError("--processes applies to --engine torch only")
+
+
 class Runtime:
     """The engine, its loading, admission control and the metrics of one server."""
 

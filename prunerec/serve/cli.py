@@ -11,7 +11,7 @@ import click
 
 from prunerec.errors import PrunerecError, friendly_errors
 from prunerec.options import click_options
-from prunerec.serve.app import ServeOptions
+from prunerec.serve.app import ServeOptions, check_processes
 
 __all__ = ["COMMANDS", "check_exposure", "is_loopback", "serve"]
 
@@ -90,8 +90,7 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
     if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "auto"):
         raise PrunerecError("--tensor-parallel-size, --dtype, --enforce-eager and --vllm-core apply to --engine vllm "
                             "only")
-    if engine != "torch" and processes is not None:
-        raise PrunerecError("--processes applies to --engine torch only")
+    check_processes(engine, processes)
     check_exposure(host, api_key, allow_unauthenticated)
     if queue_timeout is not None and queue_timeout >= request_timeout:
         raise PrunerecError(f"--queue-timeout {queue_timeout:g} must be less than --request-timeout "

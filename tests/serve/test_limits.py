@@ -129,3 +129,9 @@ def test_loopback_needs_no_key(tmp_path, host):
 def test_queue_timeout_must_leave_time_to_answer(tmp_path):
     output = _serve(["--model", tmp_path, "--request-timeout", "5", "--queue-timeout", "5"], {})
     assert "--queue-timeout 5 must be less than --request-timeout 5" in output
+
+
+def test_engine_options_of_another_engine_are_refused(tmp_path):
+    assert "--processes applies to --engine torch only" in _serve(["--model", tmp_path, "--engine", "vllm",
+                                                                    "--processes", "2"], {})
+    assert "apply to --engine vllm only" in _serve(["--model", tmp_path, "--engine", "torch", "--enforce-eager"], {})
