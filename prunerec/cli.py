@@ -7,7 +7,7 @@ import click
 
 from prunerec.errors import friendly_errors
 from prunerec.options import click_options
-from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
+from prunerec.rec.train_options import FINETUNE_FLAGS, TRAINING_FLAGS, FineTuneOptions, TrainingOptions
 from prunerec.recipes import DemoPlan
 
 
@@ -144,15 +144,27 @@ def _prompt_options(command):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
 @_prompt_options
 @click_options(TrainingOptions, TRAINING_FLAGS)
+@click_options(FineTuneOptions, FINETUNE_FLAGS)
 @_resume_train
 @_overwrite_train
 @friendly_errors
 def train(data_dir, model_ref, out, template, category, max_history, cutoff, **train_kwargs):
     """BIGRec supervised fine-tuning: learn to write the next item's title.
 
-    Loss on response tokens only; validation loss each epoch (or --eval-every steps); early
-    stopping; the best weights are kept. The result in --out is a stock Hugging Face
-    checkpoint plus catalog.jsonl and prunerec.json.
+    Loss on response tokens only (the LM head runs only where a response token is predicted);
+    validation loss each epoch (or --eval-every steps); early stopping; the best weights are
+    kept. The result in --out is a stock Hugging Face checkpoint plus catalog.jsonl and
+    prunerec.json.
+
+    On a CPU, a pretrained checkpoint trains faster with --template compact, a shorter
+    --max-history, --lora RANK (merged at the end) or --train-layers N, on fewer rows
+    (--recent-per-user, --train-limit), within --time-budget minutes.
+
+    \b
+    Example (SmolLM2 imported with `prunerec import`, 2 CPU cores):
+      prunerec train --data data/Toys --model runs/smollm2 --out runs/toys-base \\
+        --template compact --max-history 5 --lora 16 --batch-size 8 \\
+        --time-budget 120 --decay-to-budget --eval-every 200 --valid-limit 300
     """
     from prunerec.recipes import run_train
 
@@ -225,7 +237,8 @@ def _register_optional_commands():
     """Commands that live beside their modules (compress, analyze, ...), added when present."""
     import importlib
 
-    for module in ("prunerec.compress.cli", "prunerec.export.cli", "prunerec.serve.cli", "prunerec.loadtest.cli"):
+    for module in ("prunerec.model.import_cli", "prunerec.compress.cli", "prunerec.export.cli", "prunerec.serve.cli",
+                   "prunerec.loadtest.cli"):
         try:
             commands = importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -37,8 +37,9 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
     """`prunerec train`; `training` holds TrainingOptions fields (epochs, lr, ...)."""
     from prunerec.model.checkpoint import check_checkpoint
     from prunerec.rec.sft import train_recommender
-    from prunerec.rec.train_options import TrainingOptions
+    from prunerec.rec.train_options import FINETUNE_FLAGS, FineTuneOptions, TrainingOptions
 
+    tuning = FineTuneOptions(**{name: training.pop(name) for name in FINETUNE_FLAGS if name in training}).check()
     for name, value in [("max-history", max_history), ("cutoff", cutoff)]:
         _positive(name, value)
     options = TrainingOptions(**training).check()
@@ -51,7 +52,7 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
     config = options.config(default_lr=SCRATCH_LR if scratch else CHECKPOINT_LR)
     return train_recommender(data_dir, model_ref, out, settings=settings, config=config,
                              train_limit=options.train_limit, valid_limit=options.valid_limit, resume=resume,
-                             overwrite=overwrite)
+                             overwrite=overwrite, tuning=tuning)
 
 
 def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=20, batch_size=16, workers=0,

@@ -28,6 +28,8 @@ from prunerec.model.tokenizer import train_tokenizer
 from prunerec.plots import pyplot, save_png
 from prunerec.rec.batching import response_ce
 from prunerec.rec.encode import build_examples, history_titles
+from prunerec.rec.lora import add_lora, freeze_below, merge_lora, top_layers, trainable_parameters
+from prunerec.rec.train_options import FineTuneOptions
 from prunerec.rec.trainer import TrainConfig, Trainer
 
 STATE_DIR = ".train-state"
@@ -43,6 +45,32 @@ def subsample(samples: list[Sample], limit: int | None, seed: int) -> list[Sampl
     if not limit or limit >= len(samples):
         return samples
     return random.Random(seed).sample(samples, limit)
+
+
+def most_recent(samples: list[Sample], per_user: int) -> list[Sample]:
+    """Each user's `per_user` last rows (rows of a user are stored oldest first), in file order."""
+    if not per_user:
+        return samples
+    seen: dict[int, int] = {}
+    kept = []
+    for sample in reversed(samples):
+        if seen.get(sample.user, 0) < per_user:
+            seen[sample.user] = seen.get(sample.user, 0) + 1
+            kept.append(sample)
+    return kept[::-1]
+
+
+def prepare_trainable(model, tuning: FineTuneOptions) -> dict:
+    """Set what trains (LoRA adapters, the top layers, or everything); what was set, for the report."""
+    layers = top_layers(model, tuning.train_layers)
+    if tuning.lora:
+        trainable = add_lora(model, tuning.lora, tuning.alpha, layers)
+    elif tuning.train_layers:
+        trainable = freeze_below(model, layers)
+    else:
+        trainable = trainable_parameters(model)
+    return {"lora_rank": tuning.lora, "lora_alpha": tuning.alpha if tuning.lora else None,
+            "trained_layers": [layers.start, layers.stop], "trainable_parameters": trainable}
 
 
 def tokenizer_corpus(catalog: Catalog, samples: list[Sample], settings: PromptSettings, n_prompts: int = 2000):
@@ -95,13 +123,13 @@ def model_fingerprint(model_ref: str) -> str:
 
 
 def run_identity(data_dir, model_ref: str, settings: PromptSettings, config: TrainConfig, train_limit,
-                 valid_limit) -> dict:
+                 valid_limit, tuning: FineTuneOptions = FineTuneOptions()) -> dict:
     """Everything that shapes a training run's result, by CLI option (a resume must match it)."""
     ending = ("time_budget_s", "decay_to_budget")  # may change on resume: they only decide the end
     options = {**{f"--{k.replace('_', '-')}": v for k, v in asdict(config).items() if k not in ending},
                "--template": settings.template, "--category": settings.category,
                "--max-history": settings.max_history, "--cutoff": settings.cutoff_tokens,
-               "--train-limit": train_limit, "--valid-limit": valid_limit}
+               "--train-limit": train_limit, "--valid-limit": valid_limit, **tuning.identity()}
     options["--warmup"] = options.pop("--warmup-steps")
     return {"--data": "sha256 " + io.fingerprint(data_dir, DATA_FILES), "--model": model_fingerprint(model_ref),
             **options}
@@ -140,7 +168,8 @@ def _check_rows(data_dir, name: str, rows: list) -> None:
 
 def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path, *, settings: PromptSettings,
                       config: TrainConfig, train_limit: int | None = None, valid_limit: int | None = 1000,
-                      resume: bool = False, overwrite: bool = False) -> dict:
+                      resume: bool = False, overwrite: bool = False,
+                      tuning: FineTuneOptions = FineTuneOptions()) -> dict:
     out_dir = Path(out_dir)
     state_dir = out_dir / STATE_DIR
     distributed.init()
@@ -150,13 +179,14 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
         for split in ("train", "valid"):
             _check_rows(data_dir, split, data[split])
         if main:
-            identity = run_identity(data_dir, model_ref, settings, config, train_limit, valid_limit)
+            identity = run_identity(data_dir, model_ref, settings, config, train_limit, valid_limit, tuning)
             prepare_output(out_dir, data_dir, model_ref, identity, resume, overwrite)
         rec = base_recommender(model_ref, data, settings, config.seed, state_dir)
-    train_rows = subsample(data["train"], train_limit, config.seed)
+    train_rows = subsample(most_recent(data["train"], tuning.recent_per_user), train_limit, config.seed)
     valid_rows = subsample(data["valid"], valid_limit, config.seed)
     train_examples = build_examples(rec.tokenizer, train_rows, data.catalog, settings)
     valid_examples = build_examples(rec.tokenizer, valid_rows, data.catalog, settings)
+    trained = prepare_trainable(rec.model, tuning)
     trainer = Trainer(rec.model, train_examples, valid_examples, config, state_dir, response_ce,
                       pad_id=rec.tokenizer.pad_token_id, desc="sft")
     started = time.perf_counter()
@@ -165,13 +195,14 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
     except ValueError as err:  # e.g. a state written with other settings
         raise PrunerecError(str(err)) from None
     rec.model.load_state_dict(trainer.best_weights(), strict=False)
+    merge_lora(rec.model)
     summary = {
         "data": str(data_dir), "train_rows": len(train_rows), "valid_rows": len(valid_rows),
         "train_tokens_per_epoch": sum(len(e.input_ids) for e in train_examples),
         "steps": state.step, "best_step": state.best_step, "best_valid_loss": state.best_loss,
         "stop_reason": state.stop_reason, "train_seconds": round(state.elapsed_s, 1),
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
-        "parameters": sum(p.numel() for p in rec.model.parameters()),
+        "parameters": sum(p.numel() for p in rec.model.parameters()), **trained,
         "config": asdict(config), "log": state.log,
     }
     if distributed.world_size() > 1:

@@ -44,3 +44,36 @@ class TrainingOptions:
                            warmup_steps=self.warmup, weight_decay=self.weight_decay, patience=self.patience,
                            eval_every=self.eval_every, checkpoint_every=checkpoint_every, max_steps=self.max_steps,
                            time_budget_s=self.time_budget * 60, decay_to_budget=self.decay_to_budget, seed=self.seed)
+
+
+FINETUNE_FLAGS = ("lora", "lora_alpha", "train_layers", "recent_per_user")
+
+
+@dataclass(frozen=True)
+class FineTuneOptions:
+    """What `prunerec train` trains and on which rows: the ways to trade quality for CPU time."""
+    lora: int = flag(0, "Train LoRA adapters of this rank on every linear layer (q/k/v/o, gate/up/down) "
+                        "instead of every weight, merged into a stock checkpoint at the end (0: full "
+                        "fine-tuning).", low=0)
+    lora_alpha: float | None = flag(None, "LoRA scale numerator (the update is alpha / rank * B A).", kind=float,
+                                    low=0, open_low=True, default_text="2 x --lora")
+    train_layers: int = flag(0, "Train only the top N decoder layers (with --lora: adapt only those); the "
+                                "layers below and the embeddings stay frozen and run forward only (0: all).",
+                             low=0)
+    recent_per_user: int = flag(0, "Train on each user's N most recent training rows only (0: all rows); "
+                                   "--train-limit then samples from those.", low=0)
+
+    def check(self) -> FineTuneOptions:
+        check_flags(self)
+        if self.lora_alpha is not None and not self.lora:
+            raise PrunerecError("--lora-alpha needs --lora RANK")
+        return self
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora
+
+    def identity(self) -> dict:
+        """The options by CLI name, for a run's identity (a resume must match it)."""
+        return {"--lora": self.lora, "--lora-alpha": self.alpha if self.lora else None,
+                "--train-layers": self.train_layers, "--recent-per-user": self.recent_per_user}

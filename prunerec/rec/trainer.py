@@ -139,8 +139,9 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         self.state = TrainState()  # before the scheduler: the learning rate reads its clock
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        trained = [p for p in model.parameters() if p.requires_grad]  # all but what LoRA or frozen layers keep
+        decay = [p for p in trained if p.ndim >= 2]
+        no_decay = [p for p in trained if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=(0.9, 0.95))

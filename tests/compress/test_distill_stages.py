@@ -146,7 +146,7 @@ def test_build_calibration():
         assert first["input_ids"][row, :n].tolist() == e.input_ids
         labels = first["labels"][row]
         assert (labels[: n - r] == -100).all() and (labels[n:] == -100).all()
-        assert labels[n - r:n].tolist() == e.input_ids[n - r:]
+        assert labels[n - r:n].tolist() == list(e.input_ids[n - r:])
         p = calib.prompts[0]
         assert int(p["attention_mask"][row].sum()) == n - r
         assert p["input_ids"][row, : n - r].tolist() == e.input_ids[: n - r]

@@ -1,0 +1,99 @@
+import json
+
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from prunerec.cli import main
+from prunerec.data.catalog import Sample
+from prunerec.rec.batching import collate, response_ce
+from prunerec.rec.lora import LoraLinear, add_lora, freeze_below, merge_lora, top_layers
+from prunerec.rec.sft import most_recent
+from prunerec.rec.train_options import FineTuneOptions
+from prunerec.rec.trainer import TrainConfig, Trainer
+from tests.helpers import one_thread, tiny_model
+from tests.rec.test_trainer import _examples
+
+
+def _batch():
+    return collate(_examples(8, 3), pad_id=0)
+
+
+def test_fresh_adapters_change_nothing_and_train_only_themselves():
+    model = tiny_model(64, 0, seed=1, num_hidden_layers=3)
+    ids = torch.tensor([[5, 9, 12, 7, 3]])
+    before = model(ids).logits
+    trainable = add_lora(model, rank=4, alpha=8, layers=top_layers(model, 2))
+    assert torch.equal(model(ids).logits, before)  # B starts at zero
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.endswith(("lora_a", "lora_b")) for n in names)
+    assert not any(n.startswith("model.layers.0.") for n in names)  # only the top two layers adapted
+    adapted = sum(isinstance(m, LoraLinear) for m in model.modules())
+    assert adapted == 2 * 7
+    assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in names)
+
+
+def test_merged_model_is_stock_and_computes_what_the_adapted_one_did():
+    model = tiny_model(64, 0, seed=1)
+    stock_keys = set(model.state_dict())
+    add_lora(model, rank=4, alpha=8, layers=top_layers(model, 0))
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, LoraLinear):
+            torch.nn.init.normal_(m.lora_b, std=0.05)
+    ids = torch.tensor([[5, 9, 12, 7, 3, 30, 31]])
+    adapted = model(ids).logits
+    assert merge_lora(model) == 2 * 7
+    assert set(model.state_dict()) == stock_keys
+    assert torch.allclose(model(ids).logits, adapted, atol=1e-5)
+    assert not torch.allclose(tiny_model(64, 0, seed=1)(ids).logits, adapted, atol=1e-3)
+
+
+def test_frozen_layers_get_no_gradient():
+    model = tiny_model(64, 0, seed=1, num_hidden_layers=3)
+    freeze_below(model, top_layers(model, 1))
+    response_ce(model, _batch()).backward()
+    grads = {n: p.grad is not None for n, p in model.named_parameters()}
+    assert all(grads[n] for n in grads if n.startswith(("model.layers.2.", "model.norm")))
+    assert not any(grads[n] for n in grads if n.startswith(("model.layers.0.", "model.layers.1.", "model.embed")))
+
+
+def test_lora_training_lowers_the_loss(tmp_path):
+    with one_thread():
+        model = tiny_model(64, 0, seed=1)
+        add_lora(model, rank=8, alpha=16, layers=top_layers(model, 0))
+        config = TrainConfig(epochs=3, batch_size=8, lr=1e-2, warmup_steps=2, seed=5, patience=5)
+        state = Trainer(model, _examples(48, 0), _examples(16, 1), config, tmp_path, response_ce, pad_id=0).run()
+    losses = [r["valid_loss"] for r in state.log]
+    assert losses[-1] < losses[0]
+
+
+def test_most_recent_keeps_each_users_last_rows_in_file_order():
+    rows = [Sample(u, (i,), i + 1) for u, i in [(1, 0), (1, 1), (2, 5), (1, 2), (2, 6), (3, 9)]]
+    assert [(s.user, s.target) for s in most_recent(rows, 1)] == [(1, 3), (2, 7), (3, 10)]
+    assert [(s.user, s.target) for s in most_recent(rows, 2)] == [(1, 2), (2, 6), (1, 3), (2, 7), (3, 10)]
+    assert most_recent(rows, 0) == rows
+
+
+def test_train_with_lora_writes_a_stock_checkpoint(tmp_path, demo_data):
+    out = tmp_path / "lora"
+    args = ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(out), "--max-steps", "4",
+            "--batch-size", "8", "--valid-limit", "16", "--lora", "4", "--recent-per-user", "1"]
+    with one_thread():
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    weights = load_file(out / "model.safetensors")
+    assert not any("lora" in k or ".base." in k for k in weights)
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["lora_rank"] == 4 and summary["lora_alpha"] == 8
+    assert 0 < summary["trainable_parameters"] < summary["parameters"] / 2
+    users = len({json.loads(line)["user"] for line in (demo_data / "train.jsonl").read_text().splitlines()})
+    assert summary["train_rows"] == users
+    resumed = CliRunner().invoke(main, args + ["--resume", "--lora", "8"])
+    assert resumed.exit_code == 1 and "--lora" in resumed.output
+
+
+def test_lora_alpha_needs_a_rank():
+    assert FineTuneOptions(lora=4).alpha == 8
+    result = CliRunner().invoke(main, ["train", "--data", ".", "--model", "tiny", "--out", "x", "--lora-alpha", "4"])
+    assert result.exit_code == 1 and "--lora-alpha needs --lora" in result.output
