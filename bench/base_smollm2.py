@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -96,7 +97,8 @@ def main() -> None:
     training = train(args, base, root / "model", data_dir)
     summary = {"data": str(data_dir), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "settings": vars(args), "import": json.loads((base / "import.json").read_text()),
-               "training": {k: v for k, v in training.items() if k != "log"}, "valid_loss": training["log"]}
+               "training": {k: v for k, v in training.items() if k != "log"}, "valid_loss": training["log"],
+               "peak_rss_gib_import_and_training": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     write_json(summary_path, summary)
     report, table = run_evaluate(root / "model", data_dir, split="test", grounding="trie", beams=20,
                                  batch_size=16, limit=args.users, out=root / "eval.json")

@@ -12,12 +12,9 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import RecModel
+from prunerec.model.validate import head_dim
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def head_dim(config) -> int:
-    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
 def shape(config) -> dict:

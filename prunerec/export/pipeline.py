@@ -104,10 +104,10 @@ def _run_export(model_ref: str, out: str | Path, options: ExportOptions, say) ->
     refuse_output_over_inputs(out, "--out", model=model_ref)
     check_fresh_output(out, ("hf", "hf-llama", "onnx", "genai", REPORT_FILE), False, options.overwrite, "an export",
                        resumable=False)
-    sweep_temps(out)
     if options.dtype == "auto":
         options = replace(options, dtype=NAMES[stored_dtype(check_checkpoint(str(model_ref)))])
-    rec = load_rec_model(str(model_ref), dtype=hf.DTYPES[options.dtype])
+    rec = load_rec_model(str(model_ref), dtype=hf.DTYPES[options.dtype])  # validated before OUT is touched
+    sweep_temps(out)
     rec = replace(rec, storage_dtype=None)  # exports are stored in --dtype
     config = rec.model.config
     shape, params = hf.shape(config), count_parameters(rec.model)

@@ -12,13 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from prunerec.data.catalog import Catalog, DataError, load_catalog
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_jsonl
 from prunerec.model.dtypes import COMPUTE_DTYPE, stored_as, stored_dtype
 from prunerec.model.prompt import PromptSettings
+from prunerec.model.validate import SUPPORTED_TYPES, check_catalog_titles, check_model_files
 
 SETTINGS_FILE = "prunerec.json"
 CATALOG_FILE = "catalog.jsonl"
@@ -55,38 +63,75 @@ def _is_local(ref: str) -> bool:
     return Path(ref).exists() or ref.startswith((".", "/", "~"))
 
 
-def check_checkpoint(ref: str):
+def check_checkpoint(ref: str, weights: bool = True):
     """Fail early, with a clear message, if `ref` is not a loadable Qwen2-family checkpoint;
-    returns its config."""
-    if _is_local(ref):
-        path = Path(ref).expanduser()
-        if not path.is_dir():
-            raise PrunerecError(f"model folder not found: {ref}")
-        if not (path / "config.json").is_file():
-            raise PrunerecError(f"{ref} is not a Hugging Face checkpoint (no config.json)")
+    returns its config. A local folder's config.json, tokenizer files and (with `weights`)
+    safetensors headers are checked (prunerec.model.validate); nothing is loaded."""
+    if not _is_local(ref):
+        return _hub_config(ref)
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        raise PrunerecError(f"model folder not found: {ref}")
+    if not (path / "config.json").is_file():
+        raise PrunerecError(f"{ref} is not a Hugging Face checkpoint (no config.json)")
+    return check_model_files(path, weights)
+
+
+def _hub_config(ref: str):
     try:
         config = AutoConfig.from_pretrained(ref)
     except (OSError, ValueError) as err:
         raise PrunerecError(f"cannot load model config from '{ref}': {err}") from None
-    if config.model_type not in ("qwen2", "llama"):
+    if config.model_type not in SUPPORTED_TYPES:
         raise PrunerecError(f"{ref} is a '{config.model_type}' model; prunerec works on Qwen2-family causal LMs")
     return config
 
 
+@dataclass
+class ModelFolder:
+    """What validate_model_folder read: everything of a checkpoint but its weights."""
+    config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+    catalog: Catalog | None
+    settings: PromptSettings
+    info: dict
+
+
+def validate_model_folder(ref: str | Path, need_catalog: bool = False, weights: bool = True) -> ModelFolder:
+    """Every check a model folder (or hub id) gets before a command works on it: its files
+    (check_checkpoint), prunerec.json and catalog.jsonl, the tokenizer, and the round trip of
+    every catalog title through the tokenizer. A PrunerecError names the file at fault."""
+    config = check_checkpoint(str(ref), weights)
+    folder = Path(str(ref)).expanduser()
+    settings, info, catalog = read_model_files(folder)
+    if need_catalog and catalog is None:
+        raise PrunerecError(f"{ref} has no {CATALOG_FILE}: a recommender folder (from prunerec train, compress "
+                            f"or export) holds the items it recommends")
+    tokenizer = load_tokenizer(ref)
+    if catalog is not None:
+        check_catalog_titles(tokenizer, catalog.titles, folder / CATALOG_FILE, int(config.vocab_size))
+    return ModelFolder(config, tokenizer, catalog, settings, info)
+
+
+def load_tokenizer(ref: str | Path) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(ref))
+    except Exception as err:  # noqa: BLE001 - the tokenizers library raises plain Exception on a bad file
+        raise PrunerecError(f"cannot load the tokenizer of {ref}: {err}") from None
+    return ready_tokenizer(tokenizer, ref)
+
+
 def load_rec_model(ref: str, *, dtype: torch.dtype = COMPUTE_DTYPE, need_catalog: bool = False) -> RecModel:
     """Load a local folder or a hub id (where there is internet) with its tokenizer and catalog,
-    the weights in `dtype`; saving writes them back in the dtype the checkpoint was stored in."""
-    storage = stored_dtype(check_checkpoint(ref))
+    the weights in `dtype` once validate_model_folder passed; saving writes them back in the
+    dtype the checkpoint was stored in."""
+    files = validate_model_folder(ref, need_catalog=need_catalog)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref)
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
     except (OSError, ValueError) as err:
         raise PrunerecError(f"cannot load model from '{ref}': {err}") from None
     model.eval()
-    settings, info, catalog = read_model_files(Path(ref).expanduser())
-    if need_catalog and catalog is None:
-        raise PrunerecError(f"{ref} has no {CATALOG_FILE}: pass --data with the catalog it recommends from")
-    return RecModel(model, ready_tokenizer(tokenizer, ref), catalog, settings, info, storage)
+    return RecModel(model, files.tokenizer, files.catalog, files.settings, files.info, stored_dtype(files.config))
 
 
 def read_model_files(folder: Path) -> tuple[PromptSettings, dict, Catalog | None]:

@@ -6,6 +6,7 @@ are the same in training, in the catalog trie and at serving time.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 TEMPLATES = {
@@ -55,6 +56,15 @@ def format_prompt(history_titles, settings: PromptSettings) -> str:
 def format_response(title: str) -> str:
     """The text the model writes for an item; the EOS token id follows it."""
     return quote(title) + "\n"
+
+
+def token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+
+def response_ids(tokenizer, titles: Sequence[str]) -> list[list[int]]:
+    """Quoted title, newline, then EOS: the sequence a model writes for each title."""
+    return [ids + [tokenizer.eos_token_id] for ids in token_ids(tokenizer, [format_response(t) for t in titles])]
 
 
 def parse_response(text: str) -> str:

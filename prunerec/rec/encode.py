@@ -1,4 +1,5 @@
-"""Token ids of prompts, responses and training examples; the single place that tokenizes."""
+"""Token ids of prompts, responses and training examples; with prunerec.model.prompt (the token
+ids of a response, which model-folder validation needs too), the only place that tokenizes."""
 from __future__ import annotations
 
 from array import array
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prunerec.data.catalog import Catalog, Sample
-from prunerec.model.prompt import PromptSettings, format_prompt, format_response
+from prunerec.model.prompt import PromptSettings, format_prompt, response_ids, token_ids
 
 
 @dataclass(frozen=True)
@@ -19,18 +20,9 @@ class Example:
             object.__setattr__(self, "input_ids", array("i", self.input_ids))
 
 
-def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-
-
-def response_ids(tokenizer, titles: Sequence[str]) -> list[list[int]]:
-    """Quoted title, newline, then EOS: the sequence a model writes for each title."""
-    return [ids + [tokenizer.eos_token_id] for ids in _ids(tokenizer, [format_response(t) for t in titles])]
-
-
 def prompt_ids(tokenizer, histories: Sequence[Sequence[str]], settings: PromptSettings) -> list[list[int]]:
     """Prompts cut from the left to leave room for a response within the cutoff."""
-    prompts = _ids(tokenizer, [format_prompt(h, settings) for h in histories])
+    prompts = token_ids(tokenizer, [format_prompt(h, settings) for h in histories])
     return [p[-settings.cutoff_tokens:] for p in prompts]
 
 

@@ -25,6 +25,7 @@ from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.presets import PRESETS, Preset
 from prunerec.model.prompt import PromptSettings, format_prompt, format_response
 from prunerec.model.tokenizer import train_tokenizer
+from prunerec.model.validate import check_catalog_titles
 from prunerec.plots import pyplot, save_png
 from prunerec.rec.batching import response_ce
 from prunerec.rec.encode import build_examples, history_titles
@@ -32,6 +33,7 @@ from prunerec.rec.lora import add_lora, freeze_below, merge_lora, top_layers, tr
 from prunerec.rec.train_options import FineTuneOptions
 from prunerec.rec.trainer import TrainConfig, Trainer
 
+FULL_FINE_TUNING = FineTuneOptions()
 STATE_DIR = ".train-state"
 RUN_FILE = "run.json"  # in STATE_DIR: what the run is (content fingerprints, options)
 DATA_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl")
@@ -123,7 +125,7 @@ def model_fingerprint(model_ref: str) -> str:
 
 
 def run_identity(data_dir, model_ref: str, settings: PromptSettings, config: TrainConfig, train_limit,
-                 valid_limit, tuning: FineTuneOptions = FineTuneOptions()) -> dict:
+                 valid_limit, tuning: FineTuneOptions = FULL_FINE_TUNING) -> dict:
     """Everything that shapes a training run's result, by CLI option (a resume must match it)."""
     ending = ("time_budget_s", "decay_to_budget")  # may change on resume: they only decide the end
     options = {**{f"--{k.replace('_', '-')}": v for k, v in asdict(config).items() if k not in ending},
@@ -169,7 +171,7 @@ def _check_rows(data_dir, name: str, rows: list) -> None:
 def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path, *, settings: PromptSettings,
                       config: TrainConfig, train_limit: int | None = None, valid_limit: int | None = 1000,
                       resume: bool = False, overwrite: bool = False,
-                      tuning: FineTuneOptions = FineTuneOptions()) -> dict:
+                      tuning: FineTuneOptions = FULL_FINE_TUNING) -> dict:
     out_dir = Path(out_dir)
     state_dir = out_dir / STATE_DIR
     distributed.init()
@@ -182,6 +184,9 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
             identity = run_identity(data_dir, model_ref, settings, config, train_limit, valid_limit, tuning)
             prepare_output(out_dir, data_dir, model_ref, identity, resume, overwrite)
         rec = base_recommender(model_ref, data, settings, config.seed, state_dir)
+        # a title the tokenizer cannot write back could never be recommended: refuse before training
+        check_catalog_titles(rec.tokenizer, data.catalog.titles, Path(data_dir) / "items.jsonl",
+                             rec.model.config.vocab_size)
     train_rows = subsample(most_recent(data["train"], tuning.recent_per_user), train_limit, config.seed)
     valid_rows = subsample(data["valid"], valid_limit, config.seed)
     train_examples = build_examples(rec.tokenizer, train_rows, data.catalog, settings)

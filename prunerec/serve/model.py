@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
-from prunerec.model.checkpoint import CATALOG_FILE, read_model_files, ready_tokenizer
+from prunerec.model.checkpoint import check_checkpoint, validate_model_folder
 from prunerec.model.prompt import PromptSettings
 from prunerec.rec.encode import prompt_ids
 from prunerec.rec.grounding import free_token_budget
@@ -162,26 +162,19 @@ class ServeModel:
 
 
 def load_serve_model(model: str | Path, engine: str) -> ServeModel:
-    """Tokenizer, config, catalog, settings and trie of the folder `engine` serves (no weights)."""
-    from transformers import AutoConfig, AutoTokenizer
-
+    """Tokenizer, config, catalog, settings and trie of the folder `engine` serves, once
+    validate_model_folder passed (no weights are loaded: their files are checked, those of the
+    L2 fallback's PyTorch weights beside an onnx folder too)."""
     if engine not in ENGINES:
         raise PrunerecError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
     folder = resolve_folder(model, engine)
-    if not (folder / CATALOG_FILE).is_file():
-        raise PrunerecError(f"{folder} has no {CATALOG_FILE}: serve a folder written by prunerec train, "
-                            f"compress or export")
-    settings, _, catalog = read_model_files(folder)
-    try:
-        config = AutoConfig.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise PrunerecError(f"cannot load the tokenizer or config of {folder}: {err}") from None
-    if config.model_type not in ("qwen2", "llama"):
-        raise PrunerecError(f"{folder} is a '{config.model_type}' model; prunerec serves Qwen2-family causal LMs")
-    ready_tokenizer(tokenizer, folder)
+    files = validate_model_folder(folder, need_catalog=True, weights=engine != "onnx")
+    torch_folder = torch_weights_folder(folder)
+    if torch_folder is not None and torch_folder != folder:
+        check_checkpoint(str(torch_folder))
+    tokenizer, catalog = files.tokenizer, files.catalog
     index = TitleIndex.of_catalog(tokenizer, catalog)
     first_ids = [catalog.first_id(t) for t in index.titles]
     generations = tokenizer.batch_decode(index.responses, skip_special_tokens=True)
-    return ServeModel(folder, engine, tokenizer, config, catalog, settings, index, torch_weights_folder(folder),
+    return ServeModel(folder, engine, tokenizer, files.config, catalog, files.settings, index, torch_folder,
                       first_ids, generations)

@@ -348,7 +348,7 @@ def test_bad_or_missing_base_refused_up_front(tiny_base, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(base, broken)
     (broken / "config.json").write_text("{not json")
-    _refused(["--model", broken, "--data", data], "cannot load model config", out)
+    _refused(["--model", broken, "--data", data], "config.json: not JSON (line 1, column 2", out)
     no_catalog = tmp_path / "no_catalog"
     shutil.copytree(base, no_catalog)
     (no_catalog / "catalog.jsonl").unlink()
