@@ -7,6 +7,10 @@ run's own validation log: the elapsed time between the validations at steps --ev
 --steps, over the steps between them (the first steps are warm-up; the validations in between
 use --valid-limit rows, a few batches).
 
+`--longest N` trains on the N training rows with the most history and title text instead (a
+copy of the data in a temporary folder): every batch is then near the longest there is, so the
+peak RSS is the worst case of a whole epoch, which a few steps of random batches may miss.
+
 `--tree DIR` runs the settings from another work tree of prunerec (e.g. `git worktree add
 /tmp/before <commit>`) and records them under `--label`: the before/after of a change, run
 side by side on the same machine.
@@ -40,6 +44,21 @@ SETTINGS = {
     "compact5-top10": ["--template", "compact", "--max-history", "5", "--train-layers", "10"],
     "alpaca10-lora16": ["--template", "alpaca", "--max-history", "10", "--lora", "16"],
 }
+
+
+def longest_rows_data(data_dir: str, n_rows: int, work: Path) -> str:
+    """A copy of the prepared data whose train split holds only its `n_rows` longest rows."""
+    source, copy = Path(data_dir), work / "longest-data"
+    copy.mkdir()
+    titles = {row["item_id"]: row["title"] for row in map(json.loads, (source / "items.jsonl").open())}
+    rows = [json.loads(line) for line in (source / "train.jsonl").open()]
+    text_length = lambda row: sum(len(titles[i]) for i in [*row["history"][-10:], row["target"]])  # noqa: E731
+    longest = sorted(rows, key=text_length, reverse=True)[:n_rows]
+    (copy / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in longest))
+    for name in ("items.jsonl", "valid.jsonl", "test.jsonl", "stats.json"):
+        if (source / name).is_file():
+            (copy / name).write_bytes((source / name).read_bytes())
+    return str(copy)
 
 
 def run_setting(args, name: str, work: Path) -> dict:
@@ -79,6 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--valid-limit", type=int, default=8)
+    parser.add_argument("--longest", type=int, default=0, help="Train on this many longest rows (worst-case RSS).")
     parser.add_argument("--tree", default=None, help="Run prunerec from this work tree instead.")
     parser.add_argument("--label", default="after")
     args = parser.parse_args()
@@ -86,11 +106,15 @@ def main() -> None:
     results.setdefault("machine", f"{platform.machine()}, {os.cpu_count()} cores")
     runs = results.setdefault("runs", {})
     with tempfile.TemporaryDirectory(prefix="train-cost-") as work:
+        source_data = args.data
+        if args.longest:
+            args.data = longest_rows_data(args.data, args.longest, Path(work))
         for name in args.settings.split(","):
             key = f"{args.label}/{name}"
             if key in runs:
                 continue
-            runs[key] = {"model": args.model, "data": args.data, "batch_size": args.batch_size,
+            runs[key] = {"model": args.model, "data": source_data, "longest_rows": args.longest,
+                         "batch_size": args.batch_size,
                          **run_setting(args, name, Path(work))}
             print(key, json.dumps(runs[key]), flush=True)
             OUT.parent.mkdir(exist_ok=True)

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -97,3 +98,38 @@ def test_lora_alpha_needs_a_rank():
     assert FineTuneOptions(lora=4).alpha == 8
     result = CliRunner().invoke(main, ["train", "--data", ".", "--model", "tiny", "--out", "x", "--lora-alpha", "4"])
     assert result.exit_code == 1 and "--lora-alpha needs --lora" in result.output
+
+
+def _lora_trainer(state_dir):
+    model = tiny_model(64, 0, seed=1)
+    torch.manual_seed(2)
+    add_lora(model, rank=4, alpha=8, layers=top_layers(model, 1))
+    config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=3, seed=5, patience=5)
+    return model, Trainer(model, _examples(48, 0), _examples(16, 1), config, state_dir, response_ce, pad_id=0)
+
+
+def test_interrupted_lora_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    with one_thread():
+        model, trainer = _lora_trainer(tmp_path / "unbroken")
+        trainer.run()
+        broken_model, broken = _lora_trainer(tmp_path / "broken")
+        original_step, calls = Trainer._train_step, {"n": 0}
+
+        def dying_step(self, indices):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            return original_step(self, indices)
+
+        monkeypatch.setattr(Trainer, "_train_step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            broken.run()
+        monkeypatch.setattr(Trainer, "_train_step", original_step)
+        resumed_model, resumed = _lora_trainer(tmp_path / "broken")
+        resumed.run(resume=True)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[name], tensor), name
+    merge_lora(resumed_model)
+    merge_lora(model)
+    ids = torch.tensor([[5, 9, 12, 7]])
+    assert torch.equal(resumed_model(ids).logits, model(ids).logits)
