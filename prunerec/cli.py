@@ -163,8 +163,9 @@ def train(data_dir, model_ref, out, template, category, max_history, cutoff, **t
     \b
     Example (SmolLM2 imported with `prunerec import`, 2 CPU cores):
       prunerec train --data data/Toys --model runs/smollm2 --out runs/toys-base \\
-        --template compact --max-history 5 --lora 16 --batch-size 8 \\
-        --time-budget 120 --decay-to-budget --eval-every 200 --valid-limit 300
+        --template compact --max-history 5 --lora 16 --train-layers 15 --cutoff 160 \\
+        --recent-per-user 2 --batch-size 8 --lr 1e-3 --epochs 1 --eval-every 250 \\
+        --valid-limit 300 --patience 1000 --time-budget 80 --decay-to-budget
     """
     from prunerec.recipes import run_train
 
