@@ -143,13 +143,13 @@ def test_build_calibration():
     first = calib.full[0]
     for row, e in enumerate(ex[:2]):
         n, r = len(e.input_ids), e.n_response
-        assert first["input_ids"][row, :n].tolist() == e.input_ids
+        assert first["input_ids"][row, :n].tolist() == list(e.input_ids)
         labels = first["labels"][row]
         assert (labels[: n - r] == -100).all() and (labels[n:] == -100).all()
         assert labels[n - r:n].tolist() == list(e.input_ids[n - r:])
         p = calib.prompts[0]
         assert int(p["attention_mask"][row].sum()) == n - r
-        assert p["input_ids"][row, : n - r].tolist() == e.input_ids[: n - r]
+        assert p["input_ids"][row, : n - r].tolist() == list(e.input_ids[: n - r])
     with pytest.raises(PrunerecError):
         build_calibration([Example([1, 2], 2)], 0)
 
