@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunerec.model.validate import head_dim
+
 OPSET = 18
 MODEL_FILE = "model.onnx"
 DIMS = ("batch_size", "sequence_length", "past_sequence_length", "total_sequence_length")
@@ -41,9 +43,6 @@ def input_names(num_layers: int) -> list[str]:
 def output_names(num_layers: int) -> list[str]:
     return ["logits"] + [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
 
-
-def _head_dim(config) -> int:
-    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
 class DecoderWithPast(nn.Module):
@@ -70,7 +69,7 @@ class DecoderWithPast(nn.Module):
 def _example_sizes(config) -> tuple[int, int, int]:
     """Batch, new and past lengths for tracing, all different from each other and from the
     static sizes (kv heads, head_dim), so that torch.export cannot mistake one for another."""
-    taken = {0, 1, config.num_key_value_heads, _head_dim(config)}
+    taken = {0, 1, config.num_key_value_heads, head_dim(config)}
     sizes = []
     n = 2
     while len(sizes) < 3:
@@ -90,7 +89,7 @@ def export_decoder(model, out_dir: str | Path, opset: int = OPSET) -> Path:
         from prunerec.errors import PrunerecError
 
         raise PrunerecError("models with sliding-window attention layers cannot be exported to ONNX by prunerec")
-    n_layers, kv, hd = config.num_hidden_layers, config.num_key_value_heads, _head_dim(config)
+    n_layers, kv, hd = config.num_hidden_layers, config.num_key_value_heads, head_dim(config)
     batch, seq, past_len = _example_sizes(config)
     dtype = next(model.parameters()).dtype
     generator = torch.Generator().manual_seed(0)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from prunerec.model.validate import head_dim
+
 __all__ = [
     "keep_attention_heads",
     "keep_hidden",
@@ -34,11 +36,6 @@ __all__ = [
 def _layers(model) -> nn.ModuleList:
     return model.model.layers
 
-
-def _head_dim(model) -> int:
-    cfg = model.config
-    hd = getattr(cfg, "head_dim", None)
-    return int(hd) if hd else cfg.hidden_size // cfg.num_attention_heads
 
 
 def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -141,7 +138,7 @@ def keep_attention_heads(model, keep_kv: list[list[int]], keep_q: list[list[int]
     ``num_attention_heads``, ``num_key_value_heads`` and an explicit ``head_dim``.
     """
     kvs, qs = _check_heads(model, keep_kv, keep_q)
-    hd = _head_dim(model)
+    hd = head_dim(model.config)
     for layer, kv, q in zip(_layers(model), kvs, qs):
         attn = layer.self_attn
         q_rows, kv_rows = _head_rows(q.tolist(), hd), _head_rows(kv.tolist(), hd)
@@ -183,7 +180,7 @@ def keep_hidden(model, keep: torch.Tensor):
     keep = _index(keep, n_old, "kept hidden dimensions")
     n_new = keep.numel()
     ratio = n_old / n_new
-    hd = _head_dim(model)
+    hd = head_dim(model.config)
     tied = _is_tied(model)
 
     emb = model.get_input_embeddings()
@@ -311,7 +308,7 @@ def count_parameters_from_config(config) -> dict:
     h, inter, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     n_q = config.num_attention_heads
     n_kv = config.num_key_value_heads or n_q
-    hd = getattr(config, "head_dim", None) or h // n_q
+    hd = head_dim(config)
     attn = (h + 1) * n_q * hd + 2 * (h + 1) * n_kv * hd + n_q * hd * h  # q/k/v with bias, o without
     per_layer = attn + 3 * h * inter + 2 * h
     non_emb = n_layers * per_layer + h

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -13,7 +12,7 @@ from prunerec.rec.sft import most_recent
 from prunerec.rec.train_options import FineTuneOptions
 from prunerec.rec.trainer import TrainConfig, Trainer
 from tests.helpers import one_thread, tiny_model
-from tests.rec.test_trainer import _examples
+from tests.rec.test_trainer import _examples, interrupt_at_step
 
 
 def _batch():
@@ -113,18 +112,7 @@ def test_interrupted_lora_run_resumes_to_the_same_weights(tmp_path, monkeypatch)
         model, trainer = _lora_trainer(tmp_path / "unbroken")
         trainer.run()
         broken_model, broken = _lora_trainer(tmp_path / "broken")
-        original_step, calls = Trainer._train_step, {"n": 0}
-
-        def dying_step(self, indices):
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise KeyboardInterrupt
-            return original_step(self, indices)
-
-        monkeypatch.setattr(Trainer, "_train_step", dying_step)
-        with pytest.raises(KeyboardInterrupt):
-            broken.run()
-        monkeypatch.setattr(Trainer, "_train_step", original_step)
+        interrupt_at_step(monkeypatch, broken, 5)
         resumed_model, resumed = _lora_trainer(tmp_path / "broken")
         resumed.run(resume=True)
     for name, tensor in model.state_dict().items():

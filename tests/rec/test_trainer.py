@@ -30,6 +30,22 @@ def _trainer(state_dir, **config):
                           response_ce, pad_id=0)
 
 
+def interrupt_at_step(monkeypatch, trainer: Trainer, step: int) -> None:
+    """Run `trainer` until Ctrl-C arrives at its `step`-th step (counted in this run)."""
+    original_step, calls = Trainer._train_step, {"n": 0}
+
+    def dying_step(self, indices):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return original_step(self, indices)
+
+    monkeypatch.setattr(Trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+
+
 def test_collate_shifts_targets_onto_response_tokens():
     batch = collate([Example([5, 6, 7, 8], 2), Example([9, 10, 11], 1)], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
@@ -55,19 +71,7 @@ def test_resume_after_interruption_ends_where_an_unbroken_run_ends(tmp_path, mon
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
     broken_model, broken = _trainer(tmp_path / "broken")
-    original_step = Trainer._train_step
-    calls = {"n": 0}
-
-    def dying_step(self, indices):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return original_step(self, indices)
-
-    monkeypatch.setattr(Trainer, "_train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        broken.run()
-    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    interrupt_at_step(monkeypatch, broken, 8)
     resumed_model, resumed = _trainer(tmp_path / "broken")
     state = resumed.run(resume=True)
     assert state.step == trainer.state.step
