@@ -6,9 +6,9 @@ import json
 import click
 
 from prunerec.errors import friendly_errors
-from prunerec.options import click_options
+from prunerec.options import BEAMS, EVAL_BATCH, click_options
 from prunerec.rec.train_options import FINETUNE_FLAGS, TRAINING_FLAGS, FineTuneOptions, TrainingOptions
-from prunerec.recipes import DemoPlan
+from prunerec.recipes import DEMO_ENGINES, DemoPlan
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -183,8 +183,8 @@ def train(data_dir, model_ref, out, template, category, max_history, cutoff, **t
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
 @click.option("--grounding", type=click.Choice(["trie", "l2", "both"]), default="both", show_default=True,
               help="trie: constrained beam search; l2: BIGRec's free generation + L2 matching.")
-@click.option("--beams", default=20, show_default=True, help="Beams = ranked items returned by constrained search.")
-@click.option("--batch-size", default=16, show_default=True, help="Users per batch.")
+@click.option("--beams", default=BEAMS, show_default=True, help="Beams = ranked items returned by constrained search.")
+@click.option("--batch-size", default=EVAL_BATCH, show_default=True, help="Users per batch.")
 @click.option("--workers", default=0, show_default=True,
               help="Processes sharing the users (0: one per usable CPU core; 1 on a GPU).")
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of this many users.")
@@ -208,7 +208,7 @@ def evaluate(model_ref, data_dir, split, grounding, beams, batch_size, workers, 
 @click.option("--users", "eval_users", default=DemoPlan.eval_users, show_default=True, help="Test users evaluated.")
 @click.option("--distill-steps", default=DemoPlan.distill_steps, show_default=True,
               help="Distillation steps after each pruning stage.")
-@click.option("--engine", "engines", type=click.Choice(["vllm", "torch"]), multiple=True,
+@click.option("--engine", "engines", type=click.Choice(DEMO_ENGINES), multiple=True,
               default=DemoPlan.engines, show_default=True,
               help="Serving engine of the load test; repeat it for several (each gets its rows in the table).")
 @click.option("--load-users", default=",".join(map(str, DemoPlan.load_users)), show_default=True,

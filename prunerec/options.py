@@ -12,6 +12,11 @@ from prunerec.errors import PrunerecError
 
 FLAG = "prunerec.flag"
 
+# values several commands share, declared here once
+BEAMS = 20                              # beams of the constrained search = ranked items per user
+ENGINES = ("vllm", "torch", "onnx")     # serving engines
+EVAL_BATCH = 16                         # users per batch of an evaluation
+
 
 @dataclass(frozen=True)
 class Flag:

@@ -11,6 +11,7 @@ from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
 from prunerec.model.presets import PRESETS
 from prunerec.model.prompt import PromptSettings
+from prunerec.options import BEAMS, EVAL_BATCH
 
 SCRATCH_LR, CHECKPOINT_LR = 1e-3, 3e-4
 
@@ -55,7 +56,7 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
                              overwrite=overwrite, tuning=tuning)
 
 
-def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=20, batch_size=16, workers=0,
+def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=BEAMS, batch_size=EVAL_BATCH, workers=0,
                  limit=None, out=None, seed=0) -> tuple[dict, str]:
     from prunerec.rec.evaluate import GROUNDINGS, EvalOptions, evaluate_path, format_table
 
@@ -82,6 +83,9 @@ class Step:
     run: Callable[[], None]
 
 
+DEMO_ENGINES = ("vllm", "torch")  # the engines the demo can load-test (ONNX is checked by its export)
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     # on 2 idle cores the tiny preset's best validation loss comes at step 1,788 (~4 min; a
@@ -92,7 +96,7 @@ class DemoPlan:
     distill_steps: int = 600  # per compression stage
     # vLLM and PyTorch side by side: on models this small vLLM's per-step work, not the model,
     # sets the pace, so the pruned model's speed-up shows in full only on the torch engine
-    engines: tuple[str, ...] = ("vllm", "torch")
+    engines: tuple[str, ...] = DEMO_ENGINES
     load_users: tuple[int, ...] = (1, 4)
     load_seconds: float = 10.0
 

@@ -8,7 +8,7 @@ import click
 from prunerec.compress.criteria import LAYER, WIDTH
 from prunerec.compress.pipeline import CompressOptions
 from prunerec.errors import friendly_errors
-from prunerec.options import click_options
+from prunerec.options import BEAMS, click_options
 from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 
 __all__ = ["COMMANDS", "compress", "analyze"]
@@ -82,7 +82,7 @@ def _stage_steps(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--eval-users", default=500, show_default=True,
               help="Validation users for HR/NDCG after each stage (0: skip the evaluation).")
 @click.option("--eval-batch-size", default=8, show_default=True)
-@click.option("--beams", default=20, show_default=True, help="Beams of the constrained search = ranked items.")
+@click.option("--beams", default=BEAMS, show_default=True, help="Beams of the constrained search = ranked items.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last finished stage "
                                              "or distillation checkpoint (same options required).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier compress run's results in --out "

@@ -43,6 +43,7 @@ from prunerec.errors import PrunerecError
 from prunerec.io import atomic_dir, write_json
 from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
+from prunerec.options import BEAMS
 from prunerec.rec.encode import build_examples
 from prunerec.rec.sft import subsample
 from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
@@ -78,24 +79,24 @@ class CompressOptions:
     tau: float = 1.0
     hidden_distill: float = 0.0
     teacher_cache: str | None = None  # folder; the teacher's hidden states are kept there per teacher
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 3e-4
-    warmup: int = 20
-    weight_decay: float = 0.01
-    patience: int = 1
-    eval_every: int = 0
-    max_steps: int = 0
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    warmup: int = TrainConfig.warmup_steps
+    weight_decay: float = TrainConfig.weight_decay
+    patience: int = TrainConfig.patience
+    eval_every: int = TrainConfig.eval_every
+    max_steps: int = TrainConfig.max_steps
     stage_steps: tuple[int, ...] | None = None  # max_steps of each stage's distillation, in stage order
     time_budget: float = 0.0  # minutes per distillation
-    decay_to_budget: bool = False
+    decay_to_budget: bool = TrainConfig.decay_to_budget
     train_limit: int | None = None
     valid_limit: int | None = 500
     # evaluation
     eval_users: int = 500
     eval_batch_size: int = 8
-    beams: int = 20
-    seed: int = 0
+    beams: int = BEAMS
+    seed: int = TrainConfig.seed
 
     def check(self) -> None:
         for name in ("calib_samples", "calib_batch_size", "eval_batch_size", "beams"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from prunerec.errors import friendly_errors
+from prunerec.options import BEAMS
 
 __all__ = ["COMMANDS", "export"]
 
@@ -21,7 +22,7 @@ __all__ = ["COMMANDS", "export"]
 @click.option("--users", default=4, show_default=True, help="Prompts used by the verification.")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Prepared data folder: verify on its test users (default: prompts of random catalog titles).")
-@click.option("--beams", default=20, show_default=True, help="Beams of the constrained search compared.")
+@click.option("--beams", default=BEAMS, show_default=True, help="Beams of the constrained search compared.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export's folders in --out "
                                                 "(without it they are refused).")

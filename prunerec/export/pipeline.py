@@ -30,6 +30,7 @@ from prunerec.io import (
 from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, check_checkpoint, load_rec_model, quiet_loading
 from prunerec.model.dtypes import NAMES, stored_dtype
 from prunerec.model.surgery import count_parameters
+from prunerec.options import BEAMS
 
 FORMATS = ("hf", "onnx", "genai")
 DEFAULT_FORMATS = ("hf", "onnx")
@@ -43,7 +44,7 @@ class ExportOptions:
     verify: bool = True
     users: int = 4
     data_dir: str | None = None
-    beams: int = 20
+    beams: int = BEAMS
     seed: int = 0
     threads: int | None = None
     overwrite: bool = False  # replace an earlier export's folders in OUT

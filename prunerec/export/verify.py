@@ -33,6 +33,7 @@ import torch
 
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import SETTINGS_FILE
+from prunerec.options import BEAMS
 from prunerec.rec.batching import pad_rows, positions_of
 
 GREEDY_STEPS = 32
@@ -252,7 +253,7 @@ def _load(ref, dtype) -> tuple[object, float]:
 
 
 def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir=None, users: int = 4,
-                  beams: int = 20, seed: int = 0, providers=None, threads: int | None = None,
+                  beams: int = BEAMS, seed: int = 0, providers=None, threads: int | None = None,
                   formats: Sequence[str] | None = None) -> dict:
     """Run every check that applies to the folders present in OUT (only those of `formats` when
     given: hf covers hf-llama, a folder left by an earlier export is then ignored); returns the

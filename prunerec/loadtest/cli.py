@@ -5,10 +5,10 @@ import sys
 
 import click
 
-from prunerec.errors import PrunerecError, friendly_errors
+from prunerec.errors import friendly_errors
 from prunerec.loadtest.serve_options import SHARED_SERVE_OPTIONS
-from prunerec.options import click_options
-from prunerec.serve.app import ServeOptions, check_processes
+from prunerec.options import ENGINES, click_options
+from prunerec.serve.app import ServeOptions, check_engine_flags
 
 __all__ = ["COMMANDS", "loadtest"]
 
@@ -22,7 +22,7 @@ __all__ = ["COMMANDS", "loadtest"]
               help="Prepared data folder: request histories from its test split, answers checked against items.jsonl.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Report folder: report.json, report.md, latency.png, throughput.png, locust/ CSVs, logs/.")
-@click.option("--engine", type=click.Choice(["vllm", "torch", "onnx"]), default="vllm", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
               help="Engine of the servers started for model folders.")
 @click.option("--users", default="1,4,16,64", show_default=True,
               help="Concurrency levels: simulated users, each sending its next request when the previous is answered.")
@@ -55,9 +55,7 @@ def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, sp
     from prunerec.loadtest.report import headline_table, parse_duration, parse_users
     from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
 
-    if enforce_eager and engine != "vllm":
-        raise PrunerecError("--enforce-eager applies to --engine vllm only")
-    check_processes(engine, processes)
+    check_engine_flags(engine, processes, enforce_eager=enforce_eager)
     options = LoadtestOptions(engine=engine, users=tuple(parse_users(users)), duration_s=parse_duration(duration),
                               spawn_rate=spawn_rate, k=k, beams=beams, max_concurrency=max_concurrency,
                               max_queue=max_queue, max_batch=max_batch, processes=processes,

@@ -14,6 +14,7 @@ from prunerec import distributed
 from prunerec.data.catalog import Catalog, Sample, load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import RecModel, load_rec_model
+from prunerec.options import BEAMS, EVAL_BATCH
 from prunerec.rec import metrics
 from prunerec.rec.beam import constrained_beam_search
 from prunerec.rec.encode import history_titles, prompt_ids
@@ -29,8 +30,8 @@ GROUNDINGS = ("trie", "l2")
 class EvalOptions:
     split: str = "test"
     groundings: tuple[str, ...] = GROUNDINGS
-    num_beams: int = 20
-    batch_size: int = 16  # users per batch (each with num_beams rows)
+    num_beams: int = BEAMS
+    batch_size: int = EVAL_BATCH  # users per batch (each with num_beams rows)
     workers: int = 0  # processes sharing the users; 0 = one per usable core
     limit: int | None = None
     ks: tuple[int, ...] = metrics.DEFAULT_KS

@@ -14,24 +14,24 @@ TRAINING_FLAGS = ("epochs", "batch_size", "lr", "warmup", "weight_decay", "patie
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    epochs: int = flag(3, "Epochs (of each distillation, when compressing); --max-steps, when set, overrides "
-                          "it.", low=1)
-    batch_size: int = flag(32, "Examples per optimizer step.", low=1)
+    epochs: int = flag(TrainConfig.epochs, "Epochs (of each distillation, when compressing); --max-steps, when "
+                                           "set, overrides it.", low=1)
+    batch_size: int = flag(TrainConfig.batch_size, "Examples per optimizer step.", low=1)
     lr: float | None = flag(None, "Peak learning rate.", kind=float, low=0, open_low=True,
                             default_text="3e-4 for checkpoints, 1e-3 for scratch presets")
-    warmup: int = flag(20, "Warm-up steps.", low=0)
-    weight_decay: float = flag(0.01, "AdamW weight decay.", low=0)
-    patience: int = flag(1, "Validations without improvement before stopping.", low=0)
-    eval_every: int = flag(0, "Steps between validations (0: each epoch).", low=0)
-    max_steps: int = flag(0, "Train exactly this many steps, however many epochs that takes (0: --epochs "
-                                "decides; per distillation when compressing).", low=0)
+    warmup: int = flag(TrainConfig.warmup_steps, "Warm-up steps.", low=0)
+    weight_decay: float = flag(TrainConfig.weight_decay, "AdamW weight decay.", low=0)
+    patience: int = flag(TrainConfig.patience, "Validations without improvement before stopping.", low=0)
+    eval_every: int = flag(TrainConfig.eval_every, "Steps between validations (0: each epoch).", low=0)
+    max_steps: int = flag(TrainConfig.max_steps, "Train exactly this many steps, however many epochs that takes "
+                                                 "(0: --epochs decides; per distillation when compressing).", low=0)
     time_budget: float = flag(0.0, "Minutes of training (per distillation when compressing), then stop at the "
                                    "next validation (0: no limit).", low=0)
-    decay_to_budget: bool = flag(False, "Let the learning rate fall linearly to zero when --time-budget ends, and "
-                                        "stop there (for runs the budget, not the epochs, will end).")
+    decay_to_budget: bool = flag(TrainConfig.decay_to_budget, "Let the learning rate fall linearly to zero when "
+                                 "--time-budget ends, and stop there (for runs the budget, not the epochs, will end).")
     train_limit: int | None = flag(None, "Train on a seeded random subset of this many rows.", kind=int, low=1)
     valid_limit: int | None = flag(1000, "Validation rows used for the loss.", low=1)
-    seed: int = flag(0, "Seed of the data order, subsets and initialisation.")
+    seed: int = flag(TrainConfig.seed, "Seed of the data order, subsets and initialisation.")
 
     def check(self) -> TrainingOptions:
         check_flags(self)

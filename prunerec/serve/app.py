@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 
 from prunerec.errors import PrunerecError
-from prunerec.options import flag
+from prunerec.options import BEAMS, flag, option_name
 from prunerec.serve.engines import Cancelled, Deadline, Engine, OnnxEngine, TorchEngine
 from prunerec.serve.metrics import Metrics, route_label
 from prunerec.serve.model import InputError, ServeModel
@@ -63,8 +63,8 @@ class ServeOptions:
         None, "Seconds a request may wait for a slot before it gets 503 with Retry-After (less than "
               "--request-timeout, so that every request admitted has time to be answered).",
         low=0.001, kind=float, default_text="half of --request-timeout")
-    beams: int = flag(20, "Beams of the constrained search (num_beams = max(k, --beams)), as in `prunerec evaluate`.",
-                      low=1)
+    beams: int = flag(BEAMS, "Beams of the constrained search (num_beams = max(k, --beams)), as in "
+                             "`prunerec evaluate`.", low=1)
     max_batch: int = flag(8, "torch/onnx only: waiting requests batched into one search.", low=1)
     processes: int | None = flag(None, "torch only: processes running batched searches side by side (forked, "
                                        "sharing the model; each uses threads / processes torch threads).",
@@ -87,10 +87,15 @@ class ServeOptions:
 
 
 # ----------------------------------------------------------------------------- runtime
-def check_processes(engine: str, processes: int | None) -> None:
-    """`--processes` is the torch engine's (its searches run in forked processes)."""
+def check_engine_flags(engine: str, processes: int | None, **vllm_flags_set: bool) -> None:
+    """Flags of one engine only: `--processes` is the torch engine's (its searches run in forked
+    processes); `vllm_flags_set` names a command's vLLM-only flags, each True when given."""
     if processes is not None and engine != "torch":
         raise PrunerecError("--processes applies to --engine torch only")
+    if engine != "vllm" and any(vllm_flags_set.values()):
+        names = [option_name(name) for name in vllm_flags_set]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        raise PrunerecError(f"{listed} appl{'ies' if len(names) == 1 else 'y'} to --engine vllm only")
 
 
 class Runtime:
@@ -176,7 +181,7 @@ class Runtime:
 
 
 def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
-                 dtype: str = "auto", enforce_eager: bool = False, beams: int = 20,
+                 dtype: str = "auto", enforce_eager: bool = False, beams: int = BEAMS,
                  vllm_core: str = "auto", processes: int | None = None) -> Engine:
     if sm.engine == "torch":
         return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay, processes=processes)

