@@ -23,7 +23,7 @@ import torch
 from prunerec.export.onnx_stepper import OnnxStepper, make_session
 from prunerec.export.pipeline import ExportOptions, run_export
 from prunerec.export.verify import greedy, verification_prompts
-from prunerec.io import write_json
+from prunerec.io import folder_bytes, write_json
 from prunerec.model.checkpoint import load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
 from prunerec.rec.beam import TorchStepper
@@ -31,10 +31,6 @@ from prunerec.rec.beam import TorchStepper
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"
 BATCHES = (1, 16)
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def weight_bytes(folder: Path) -> int:

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,18 +66,6 @@ def write_result(path: Path, result: dict) -> None:
     write_json(path, result)
 
 
-def weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder.is_dir() else 0
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files a deployment copies (hidden folders such as .train-state left out)."""
-    if not folder.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in folder.rglob("*")
-               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -86,12 +73,6 @@ def percentile(values: list[float], q: float) -> float | None:
     pos = (len(ordered) - 1) * q / 100
     lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
     return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StepFailed(RuntimeError):
@@ -171,6 +152,8 @@ def serve_probe(model: Path, data: Path, engine: str, log: Path, n_requests: int
                 start_timeout: float) -> dict:
     """Start `prunerec serve`, wait for /ready, time single and concurrent requests, SIGTERM."""
     import requests
+
+    from prunerec.io import free_port
 
     histories = [json.loads(line)["history"] for line in (data / "test.jsonl").read_text().splitlines()[:200]]
     port = free_port()
@@ -369,6 +352,8 @@ def main(argv=None) -> int:
         return {"report": json.loads((export / "export-report.json").read_text())}
 
     def sizes():
+        from prunerec.io import folder_bytes, weights_bytes
+
         return {name: {"weights_bytes": weights_bytes(folder), "folder_bytes": folder_bytes(folder)}
                 for name, folder in (("base", base), ("pruned", pruned / "final"), ("export_hf", export / "hf"),
                                      ("export_onnx", export / "onnx"))}

@@ -30,14 +30,13 @@ import psutil
 import requests
 
 from prunerec.errors import PrunerecError
-from prunerec.io import write_json, write_text
+from prunerec.io import free_port, write_json, write_text
 from prunerec.loadtest import report as rp
 from prunerec.loadtest.runner import (
     LOCUSTFILE,
     LoadtestOptions,
     Process,
     child_env,
-    free_port,
     locust_command,
     run_locust,
     sigterm_as_interrupt,

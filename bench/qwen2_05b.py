@@ -95,17 +95,17 @@ def time_old_heads(base: Path, args) -> dict:
     calib = build_calibration(build_examples(rec.tokenizer, rows, data.catalog, rec.settings),
                               rec.tokenizer.pad_token_id)
     model, n_layers = rec.model, rec.model.config.num_hidden_layers
-    batches = [hooks._to_device(model, b) for b in calib.prompts]
-    with torch.no_grad(), hooks._eval_mode(model):
+    batches = [hooks.to_model_device(model, b) for b in calib.prompts]
+    with torch.no_grad(), hooks.eval_mode(model):
         t0 = time.perf_counter()
-        ref = [hooks._last_logp(model, b) for b in batches]
+        ref = [hooks.last_token_logp(model, b) for b in batches]
         ref_seconds = time.perf_counter() - t0
         per_head = []
         for i in range(args.old_heads):
             layer = (n_layers - 1) * i // max(1, args.old_heads - 1)
             with hooks.masked_heads(model, {layer: [i % model.config.num_attention_heads]}):
                 t0 = time.perf_counter()
-                hooks._mean_kl(model, batches, ref)
+                hooks.mean_kl_full_forward(model, batches, ref)
                 per_head.append(time.perf_counter() - t0)
     n_heads = n_layers * model.config.num_attention_heads
     unit = sum(per_head) / len(per_head)

@@ -239,15 +239,15 @@ class Bench:
         n_remove = n_heads - self.targets.heads
         units = 1 + n_layers * n_heads
         unit = "one forward of the calibration prompts with one head masked (last-token KL)"
-        b = [hooks._to_device(m, x) for x in prompts]
-        with hooks._eval_mode(m):
-            ref, r_ref = measured(self.device, lambda: [hooks._last_logp(m, x) for x in b])
+        b = [hooks.to_model_device(m, x) for x in prompts]
+        with hooks.eval_mode(m):
+            ref, r_ref = measured(self.device, lambda: [hooks.last_token_logp(m, x) for x in b])
             recs = []
             for layer, head in ((0, 0), (n_layers - 1, n_heads - 1)):
                 # the last layer's forward carries the sequential masks of every earlier layer
                 masked = {} if layer == 0 else {i: list(range(n_remove)) for i in range(layer)}
                 with imp.masked_heads(m, {**masked, layer: [head]}, self.args.mask_mode):
-                    recs.append(measured(self.device, lambda: hooks._mean_kl(m, b, ref))[1])
+                    recs.append(measured(self.device, lambda: hooks.mean_kl_full_forward(m, b, ref))[1])
         t_unit = sum(r["seconds"] for r in recs) / len(recs)
         est_units = (r_ref["seconds"] + n_layers * n_heads * t_unit) * self.scale
         basis = (f"(reference {r_ref['seconds']:.3f} s + {n_layers} x {n_heads} x {t_unit:.3f} s per masked forward) "

@@ -37,6 +37,7 @@ from prunerec.io import write_json, write_text  # noqa: E402
 from prunerec.loadtest.report import parse_duration, parse_users  # noqa: E402
 from prunerec.loadtest.runner import LoadtestOptions, Target, run_model  # noqa: E402
 from prunerec.loadtest.workload import auth_headers  # noqa: E402
+from prunerec.model.validate import head_dim  # noqa: E402
 from prunerec.serve.model import resolve_folder  # noqa: E402
 
 ENGINES = ("vllm", "torch", "onnx")
@@ -49,9 +50,9 @@ def per_token_flops(config) -> int:
     equal head counts and small at these context lengths)."""
     heads, kv = int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None) or
                                                      config.num_attention_heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    per_head = head_dim(config)
     hidden, inter = int(config.hidden_size), int(config.intermediate_size)
-    layer = hidden * heads * head_dim * 2 + hidden * kv * head_dim * 2 + 3 * hidden * inter
+    layer = hidden * heads * per_head * 2 + hidden * kv * per_head * 2 + 3 * hidden * inter
     return 2 * (int(config.num_hidden_layers) * layer + hidden * int(config.vocab_size))
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -145,6 +146,28 @@ def sweep_temps(root: str | os.PathLike) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- fingerprints
+
+def free_port() -> int:
+    """A loopback TCP port free at the moment of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files a deployment copies (hidden folders such as .train-state left out)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*")
+               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def weights_bytes(folder: Path) -> int:
+    """Bytes of a model folder's safetensors files."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder.is_dir() else 0
+
 
 def file_digest(path: Path, digest=None):
     digest = digest or hashlib.sha256()

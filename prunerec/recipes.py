@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
-from prunerec.io import write_json, write_text
+from prunerec.io import weights_bytes, write_json, write_text
 from prunerec.model.presets import PRESETS
 from prunerec.model.prompt import PromptSettings
 from prunerec.options import BEAMS, EVAL_BATCH
@@ -191,10 +191,6 @@ def run_demo(out, plan: DemoPlan = DemoPlan(), *, resume=False, overwrite=False)
                       + ", ".join(f"{out}/{loadtest_dir(engine)}/report.md" for engine in plan.engines)])
 
 
-def _weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-
-
 def demo_summary(out: Path, engines: Sequence[str]) -> dict:
     """Base vs pruned: test quality, parameters, weights on disk, serving speed on each engine (from
     the step outputs)."""
@@ -205,7 +201,7 @@ def demo_summary(out: Path, engines: Sequence[str]) -> dict:
             ("pruned", "eval_pruned.json", compress["final"]["parameters"], out / "pruned" / "final")):
         metrics = json.loads((out / eval_file).read_text())["results"]["trie"]["metrics"]
         rows[name] = {"HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"], "parameters": params,
-                      "weights_bytes": _weights_bytes(folder)}
+                      "weights_bytes": weights_bytes(folder)}
     for engine in engines:
         load = json.loads((out / loadtest_dir(engine) / "report.json").read_text())
         for name, role in (("base", "baseline"), ("pruned", "candidate")):

@@ -22,10 +22,11 @@ from safetensors.torch import load_file, save_file
 from prunerec.cli import main
 from prunerec.data.catalog import load_catalog
 from prunerec.errors import PrunerecError
+from prunerec.io import free_port
 from prunerec.model.checkpoint import RecModel, validate_model_folder
 from prunerec.model.prompt import PromptSettings
 from tests.helpers import tiny_model, tiny_tokenizer
-from tests.serve.conftest import REPO, free_port
+from tests.serve.conftest import REPO
 
 ODD_ITEM = 6  # the item whose title case "title lost" rewrites
 ODD_TITLE = unicodedata.normalize("NFD", "Café Tycoon")  # e + combining accent: the tokenizer writes é

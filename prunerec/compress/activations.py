@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from prunerec.compress.hooks import _collect, _layers, _ups
+from prunerec.compress.hooks import collect_activations, decoder_layers, up_projections
 
 __all__ = ["mlp_activation_share"]
 
@@ -19,8 +19,8 @@ def mlp_activation_share(model, batches, percents=(1, 5, 10, 20, 50), per_token:
     """
     n_inter = model.config.intermediate_size
     ks = [max(1, math.ceil(p / 100 * n_inter)) for p in percents]
-    sums = [torch.zeros(len(ks)) for _ in _layers(model)]
-    mass = [torch.zeros(n_inter) for _ in _layers(model)]
+    sums = [torch.zeros(len(ks)) for _ in decoder_layers(model)]
+    mass = [torch.zeros(n_inter) for _ in decoder_layers(model)]
     n_tok = [0] * len(sums)
 
     def acc(name, x):
@@ -34,7 +34,7 @@ def mlp_activation_share(model, batches, percents=(1, 5, 10, 20, 50), per_token:
         else:
             mass[l] += a.sum(0).cpu()
 
-    _collect(model, batches, _ups(model), acc, output=True, desc="MLP activation share")
+    collect_activations(model, batches, up_projections(model), acc, output=True, desc="MLP activation share")
     if per_token:
         return torch.stack([s / max(n, 1) for s, n in zip(sums, n_tok)])
     out = []

@@ -10,15 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunerec.compress.hooks import (
-    _batches,
-    _dims,
-    _eval_mode,
-    _hidden,
-    _hooks,
-    _input_norms,
-    _layers,
-    _progress,
-    _to_device,
+    batch_list,
+    batch_progress,
+    decoder_layers,
+    eval_mode,
+    final_hidden,
+    input_norms,
+    model_dims,
+    removing_hooks,
+    to_model_device,
 )
 from prunerec.model import surgery
 
@@ -40,7 +40,7 @@ __all__ = [
 @torch.no_grad()
 def shortgpt_layer_scores(model, batches) -> torch.Tensor:
     """ShortGPT block influence: 1 - cosine(layer input, layer output), mean over real tokens. [L]."""
-    layers = _layers(model)
+    layers = decoder_layers(model)
     tot, cnt, state = torch.zeros(len(layers)), [0] * len(layers), {}
 
     def make(l):
@@ -55,11 +55,11 @@ def shortgpt_layer_scores(model, batches) -> torch.Tensor:
         return hook
 
     handles = [layer.register_forward_hook(make(l), with_kwargs=True) for l, layer in enumerate(layers)]
-    with _hooks(handles), _eval_mode(model):
-        for batch in _progress(_batches(batches), "ShortGPT influence"):
-            b = _to_device(model, batch)
+    with removing_hooks(handles), eval_mode(model):
+        for batch in batch_progress(batch_list(batches), "ShortGPT influence"):
+            b = to_model_device(model, batch)
             state["mask"] = b["attention_mask"].bool()
-            _hidden(model, b)
+            final_hidden(model, b)
     return tot / torch.tensor(cnt).clamp_min(1)
 
 
@@ -76,9 +76,9 @@ def _head_view_cols(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 @torch.no_grad()
 def magnitude_head_scores(model) -> torch.Tensor:
     """L2 norm of the weights a query head owns: its q_proj rows (+bias) and o_proj columns. [L,H]."""
-    _, n_heads, _ = _dims(model)
+    _, n_heads, _ = model_dims(model)
     out = []
-    for layer in _layers(model):
+    for layer in decoder_layers(model):
         a = layer.self_attn
         parts = [_head_view_rows(a.q_proj.weight, n_heads), _head_view_cols(a.o_proj.weight, n_heads)]
         if a.q_proj.bias is not None:
@@ -94,7 +94,7 @@ def _hidden_owners(model) -> list[tuple[torch.Tensor, int]]:
     owners = [(emb.weight, 1)]
     if lm is not None and lm.weight is not emb.weight:
         owners.append((lm.weight, 1))
-    for layer in _layers(model):
+    for layer in decoder_layers(model):
         owners += [(lin.weight, 1) for lin in surgery.residual_readers(layer)]
         for lin in surgery.residual_writers(layer):
             owners.append((lin.weight, 0))
@@ -115,7 +115,7 @@ def magnitude_hidden_scores(model) -> torch.Tensor:
 def magnitude_mlp_scores(model) -> list[torch.Tensor]:
     """L2 norm of a channel's gate row, up row and down column. list of L tensors [I]."""
     out = []
-    for layer in _layers(model):
+    for layer in decoder_layers(model):
         m = layer.mlp
         sq = m.gate_proj.weight.float().pow(2).sum(1) + m.up_proj.weight.float().pow(2).sum(1)
         out.append((sq + m.down_proj.weight.float().pow(2).sum(0)).sqrt().cpu())
@@ -130,13 +130,13 @@ def _wanda(lin: nn.Linear, norm: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def wanda_head_scores(model, batches) -> torch.Tensor:
     """Structured Wanda: sum of |W|*||x|| over a head's q_proj rows and o_proj columns. [L,H]."""
-    _, n_heads, _ = _dims(model)
+    _, n_heads, _ = model_dims(model)
     mods = {}
-    for l, layer in enumerate(_layers(model)):
+    for l, layer in enumerate(decoder_layers(model)):
         mods[f"{l}.q"], mods[f"{l}.o"] = layer.self_attn.q_proj, layer.self_attn.o_proj
-    norms = _input_norms(model, batches, mods)
+    norms = input_norms(model, batches, mods)
     out = []
-    for l, layer in enumerate(_layers(model)):
+    for l, layer in enumerate(decoder_layers(model)):
         a = layer.self_attn
         q = _head_view_rows(_wanda(a.q_proj, norms[f"{l}.q"]), n_heads).sum(1)
         o = _head_view_cols(_wanda(a.o_proj, norms[f"{l}.o"]), n_heads).sum(1)
@@ -149,10 +149,10 @@ def wanda_hidden_scores(model, batches) -> torch.Tensor:
     """Structured Wanda for residual dimension j: |W|*||x|| summed over the input columns j of
     q/k/v/gate/up and of the LM head, and over the output rows j of o_proj/down_proj. [D]."""
     mods = {"lm": model.lm_head}
-    for l, layer in enumerate(_layers(model)):
+    for l, layer in enumerate(decoder_layers(model)):
         mods.update({f"{l}.read{i}": lin for i, lin in enumerate(surgery.residual_readers(layer))})
         mods.update({f"{l}.write{i}": lin for i, lin in enumerate(surgery.residual_writers(layer))})
-    norms = _input_norms(model, batches, mods)
+    norms = input_norms(model, batches, mods)
     score = _wanda(model.lm_head, norms["lm"]).sum(0)
     for name, lin in mods.items():
         if name == "lm":
@@ -166,11 +166,11 @@ def wanda_hidden_scores(model, batches) -> torch.Tensor:
 def wanda_mlp_scores(model, batches) -> list[torch.Tensor]:
     """Structured Wanda for a channel: |W|*||x|| over its gate/up rows and its down column."""
     mods = {}
-    for l, layer in enumerate(_layers(model)):
+    for l, layer in enumerate(decoder_layers(model)):
         mods[f"{l}.in"], mods[f"{l}.down"] = layer.mlp.up_proj, layer.mlp.down_proj
-    norms = _input_norms(model, batches, mods)
+    norms = input_norms(model, batches, mods)
     out = []
-    for l, layer in enumerate(_layers(model)):
+    for l, layer in enumerate(decoder_layers(model)):
         m, x = layer.mlp, norms[f"{l}.in"]
         s = _wanda(m.gate_proj, x).sum(1) + _wanda(m.up_proj, x).sum(1)
         out.append((s + _wanda(m.down_proj, norms[f"{l}.down"]).sum(0)).cpu())
@@ -183,7 +183,7 @@ def _gen(seed: int) -> torch.Generator:
 
 def random_head_scores(model, seed: int = 0) -> torch.Tensor:
     """Uniform random scores [L,H], reproducible by seed."""
-    n_layers, n_heads, _ = _dims(model)
+    n_layers, n_heads, _ = model_dims(model)
     return torch.rand(n_layers, n_heads, generator=_gen(seed))
 
 
@@ -195,9 +195,9 @@ def random_hidden_scores(model, seed: int = 0) -> torch.Tensor:
 def random_mlp_scores(model, seed: int = 0) -> list[torch.Tensor]:
     """Uniform random scores, a list of L tensors [I], reproducible by seed."""
     g = _gen(seed)
-    return [torch.rand(model.config.intermediate_size, generator=g) for _ in _layers(model)]
+    return [torch.rand(model.config.intermediate_size, generator=g) for _ in decoder_layers(model)]
 
 
 def random_layer_scores(model, seed: int = 0) -> torch.Tensor:
     """Uniform random scores [L] (drop the lowest), reproducible by seed."""
-    return torch.rand(len(_layers(model)), generator=_gen(seed))
+    return torch.rand(len(decoder_layers(model)), generator=_gen(seed))

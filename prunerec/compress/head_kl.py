@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prunerec.compress.hooks import (
-    _batches,
-    _dims,
-    _eval_mode,
-    _hidden,
-    _hooks,
-    _last_real,
-    _layers,
-    _to_device,
+    batch_list,
+    decoder_layers,
+    eval_mode,
+    final_hidden,
+    last_real_positions,
     masked_heads,
+    model_dims,
+    removing_hooks,
+    to_model_device,
 )
 
 __all__ = ["head_importance_kl", "select_heads", "TOKENS_PER_PASS"]
@@ -45,7 +45,7 @@ class _Cached:
 
 def _cache(model, b: dict) -> _Cached:
     """One full forward: layer 0's input, each layer's keyword arguments and the reference."""
-    layers, first = _layers(model), {}
+    layers, first = decoder_layers(model), {}
     kwargs: list[dict] = [{} for _ in layers]
 
     def grab(l):
@@ -57,9 +57,9 @@ def _cache(model, b: dict) -> _Cached:
         return hook
 
     handles = [layer.register_forward_pre_hook(grab(l), with_kwargs=True) for l, layer in enumerate(layers)]
-    with _hooks(handles):
-        h = _hidden(model, b)
-    last = _last_real(b["attention_mask"])
+    with removing_hooks(handles):
+        h = final_hidden(model, b)
+    last = last_real_positions(b["attention_mask"])
     rows = torch.arange(h.shape[0], device=h.device)
     ref = F.log_softmax(model.lm_head(h[rows, last]).float(), dim=-1)
     return _Cached(first["h"], kwargs, last, ref)
@@ -75,7 +75,7 @@ def _repeat(value, n_rows: int, k: int):
 
 
 def _run_layers(model, start: int, stop: int, h: torch.Tensor, kwargs: list[dict]) -> torch.Tensor:
-    for layer, kw in zip(_layers(model)[start:stop], kwargs[start:stop]):
+    for layer, kw in zip(decoder_layers(model)[start:stop], kwargs[start:stop]):
         out = layer(h, **kw)
         h = out[0] if isinstance(out, tuple) else out
     return h
@@ -85,8 +85,8 @@ def _run_layers(model, start: int, stop: int, h: torch.Tensor, kwargs: list[dict
 def _one_head_per_copy(model, l: int, heads: list[int], n_rows: int, mode: str):
     """Copy i of the stacked batch (rows i*n_rows ...) runs layer l without heads[i]; the same
     masking arithmetic as :func:`masked_heads`, with a per-row scale."""
-    _, n_heads, hd = _dims(model)
-    attn = _layers(model)[l].self_attn
+    _, n_heads, hd = model_dims(model)
+    attn = decoder_layers(model)[l].self_attn
     p = attn.o_proj.weight if mode == "zero_o_proj" else attn.q_proj.weight
     scale = torch.ones(len(heads), n_heads, hd, device=p.device, dtype=p.dtype)
     for i, h in enumerate(heads):
@@ -96,7 +96,7 @@ def _one_head_per_copy(model, l: int, heads: list[int], n_rows: int, mode: str):
         hook = attn.o_proj.register_forward_pre_hook(lambda m, a: (a[0] * scale, *a[1:]))
     else:
         hook = attn.q_proj.register_forward_hook(lambda m, a, out: out * scale)
-    with _hooks([hook]):
+    with removing_hooks([hook]):
         yield
 
 
@@ -143,11 +143,11 @@ def head_importance_kl(
     """
     if mask_mode not in ("zero_o_proj", "scale_query"):
         raise ValueError(f"mask_mode must be 'zero_o_proj' or 'scale_query', got {mask_mode!r}")
-    n_layers, n_heads, _ = _dims(model)
+    n_layers, n_heads, _ = model_dims(model)
     imp = torch.zeros(n_layers, n_heads)
     masked: dict[int, list[int]] = {}
-    with _eval_mode(model):
-        cached = [_cache(model, _to_device(model, b)) for b in _batches(batches)]
+    with eval_mode(model):
+        cached = [_cache(model, to_model_device(model, b)) for b in batch_list(batches)]
         n_samples = sum(c.ref.shape[0] for c in cached)
         for l in tqdm(range(n_layers), desc="head KL", leave=False):
             raw = torch.zeros(n_heads, dtype=torch.float64)

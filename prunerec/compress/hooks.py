@@ -11,28 +11,28 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunerec.model.validate import head_dim
 
-def _layers(model):
+
+def decoder_layers(model):
     return model.model.layers
 
 
-def _dims(model) -> tuple[int, int, int]:
+def model_dims(model) -> tuple[int, int, int]:
     """(layers, query heads, head_dim)."""
-    cfg = model.config
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return len(_layers(model)), cfg.num_attention_heads, int(hd)
+    return len(decoder_layers(model)), model.config.num_attention_heads, head_dim(model.config)
 
 
-def _batches(batches) -> list[dict]:
+def batch_list(batches) -> list[dict]:
     return [batches] if isinstance(batches, dict) else list(batches)
 
 
-def _progress(batches: list[dict], desc: str):
+def batch_progress(batches: list[dict], desc: str):
     """A transient progress bar over calibration batches (hidden for a single batch)."""
     return tqdm(batches, desc=desc, unit="batch", leave=False, disable=len(batches) < 2)
 
 
-def _to_device(model, batch: dict) -> dict:
+def to_model_device(model, batch: dict) -> dict:
     dev = next(model.parameters()).device
     out = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     if "attention_mask" not in out:
@@ -40,14 +40,14 @@ def _to_device(model, batch: dict) -> dict:
     return out
 
 
-def _last_real(mask: torch.Tensor) -> torch.Tensor:
+def last_real_positions(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last non-padding position of each row (works for left or right padding)."""
     pos = torch.arange(mask.shape[1], device=mask.device)
     return (mask.bool() * pos).argmax(dim=1)
 
 
 @contextlib.contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     was = model.training
     model.eval()
     try:
@@ -57,7 +57,7 @@ def _eval_mode(model):
 
 
 @contextlib.contextmanager
-def _hooks(handles: list):
+def removing_hooks(handles: list):
     try:
         yield
     finally:
@@ -65,21 +65,21 @@ def _hooks(handles: list):
             h.remove()
 
 
-def _hidden(model, b: dict) -> torch.Tensor:
+def final_hidden(model, b: dict) -> torch.Tensor:
     """Final-norm hidden states [B,T,D]."""
     out = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
     return out.last_hidden_state
 
 
-def _last_logp(model, b: dict) -> torch.Tensor:
+def last_token_logp(model, b: dict) -> torch.Tensor:
     """log p(next token) at the last real token of each row, float32 [B,V]."""
-    h = _hidden(model, b)
+    h = final_hidden(model, b)
     rows = torch.arange(h.shape[0], device=h.device)
-    return F.log_softmax(model.lm_head(h[rows, _last_real(b["attention_mask"])]).float(), dim=-1)
+    return F.log_softmax(model.lm_head(h[rows, last_real_positions(b["attention_mask"])]).float(), dim=-1)
 
 
 @torch.no_grad()
-def _collect(model, batches, modules: dict[str, nn.Module], fn, output: bool = False,
+def collect_activations(model, batches, modules: dict[str, nn.Module], fn, output: bool = False,
              desc: str = "calibration pass") -> None:
     """Forward every batch; call ``fn(name, x)`` with the real-token rows [N,F] of each
     module's input (or output)."""
@@ -98,16 +98,16 @@ def _collect(model, batches, modules: dict[str, nn.Module], fn, output: bool = F
         m.register_forward_hook(make(n)) if output else m.register_forward_pre_hook(make(n))
         for n, m in modules.items()
     ]
-    with _hooks(handles), _eval_mode(model):
-        for batch in _progress(_batches(batches), desc):
-            b = _to_device(model, batch)
+    with removing_hooks(handles), eval_mode(model):
+        for batch in batch_progress(batch_list(batches), desc):
+            b = to_model_device(model, batch)
             state["mask"] = b["attention_mask"].bool()
-            h = _hidden(model, b)
+            h = final_hidden(model, b)
             if any(m is model.lm_head for m in modules.values()):
                 model.lm_head(h)
 
 
-def _input_norms(model, batches, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+def input_norms(model, batches, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """L2 norm of each input feature of each module over the real calibration tokens."""
     sq: dict[str, torch.Tensor] = {}
 
@@ -115,21 +115,21 @@ def _input_norms(model, batches, modules: dict[str, nn.Module]) -> dict[str, tor
         s = x.float().pow(2).sum(0)
         sq[name] = sq[name] + s if name in sq else s
 
-    _collect(model, batches, modules, acc, desc="Wanda input norms")
+    collect_activations(model, batches, modules, acc, desc="Wanda input norms")
     return {k: v.sqrt() for k, v in sq.items()}
 
 
-def _ups(model) -> dict[str, nn.Module]:
-    return {str(l): layer.mlp.up_proj for l, layer in enumerate(_layers(model))}
+def up_projections(model) -> dict[str, nn.Module]:
+    return {str(l): layer.mlp.up_proj for l, layer in enumerate(decoder_layers(model))}
 
 
 @torch.no_grad()
-def _mean_kl(model, batches: list[dict], ref: list[torch.Tensor]) -> float:
+def mean_kl_full_forward(model, batches: list[dict], ref: list[torch.Tensor]) -> float:
     """Mean over samples of KL(ref || model) at the last real token, by full forwards (what
     scoring one masked head cost before layer inputs were cached; kept for cost comparisons)."""
     total, n = 0.0, 0
     for b, lp_ref in zip(batches, ref):
-        lp = _last_logp(model, b)
+        lp = last_token_logp(model, b)
         total += (lp_ref.exp() * (lp_ref - lp)).sum().item()
         n += lp.shape[0]
     return total / max(n, 1)
@@ -145,12 +145,12 @@ def masked_heads(model, heads: dict[int, Sequence[int]], mode: str = "zero_o_pro
     """
     if mode not in ("zero_o_proj", "scale_query"):
         raise ValueError(f"mask_mode must be 'zero_o_proj' or 'scale_query', got {mode!r}")
-    _, n_heads, hd = _dims(model)
+    _, n_heads, hd = model_dims(model)
     handles = []
     for l, hs in heads.items():
         if not len(hs):
             continue
-        attn = _layers(model)[l].self_attn
+        attn = decoder_layers(model)[l].self_attn
         p = attn.o_proj.weight if mode == "zero_o_proj" else attn.q_proj.weight
         scale = torch.ones(n_heads, hd, device=p.device, dtype=p.dtype)
         scale[list(hs)] = 0.0 if mode == "zero_o_proj" else 1e-4
@@ -160,7 +160,7 @@ def masked_heads(model, heads: dict[int, Sequence[int]], mode: str = "zero_o_pro
         else:
             hook = attn.q_proj.register_forward_hook(lambda m, a, out, s=scale: out * s)
         handles.append(hook)
-    with _hooks(handles):
+    with removing_hooks(handles):
         yield
 
 
@@ -174,7 +174,7 @@ class _Skip(nn.Module):
 @contextlib.contextmanager
 def skipped_layers(model, layers: Iterable[int]):
     """Temporarily replace decoder layers by identities (no computation)."""
-    ml, saved = _layers(model), {}
+    ml, saved = decoder_layers(model), {}
     try:
         for l in layers:
             saved[l] = ml[l]

@@ -24,17 +24,17 @@ from prunerec.compress.activations import mlp_activation_share
 from prunerec.compress.baselines import *  # noqa: F403 (every score is importable from here)
 from prunerec.compress.head_kl import head_importance_kl, select_heads
 from prunerec.compress.hooks import (
-    _batches,
-    _collect,
-    _eval_mode,
-    _hidden,
-    _last_real,
-    _layers,
-    _progress,
-    _to_device,
-    _ups,
+    batch_list,
+    batch_progress,
+    collect_activations,
+    decoder_layers,
+    eval_mode,
+    final_hidden,
+    last_real_positions,
     masked_heads,
     skipped_layers,
+    to_model_device,
+    up_projections,
 )
 
 __all__ = [
@@ -57,14 +57,14 @@ def hidden_importance(model, batches) -> torch.Tensor:
     """s_j = || (d logit_pred / d h) * h ||_2 over positions and samples, h the final-norm
     hidden state and pred the model's own top next token at the last real position. [D]."""
     sq = None
-    with _eval_mode(model):
-        for batch in _progress(_batches(batches), "hidden grad x act"):
-            b = _to_device(model, batch)
+    with eval_mode(model):
+        for batch in batch_progress(batch_list(batches), "hidden grad x act"):
+            b = to_model_device(model, batch)
             with torch.no_grad():
-                h = _hidden(model, b)
+                h = final_hidden(model, b)
             h = h.detach().float().requires_grad_(True)
             rows = torch.arange(h.shape[0], device=h.device)
-            logits = F.linear(h[rows, _last_real(b["attention_mask"])], model.lm_head.weight.float())
+            logits = F.linear(h[rows, last_real_positions(b["attention_mask"])], model.lm_head.weight.float())
             pred = logits.detach().argmax(-1)
             (grad,) = torch.autograd.grad(logits[rows, pred].sum(), h)
             s = (grad * h).detach().pow(2)[b["attention_mask"].bool()].sum(0)
@@ -79,13 +79,13 @@ def mlp_channel_frequency(model, batches, k: int) -> list[torch.Tensor]:
     """Per layer, how often each intermediate channel is among a real token's top-k |up_proj
     output| values. list of L LongTensors [I]."""
     n_inter = model.config.intermediate_size
-    counts = [torch.zeros(n_inter, dtype=torch.long) for _ in _layers(model)]
+    counts = [torch.zeros(n_inter, dtype=torch.long) for _ in decoder_layers(model)]
 
     def acc(name, x):
         idx = x.abs().topk(min(k, n_inter), dim=-1).indices.flatten().cpu()
         counts[int(name)] += torch.bincount(idx, minlength=n_inter)
 
-    _collect(model, batches, _ups(model), acc, output=True, desc="MLP top-k frequency")
+    collect_activations(model, batches, up_projections(model), acc, output=True, desc="MLP top-k frequency")
     return counts
 
 
@@ -95,15 +95,15 @@ def calibration_perplexity(model, batches) -> float:
     """exp(mean next-token NLL) over the labelled tokens (``labels`` != -100; every real token
     when ``labels`` is absent)."""
     nll, n = 0.0, 0
-    with _eval_mode(model):
-        for batch in _batches(batches):
-            b = _to_device(model, batch)
+    with eval_mode(model):
+        for batch in batch_list(batches):
+            b = to_model_device(model, batch)
             labels = b.get("labels")
             if labels is None:
                 labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
             targets = labels[:, 1:]
             labelled = targets != -100  # the LM head runs only where a label is predicted (most cost otherwise)
-            logits = model.lm_head(_hidden(model, b)[:, :-1][labelled]).float()
+            logits = model.lm_head(final_hidden(model, b)[:, :-1][labelled]).float()
             nll += F.cross_entropy(logits, targets[labelled], reduction="sum").item()
             n += int(labelled.sum())
     return math.exp(nll / max(n, 1))
@@ -112,10 +112,10 @@ def calibration_perplexity(model, batches) -> float:
 def greedy_layer_removal(model, batches, n_remove: int) -> list[int]:
     """PruneRec Stage III: repeatedly drop the layer whose removal (with those already
     dropped) gives the lowest calibration perplexity. Returns layers in removal order."""
-    n_layers = len(_layers(model))
+    n_layers = len(decoder_layers(model))
     if not 0 <= n_remove < n_layers:
         raise ValueError(f"n_remove must lie in [0, {n_layers}), got {n_remove}")
-    batches = _batches(batches)
+    batches = batch_list(batches)
     removed: list[int] = []
     for _ in tqdm(range(n_remove), desc="greedy layers", leave=False):
         best, best_ppl = None, math.inf

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from prunerec.errors import PrunerecError
 from prunerec.model.surgery import count_parameters_from_config
+from prunerec.model.validate import head_dim
 
 __all__ = [
     "PAPER_PROPORTIONS",
@@ -79,12 +80,11 @@ class Targets:
 def base_shape(config) -> dict:
     """The shape fields of a Qwen2 config that pruning changes (plus vocab and tying)."""
     n_q = int(config.num_attention_heads)
-    hd = getattr(config, "head_dim", None) or config.hidden_size // n_q
     return {
         "layers": int(config.num_hidden_layers),
         "heads": n_q,
         "kv_heads": int(config.num_key_value_heads or n_q),
-        "head_dim": int(hd),
+        "head_dim": head_dim(config),
         "hidden": int(config.hidden_size),
         "mlp": int(config.intermediate_size),
         "vocab": int(config.vocab_size),

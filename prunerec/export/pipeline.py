@@ -21,6 +21,7 @@ from prunerec.export.verify import raise_if_failed, verify_export
 from prunerec.io import (
     atomic_dir,
     check_fresh_output,
+    folder_bytes,
     refuse_output_over_inputs,
     sweep_temps,
     write_json,
@@ -68,10 +69,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     ExportOptions(formats=formats).check()
     return formats
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _write_onnx_folder(rec, folder: Path, export_info: dict) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 
 from prunerec.errors import PrunerecError
-from prunerec.io import write_json, write_text
+from prunerec.io import free_port, write_json, write_text
 from prunerec.loadtest import report as rp
 from prunerec.loadtest.serve_options import SHARED_SERVE_OPTIONS
 from prunerec.loadtest.workload import auth_headers, bodies_from_data
@@ -108,12 +107,6 @@ def probe(url: str) -> None:
 
 
 # ----------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")

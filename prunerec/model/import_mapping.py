@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Qwen2Config
 
+from prunerec.model.validate import head_dim
+
 CAUSAL_LM_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # Rope types whose frequencies transformers computes from the config alone, the same way for both.
 EXACT_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
@@ -62,7 +64,7 @@ def map_config(source) -> Qwen2Config | list[str]:
         vocab_size=source.vocab_size, hidden_size=source.hidden_size, intermediate_size=source.intermediate_size,
         num_hidden_layers=source.num_hidden_layers, num_attention_heads=heads,
         num_key_value_heads=source.num_key_value_heads or heads,
-        head_dim=getattr(source, "head_dim", None) or source.hidden_size // heads,
+        head_dim=head_dim(source),
         hidden_act=source.hidden_act, max_position_embeddings=source.max_position_embeddings,
         initializer_range=source.initializer_range, rms_norm_eps=source.rms_norm_eps, use_cache=source.use_cache,
         tie_word_embeddings=source.tie_word_embeddings, rope_parameters=dict(source.rope_parameters),
@@ -77,7 +79,7 @@ def config_summary(config) -> dict:
     return {
         "model_type": config.model_type, "layers": config.num_hidden_layers, "hidden": config.hidden_size,
         "heads": heads, "kv_heads": config.num_key_value_heads,
-        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+        "head_dim": head_dim(config),
         "intermediate": config.intermediate_size, "vocab": config.vocab_size,
         "tied_embeddings": bool(config.tie_word_embeddings), "hidden_act": config.hidden_act,
         "rms_norm_eps": config.rms_norm_eps, "max_position_embeddings": config.max_position_embeddings,
@@ -97,8 +99,8 @@ class MappedWeights:
 def qwen2_weight_shapes(config: Qwen2Config) -> dict[str, tuple[int, ...]]:
     """Every tensor of a Qwen2ForCausalLM state dict with this config, and its shape."""
     hidden, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    per_head = head_dim(config)
+    q_width, kv_width = config.num_attention_heads * per_head, config.num_key_value_heads * per_head
     per_layer = {
         "self_attn.q_proj.weight": (q_width, hidden), "self_attn.q_proj.bias": (q_width,),
         "self_attn.k_proj.weight": (kv_width, hidden), "self_attn.k_proj.bias": (kv_width,),

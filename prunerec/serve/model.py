@@ -16,6 +16,7 @@ from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import check_checkpoint, validate_model_folder
 from prunerec.model.prompt import PromptSettings
+from prunerec.model.validate import head_dim
 from prunerec.options import ENGINES
 from prunerec.rec.encode import prompt_ids
 from prunerec.rec.grounding import free_token_budget
@@ -153,11 +154,10 @@ class ServeModel:
     def describe(self) -> dict:
         c = self.config
         heads = int(c.num_attention_heads)
-        head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
         return {"folder": str(self.folder), "catalog_items": len(self.catalog), "catalog_titles": len(self.titles),
                 "max_history": self.max_history, "template": self.settings.template,
                 "shape": {"layers": int(c.num_hidden_layers), "hidden": int(c.hidden_size), "heads": heads,
-                          "kv_heads": int(getattr(c, "num_key_value_heads", None) or heads), "head_dim": head_dim,
+                          "kv_heads": int(getattr(c, "num_key_value_heads", None) or heads), "head_dim": head_dim(c),
                           "vocab": int(c.vocab_size)}}
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from prunerec.errors import PrunerecError
 from prunerec.model.dtypes import vllm_dtype
+from prunerec.model.validate import head_dim
 from prunerec.model.vocab import generation_ids
 from prunerec.options import BEAMS
 from prunerec.rec.beam import constrained_beam_search
@@ -70,8 +71,7 @@ def _vllm_names():
 def needs_transformers_impl(config) -> bool:
     """vLLM's native Qwen2 ignores config.head_dim (hidden_size // heads is assumed)."""
     heads = int(config.num_attention_heads)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.model_type == "qwen2" and heads * int(head_dim) != int(config.hidden_size)
+    return config.model_type == "qwen2" and heads * head_dim(config) != int(config.hidden_size)
 
 
 def core_runs_in_process(core: str, model_impl: str) -> bool:

@@ -21,17 +21,17 @@ from tests.compress.test_importance import LAYERS, batches, tiny
 @torch.no_grad()
 def reference_head_importance(model, batches_, alpha=0.7, n_remove_per_layer=None, mask_mode="zero_o_proj"):
     """The original implementation, kept verbatim: every head is scored by a full forward."""
-    n_layers, n_heads, _ = hooks._dims(model)
-    batches_ = [hooks._to_device(model, b) for b in hooks._batches(batches_)]
+    n_layers, n_heads, _ = hooks.model_dims(model)
+    batches_ = [hooks.to_model_device(model, b) for b in hooks.batch_list(batches_)]
     importance = torch.zeros(n_layers, n_heads)
     masked: dict[int, list[int]] = {}
-    with hooks._eval_mode(model):
-        ref = [hooks._last_logp(model, b) for b in batches_]
+    with hooks.eval_mode(model):
+        ref = [hooks.last_token_logp(model, b) for b in batches_]
         for l in range(n_layers):
             raw = torch.zeros(n_heads)
             for h in range(n_heads):
                 with hooks.masked_heads(model, {**masked, l: [h]}, mask_mode):
-                    raw[h] = hooks._mean_kl(model, batches_, ref)
+                    raw[h] = hooks.mean_kl_full_forward(model, batches_, ref)
             span = raw.max() - raw.min()
             norm = (raw - raw.min()) / span if span > 0 else torch.zeros_like(raw)
             importance[l] = norm if l == 0 else alpha * importance[l - 1] + (1 - alpha) * norm

@@ -12,13 +12,14 @@ import requests
 from click.testing import CliRunner
 
 from prunerec.cli import main
+from prunerec.io import free_port
 from tests.loadtest.helpers import (
     check_report,
     loadtest_command,
     loadtest_env,
     run_loadtest,
 )
-from tests.serve.conftest import REPO, free_port
+from tests.serve.conftest import REPO
 
 
 def test_torch_loadtest_report_matches_locust(model_dir, data_dir, tmp_path):

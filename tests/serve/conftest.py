@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 import requests
 
 from prunerec.data.catalog import Catalog, Sample, write_dataset
+from prunerec.io import free_port
 from prunerec.model.checkpoint import RecModel
 from prunerec.model.prompt import PromptSettings
 from tests.helpers import TITLES, one_thread, tiny_model, tiny_tokenizer
@@ -109,12 +109,6 @@ class FewerResults:
 
     def torch_model(self):
         return self.inner.torch_model()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
