@@ -132,7 +132,7 @@ def profile_rows(profile: cProfile.Profile, top: int = 25) -> list[dict]:
 
 def run_engine(folder: str, engine_name: str, prompts_of, users: int, seconds: float, beams: int,
                cprofile: bool, enforce_eager: bool, vllm_core: str = "auto", max_batch: int = 8) -> dict:
-    from prunerec.serve.app import build_engine
+    from prunerec.serve.engine_factory import build_engine
 
     sm = load_serve_model(folder, engine_name)
     prompts = [sm.prompt(sm.resolve_history(h)) for h in prompts_of]

@@ -15,6 +15,7 @@ from pathlib import Path
 from prunerec.io import write_json
 from prunerec.loadtest.report import headline_table, parse_users
 from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+from prunerec.serve.options import ServeOptions
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"
@@ -28,8 +29,8 @@ def main():
     parser.add_argument("--duration", type=int, default=30, help="seconds per level and model")
     parser.add_argument("--engine", default="vllm")
     args = parser.parse_args()
-    options = LoadtestOptions(engine=args.engine, users=tuple(parse_users(args.users)),
-                              duration_s=args.duration, max_concurrency=64, max_queue=64)
+    options = LoadtestOptions(users=tuple(parse_users(args.users)), duration_s=args.duration,
+                              serve=ServeOptions(engine=args.engine, max_concurrency=64, max_queue=64))
     report = run_loadtest(str(BASE), str(PRUNED), DATA, HERE / "out" / "loadtest_games", options)
     summary = {"settings": report["settings"], "ratios": report["ratios"],
                "levels": {role: model["levels"] for role, model in report["models"].items()},

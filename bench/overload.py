@@ -43,6 +43,7 @@ from prunerec.loadtest.runner import (
     wait_ready,
 )
 from prunerec.loadtest.workload import auth_headers, bodies_from_data
+from prunerec.serve.options import ServeOptions
 
 HERE = Path(__file__).resolve().parent
 # the request names bench/overload_locustfile.py reports answers under (locust's CSV rows)
@@ -168,7 +169,8 @@ def serve_command(args, port: int) -> list[str]:
 
 
 def run_phase(args, name: str, users: int, seconds: int, url: str, server: Process, out: Path) -> dict:
-    options = LoadtestOptions(engine=args.engine, duration_s=seconds, k=args.k, request_timeout=args.request_timeout)
+    options = LoadtestOptions(duration_s=seconds, k=args.k,
+                              serve=ServeOptions(engine=args.engine, request_timeout=args.request_timeout))
     prefix = out / "locust" / name
     prefix.parent.mkdir(parents=True, exist_ok=True)
     command = [str(USERS_LOCUSTFILE) if part == str(LOCUSTFILE) else part

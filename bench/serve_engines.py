@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import requests
@@ -39,6 +40,7 @@ from prunerec.loadtest.runner import LoadtestOptions, Target, run_model  # noqa:
 from prunerec.loadtest.workload import auth_headers  # noqa: E402
 from prunerec.model.validate import head_dim  # noqa: E402
 from prunerec.serve.model import resolve_folder  # noqa: E402
+from prunerec.serve.options import ServeOptions  # noqa: E402
 
 ENGINES = ("vllm", "torch", "onnx")
 WORK_KEYS = ("vllm_requests", "steps", "prefill_tokens", "cached_tokens", "decoded_tokens", "computed_tokens")
@@ -97,9 +99,10 @@ def run_one(folder: Path, engine: str, options: LoadtestOptions, data_dir: Path,
         print(f"[{engine}] {message}", file=sys.stderr, flush=True)
 
     target = Target(role, str(folder), folder=folder)
-    run_options = LoadtestOptions(**{**options.__dict__, "engine": engine,
-                                     "enforce_eager": options.enforce_eager and engine == "vllm",
-                                     "processes": options.processes if engine == "torch" else None})
+    serve = options.serve
+    run_options = replace(options, serve=replace(serve, engine=engine,
+                                                 enforce_eager=serve.enforce_eager and engine == "vllm",
+                                                 processes=serve.processes if engine == "torch" else None))
     result = run_model(target, run_options, data_dir, out_dir / f"{role}-{engine}", say, on_level)
     previous = result["ready"].get("engine", {})
     previous = ({"searches": previous["searches"], "engine_steps": previous["engine_steps"], **previous["totals"]}
@@ -112,7 +115,7 @@ def run_one(folder: Path, engine: str, options: LoadtestOptions, data_dir: Path,
 
 def measure(pairs, data_dir: Path, engines, options: LoadtestOptions, out: Path) -> dict:
     record = {"settings": {"users": list(options.users), "duration_s": options.duration_s, "k": options.k,
-                           "beams": options.beams, "engines": list(engines), "data": str(data_dir),
+                           "beams": options.serve.beams, "engines": list(engines), "data": str(data_dir),
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
               "pairs": []}
     for number, (base, pruned) in enumerate(pairs):
@@ -193,9 +196,10 @@ def main(argv=None) -> int:
                     raise PrunerecError(f"--pair: no such model folder {folder}")
         if not (args.data / "test.jsonl").is_file():
             raise PrunerecError(f"--data {args.data}: no test.jsonl (a prepared data folder is needed)")
+        serve = ServeOptions(beams=args.beams, enforce_eager=args.enforce_eager,
+                             max_concurrency=args.max_concurrency, processes=args.processes)
         options = LoadtestOptions(users=tuple(parse_users(args.users)), duration_s=parse_duration(args.duration),
-                                  k=args.k, beams=args.beams, enforce_eager=args.enforce_eager,
-                                  max_concurrency=args.max_concurrency, processes=args.processes)
+                                  k=args.k, serve=serve)
         record = measure(args.pair, args.data, engines, options, args.out)
     except PrunerecError as err:
         print(f"error: {err}", file=sys.stderr)

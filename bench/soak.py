@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from prunerec.loadtest.runner import (
     wait_ready,
 )
 from prunerec.plots import pyplot, save_png
+from prunerec.serve.options import ServeOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overload import fmt  # noqa: E402 (a sibling bench script)
@@ -154,7 +156,7 @@ class MemorySampler(threading.Thread):
 def soak_phase(url: str, server, args, options: LoadtestOptions, rate: float, folder: Path) -> dict:
     latency_file = folder / "latency.csv"
     latency_file.unlink(missing_ok=True)
-    soak_options = LoadtestOptions(**{**options.__dict__, "duration_s": int(args.minutes * 60)})
+    soak_options = replace(options, duration_s=int(args.minutes * 60))
     command = [str(SOAK_LOCUSTFILE) if part == str(LOCUSTFILE) else part
                for part in locust_command(url, args.users, soak_options, folder / "locust" / "soak")]
     env = child_env({"PRUNEREC_LOADTEST_DATA": str(args.data), "PRUNEREC_LOADTEST_K": str(args.k),
@@ -176,8 +178,9 @@ def soak_phase(url: str, server, args, options: LoadtestOptions, rate: float, fo
 
 def run_engine(engine: str, args) -> dict:
     folder = OUT / "soak" / engine
-    options = LoadtestOptions(engine=engine, duration_s=args.capacity_seconds, k=args.k,
-                              max_concurrency=args.max_concurrency, request_timeout=args.request_timeout)
+    options = LoadtestOptions(duration_s=args.capacity_seconds, k=args.k,
+                              serve=ServeOptions(engine=engine, max_concurrency=args.max_concurrency,
+                                                 request_timeout=args.request_timeout))
     target = resolve_target("baseline", str(args.model))
     server, url = start_server(target, options, folder / "logs" / "server.log")
     try:

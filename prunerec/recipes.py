@@ -150,9 +150,10 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool 
     def loadtest(engine: str) -> Callable[[], None]:
         def run():
             from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+            from prunerec.serve.options import ServeOptions
 
-            options = LoadtestOptions(engine=engine, users=plan.load_users, duration_s=plan.load_seconds,
-                                      enforce_eager=engine == "vllm")
+            options = LoadtestOptions(users=plan.load_users, duration_s=plan.load_seconds,
+                                      serve=ServeOptions(engine=engine, enforce_eager=engine == "vllm"))
             run_loadtest(str(model), str(out / "export"), data, out / loadtest_dir(engine), options)
         return run
 

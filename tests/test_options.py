@@ -8,8 +8,8 @@ from prunerec.errors import PrunerecError
 from prunerec.loadtest.cli import SHARED_SERVE_OPTIONS, loadtest
 from prunerec.options import check_flags
 from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
-from prunerec.serve.app import ServeOptions
 from prunerec.serve.cli import serve
+from prunerec.serve.options import ServeOptions
 
 
 def _params(command) -> dict[str, click.Parameter]:

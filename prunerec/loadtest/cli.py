@@ -8,7 +8,7 @@ import click
 from prunerec.errors import friendly_errors
 from prunerec.loadtest.serve_options import SHARED_SERVE_OPTIONS
 from prunerec.options import ENGINES, click_options
-from prunerec.serve.app import ServeOptions, check_engine_flags
+from prunerec.serve.options import ServeOptions, check_engine_flags
 
 __all__ = ["COMMANDS", "loadtest"]
 
@@ -56,11 +56,12 @@ def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, sp
     from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
 
     check_engine_flags(engine, processes, enforce_eager=enforce_eager)
-    options = LoadtestOptions(engine=engine, users=tuple(parse_users(users)), duration_s=parse_duration(duration),
-                              spawn_rate=spawn_rate, k=k, beams=beams, max_concurrency=max_concurrency,
-                              max_queue=max_queue, max_batch=max_batch, processes=processes,
-                              request_timeout=request_timeout, enforce_eager=enforce_eager, port=port,
-                              ready_timeout=ready_timeout, allow_remote=allow_remote)
+    serve = ServeOptions(engine=engine, beams=beams, max_concurrency=max_concurrency, max_queue=max_queue,
+                         max_batch=max_batch, processes=processes, request_timeout=request_timeout,
+                         enforce_eager=enforce_eager)
+    options = LoadtestOptions(users=tuple(parse_users(users)), duration_s=parse_duration(duration),
+                              spawn_rate=spawn_rate, k=k, serve=serve, port=port, ready_timeout=ready_timeout,
+                              allow_remote=allow_remote)
     try:
         report = run_loadtest(baseline, candidate, data_dir, out_dir, options, say=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 
 from fastapi import Depends, FastAPI, Request
@@ -25,10 +24,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 
 from prunerec.errors import PrunerecError
-from prunerec.options import BEAMS, flag, option_name
-from prunerec.serve.engines import Cancelled, Deadline, Engine, OnnxEngine, TorchEngine
+from prunerec.serve.engine_factory import engine_from_options
+from prunerec.serve.engines import Cancelled, Deadline, Engine
 from prunerec.serve.metrics import Metrics, route_label
 from prunerec.serve.model import InputError, ServeModel
+from prunerec.serve.options import ServeOptions
 from prunerec.serve.schema import (
     ERRORS,
     ErrorBody,
@@ -47,64 +47,14 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 FATAL_GRACE_SECONDS = 1.0   # between an engine's death and the server's exit
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    """The server's options: the single declaration of `prunerec serve`'s flags (and of the serve
-    options `prunerec loadtest` passes on)."""
-    engine: str = "vllm"
-    api_key: str | None = None
-    max_concurrency: int = flag(16, "Recommend requests handled at once (vLLM batches their beam steps together).",
-                                low=1)
-    max_queue: int = flag(64, "Requests that may wait for a slot; more get 503.", low=0)
-    max_body_bytes: int = flag(64 * 1024, "Larger request bodies get 413.", low=64)
-    request_timeout: float = flag(60.0, "Seconds (queue + engine) before a request gets 504 and its search is "
-                                        "cancelled.", low=0.001)
-    queue_timeout: float | None = flag(
-        None, "Seconds a request may wait for a slot before it gets 503 with Retry-After (less than "
-              "--request-timeout, so that every request admitted has time to be answered).",
-        low=0.001, kind=float, default_text="half of --request-timeout")
-    beams: int = flag(BEAMS, "Beams of the constrained search (num_beams = max(k, --beams)), as in "
-                             "`prunerec evaluate`.", low=1)
-    max_batch: int = flag(8, "torch/onnx only: waiting requests batched into one search.", low=1)
-    processes: int | None = flag(None, "torch only: processes running batched searches side by side (forked, "
-                                       "sharing the model; each uses threads / processes torch threads).",
-                                 low=1, kind=int, default_text="one per torch thread: the cores, or OMP_NUM_THREADS")
-    tensor_parallel_size: int = flag(1, "vLLM only: devices to shard the model over.", low=1)
-    dtype: str = flag("auto", "vLLM only: compute dtype (auto: float32, what the torch reference computes in, so "
-                              "answers match).", choices=("auto", "float32", "bfloat16", "float16"))
-    enforce_eager: bool = flag(False, "vLLM only: skip graph compilation (faster start, slower steps).")
-    step_delay: float = 0.0
-    vllm_core: str = flag("auto", "vLLM only: run vLLM's engine core in this process (inline: fastest on CPUs) or "
-                                  "in its own process; auto: inline unless the model needs vLLM's transformers "
-                                  "backend. Either way the server exits non-zero if the engine dies.",
-                          choices=("auto", "inline", "process"))
-
-    @property
-    def queue_wait(self) -> float:
-        """Seconds a request may wait for a slot before 503: less than request_timeout, so that
-        the engine keeps time to answer every request it admits."""
-        return self.queue_timeout if self.queue_timeout is not None else self.request_timeout / 2
-
-
 # ----------------------------------------------------------------------------- runtime
-def check_engine_flags(engine: str, processes: int | None, **vllm_flags_set: bool) -> None:
-    """Flags of one engine only: `--processes` is the torch engine's (its searches run in forked
-    processes); `vllm_flags_set` names a command's vLLM-only flags, each True when given."""
-    if processes is not None and engine != "torch":
-        raise PrunerecError("--processes applies to --engine torch only")
-    if engine != "vllm" and any(vllm_flags_set.values()):
-        names = [option_name(name) for name in vllm_flags_set]
-        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-        raise PrunerecError(f"{listed} appl{'ies' if len(names) == 1 else 'y'} to --engine vllm only")
-
-
 class Runtime:
     """The engine, its loading, admission control and the metrics of one server."""
 
     def __init__(self, sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], None] | None = None,
                  engine_factory: Callable[[ServeModel, ServeOptions], Engine] | None = None):
         self.sm, self.options, self.on_fatal = sm, options, on_fatal
-        self.engine_factory = engine_factory or _default_engine
+        self.engine_factory = engine_factory or engine_from_options
         self.metrics = Metrics()
         self.engine: Engine | None = None
         self.service: RecommendService | None = None
@@ -178,28 +128,6 @@ class Runtime:
             self.engine.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("engine closed")
-
-
-def build_engine(sm: ServeModel, *, max_batch: int = 8, step_delay: float = 0.0, tensor_parallel_size: int = 1,
-                 dtype: str = "auto", enforce_eager: bool = False, beams: int = BEAMS,
-                 vllm_core: str = "auto", processes: int | None = None) -> Engine:
-    if sm.engine == "torch":
-        return TorchEngine(sm, max_batch=max_batch, step_delay=step_delay, processes=processes)
-    if sm.engine == "onnx":
-        return OnnxEngine(sm, max_batch=max_batch, step_delay=step_delay)
-    if sm.engine == "vllm":
-        from prunerec.serve.vllm_engine import VllmEngine  # vLLM is imported only when it serves
-
-        return VllmEngine(sm, tensor_parallel_size=tensor_parallel_size, dtype=dtype, enforce_eager=enforce_eager,
-                          step_delay=step_delay, beams=beams, core=vllm_core)
-    raise PrunerecError(f"unknown engine '{sm.engine}'")
-
-
-def _default_engine(sm: ServeModel, options: ServeOptions) -> Engine:
-    return build_engine(sm, max_batch=options.max_batch, step_delay=options.step_delay,
-                        tensor_parallel_size=options.tensor_parallel_size, dtype=options.dtype,
-                        enforce_eager=options.enforce_eager, beams=options.beams,
-                        vllm_core=options.vllm_core, processes=options.processes)
 
 
 # ----------------------------------------------------------------------------- middleware

@@ -11,7 +11,7 @@ import click
 
 from prunerec.errors import PrunerecError, friendly_errors
 from prunerec.options import ENGINES, click_options
-from prunerec.serve.app import ServeOptions, check_engine_flags
+from prunerec.serve.options import ServeOptions, check_engine_flags
 
 __all__ = ["COMMANDS", "check_exposure", "is_loopback", "serve"]
 

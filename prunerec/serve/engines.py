@@ -2,7 +2,7 @@
 (greedy) generation. `torch` and `onnx` run prunerec.rec.beam's search on a `Stepper` in a
 worker thread (prunerec.serve.worker) that batches requests waiting at the same time (torch: one
 worker thread per forked search process, prunerec.serve.forked); `vllm` lives in vllm_engine.py;
-serve/app.py's `build_engine` picks one.
+prunerec.serve.engine_factory picks one.
 
 Every engine answers from threads of its own, so callers (the HTTP server's request
 threads) may call `rank` and `generate` concurrently. A `Deadline` cancels work that nobody
