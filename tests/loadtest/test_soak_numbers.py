@@ -68,3 +68,14 @@ def test_verdict_fails_each_goal(soak, minutes, memory, failed_check):
     assert not result["passed"]
     failed = [check for check, ok in result["checks"].items() if not ok]
     assert len(failed) == 1 and failed[0].startswith(failed_check), failed
+
+
+def test_a_rerun_keeps_engines_soaked_with_the_same_settings(soak, tmp_path):
+    import json
+
+    settings = {"model": "m", "minutes": 20, "started_at": "earlier"}
+    path = tmp_path / "soak.json"
+    assert soak.finished_engines(path, settings) == []
+    path.write_text(json.dumps({"settings": settings, "engines": [{"engine": "vllm"}]}))
+    assert soak.finished_engines(path, {**settings, "started_at": "now"}) == [{"engine": "vllm"}]
+    assert soak.finished_engines(path, {**settings, "minutes": 3}) == []
