@@ -226,6 +226,81 @@ def _amount_text(amount: Amount | None) -> str:
 # ----------------------------------------------------------------------------- resolution
 
 
+def _given_amounts(config_file: str | Path | None, overrides: dict[str, Amount | None]) -> dict[str, Amount]:
+    given: dict[str, Amount] = dict(load_target_file(config_file)) if config_file is not None else {}
+    for key, value in overrides.items():
+        value = parse_amount(value, f"--{key.replace('_', '-')}")
+        if value is not None:
+            given[key] = value
+    return given
+
+
+def _count(key: str, amount: int, total: int, what: str) -> int:
+    if amount > total:
+        raise PrunerecError(f"--{key.replace('_', '-')} {amount}: the model has only {total} {what}")
+    return amount
+
+
+def _target_layers(a: Amount | None, n_l: int) -> int:
+    if isinstance(a, int):
+        return _count("layers", a, n_l, "layers")
+    return max(1, min(n_l, _round(n_l * Fraction(a if a is not None else PAPER_PROPORTIONS["layers"]))))
+
+
+def _target_heads(a: Amount | None, n_q: int, n_kv: int, notes: list[str]) -> int:
+    options = feasible_heads(n_q, n_kv)
+    if isinstance(a, int):
+        t_heads = _count("heads", a, n_q, "query heads per layer")
+        if t_heads not in options:
+            raise PrunerecError(
+                f"--heads {t_heads}: {t_heads} query heads cannot be spread evenly over kept KV groups "
+                f"(the model has {n_kv} KV groups of {n_q // n_kv} query heads); possible counts: "
+                f"{', '.join(map(str, options))}")
+        return t_heads
+    want = n_q * Fraction(a if a is not None else PAPER_PROPORTIONS["heads"])
+    t_heads = min(options, key=lambda q: (abs(q - want), -q))
+    if t_heads != want:
+        notes.append(f"heads: {float(want):g} ({_amount_text(a)}) rounded to {t_heads}, "
+                     "a count the KV groups hold evenly")
+    return t_heads
+
+
+def _target_kv_heads(a: Amount | None, t_heads: int, n_q: int, n_kv: int) -> int:
+    group = n_q // n_kv
+    kv_ok = _kv_options(t_heads, n_kv, group)
+    if isinstance(a, int):
+        t_kv = _count("kv_heads", a, n_kv, "KV heads per layer")
+        if t_kv not in kv_ok:
+            raise PrunerecError(
+                f"--kv-heads {t_kv}: {t_heads} query heads are not divisible over {t_kv} KV heads with at most "
+                f"{group} query heads each; possible: {', '.join(map(str, kv_ok))}")
+        return t_kv
+    ratio = Fraction(a) if a is not None else Fraction(t_heads, n_q)
+    want = max(1, _round(n_kv * ratio))
+    return min(kv_ok, key=lambda kv: (abs(kv - want), kv))
+
+
+def _target_hidden(a: Amount | None, t_heads: int, shape: dict, notes: list[str]) -> int:
+    n_h, n_q, hd = shape["hidden"], shape["heads"], shape["head_dim"]
+    if isinstance(a, int):
+        t_hidden = _count("hidden", a, n_h, "hidden dimensions")
+    elif a is None and n_h == n_q * hd:
+        t_hidden = t_heads * hd
+    else:
+        t_hidden = _hidden_round(n_h * (Fraction(a) if a is not None else PAPER_PROPORTIONS["hidden"]), n_h, hd)
+    if t_hidden != t_heads * hd:
+        notes.append(f"hidden {t_hidden} != heads x head_dim ({t_heads} x {hd} = {t_heads * hd}): transformers "
+                     "loads it, vLLM's native Qwen2 does not (`prunerec serve` switches vLLM to its "
+                     "transformers backend for such models by itself)")
+    return t_hidden
+
+
+def _target_mlp(a: Amount | None, n_i: int) -> int:
+    if isinstance(a, int):
+        return _count("mlp", a, n_i, "MLP channels per layer")
+    return _mlp_round(n_i * Fraction(a if a is not None else PAPER_PROPORTIONS["mlp"]), n_i)
+
+
 def resolve_targets(config, *, heads: Amount | None = None, kv_heads: Amount | None = None,
                     hidden: Amount | None = None, mlp: Amount | None = None, layers: Amount | None = None,
                     config_file: str | Path | None = None) -> Targets:
@@ -234,82 +309,16 @@ def resolve_targets(config, *, heads: Amount | None = None, kv_heads: Amount | N
     Counts (int) are kept exactly and refused when impossible; ratios (float) and the defaults
     are rounded to hardware-friendly sizes. Raises PrunerecError with the reason.
     """
-    given: dict[str, Amount] = {}
-    if config_file is not None:
-        given.update(load_target_file(config_file))
-    for key, value in (("heads", heads), ("kv_heads", kv_heads), ("hidden", hidden), ("mlp", mlp), ("layers", layers)):
-        value = parse_amount(value, f"--{key.replace('_', '-')}")
-        if value is not None:
-            given[key] = value
-    s = base_shape(config)
-    n_l, n_q, n_kv, hd, n_h, n_i = s["layers"], s["heads"], s["kv_heads"], s["head_dim"], s["hidden"], s["mlp"]
+    given = _given_amounts(config_file, {"heads": heads, "kv_heads": kv_heads, "hidden": hidden, "mlp": mlp,
+                                         "layers": layers})
+    shape = base_shape(config)
+    n_q, n_kv = shape["heads"], shape["kv_heads"]
     if n_kv <= 0 or n_q % n_kv:
         raise PrunerecError(f"the base model has {n_q} query heads over {n_kv} KV heads: not a valid GQA shape")
-    group = n_q // n_kv
     notes: list[str] = []
-
-    def count(key: str, amount: int, total: int, what: str) -> int:
-        if amount > total:
-            raise PrunerecError(f"--{key.replace('_', '-')} {amount}: the model has only {total} {what}")
-        return amount
-
-    # layers
-    a = given.get("layers")
-    if isinstance(a, int):
-        t_layers = count("layers", a, n_l, "layers")
-    else:
-        t_layers = max(1, min(n_l, _round(n_l * Fraction(a if a is not None else PAPER_PROPORTIONS["layers"]))))
-
-    # query heads
-    options = feasible_heads(n_q, n_kv)
-    a = given.get("heads")
-    if isinstance(a, int):
-        t_heads = count("heads", a, n_q, "query heads per layer")
-        if t_heads not in options:
-            raise PrunerecError(
-                f"--heads {t_heads}: {t_heads} query heads cannot be spread evenly over kept KV groups "
-                f"(the model has {n_kv} KV groups of {group} query heads); possible counts: "
-                f"{', '.join(map(str, options))}")
-    else:
-        want = n_q * Fraction(a if a is not None else PAPER_PROPORTIONS["heads"])
-        t_heads = min(options, key=lambda q: (abs(q - want), -q))
-        if t_heads != want:
-            notes.append(f"heads: {float(want):g} ({_amount_text(a)}) rounded to {t_heads}, "
-                         "a count the KV groups hold evenly")
-
-    # KV groups
-    kv_ok = _kv_options(t_heads, n_kv, group)
-    a = given.get("kv_heads")
-    if isinstance(a, int):
-        t_kv = count("kv_heads", a, n_kv, "KV heads per layer")
-        if t_kv not in kv_ok:
-            raise PrunerecError(
-                f"--kv-heads {t_kv}: {t_heads} query heads are not divisible over {t_kv} KV heads with at most "
-                f"{group} query heads each; possible: {', '.join(map(str, kv_ok))}")
-    else:
-        ratio = Fraction(a) if a is not None else Fraction(t_heads, n_q)
-        want = max(1, _round(n_kv * ratio))
-        t_kv = min(kv_ok, key=lambda kv: (abs(kv - want), kv))
-
-    # hidden
-    a = given.get("hidden")
-    if isinstance(a, int):
-        t_hidden = count("hidden", a, n_h, "hidden dimensions")
-    elif a is None and n_h == n_q * hd:
-        t_hidden = t_heads * hd
-    else:
-        ratio = Fraction(a) if a is not None else PAPER_PROPORTIONS["hidden"]
-        t_hidden = _hidden_round(n_h * ratio, n_h, hd)
-    if t_hidden != t_heads * hd:
-        notes.append(f"hidden {t_hidden} != heads x head_dim ({t_heads} x {hd} = {t_heads * hd}): transformers "
-                     "loads it, vLLM's native Qwen2 does not (`prunerec serve` switches vLLM to its "
-                     "transformers backend for such models by itself)")
-
-    # MLP
-    a = given.get("mlp")
-    if isinstance(a, int):
-        t_mlp = count("mlp", a, n_i, "MLP channels per layer")
-    else:
-        t_mlp = _mlp_round(n_i * Fraction(a if a is not None else PAPER_PROPORTIONS["mlp"]), n_i)
-
+    t_layers = _target_layers(given.get("layers"), shape["layers"])
+    t_heads = _target_heads(given.get("heads"), n_q, n_kv, notes)
+    t_kv = _target_kv_heads(given.get("kv_heads"), t_heads, n_q, n_kv)
+    t_hidden = _target_hidden(given.get("hidden"), t_heads, shape, notes)
+    t_mlp = _target_mlp(given.get("mlp"), shape["mlp"])
     return Targets(layers=t_layers, heads=t_heads, kv_heads=t_kv, hidden=t_hidden, mlp=t_mlp, notes=tuple(notes))

@@ -15,7 +15,7 @@ on every machine and under every PYTHONHASHSEED.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from random import Random
@@ -108,8 +108,8 @@ def _n_interactions(rng: Random) -> int:
     return min(20, 5 + int(rng.expovariate(1 / 4.2)))
 
 
-def _simulate_user(rng: Random, store: _Store, user: int) -> DemoUser:
-    items = store.items
+def _tastes(rng: Random) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A user's genres (1 or 2) and platforms (the main one first, sometimes a second)."""
     genres = tuple(sample_without_replacement(rng, GENRES, [GENRE_TABLE[g][0] for g in GENRES],
                                                1 if rng.random() < 0.55 else 2))
     main = weighted(rng, PLATFORMS, [PLATFORM_WEIGHT[p] for p in PLATFORMS])
@@ -117,66 +117,80 @@ def _simulate_user(rng: Random, store: _Store, user: int) -> DemoUser:
     if rng.random() < _P_SECOND_PLATFORM:
         platforms += tuple(sample_without_replacement(
             rng, [p for p in PLATFORMS if p != main], [PLATFORM_WEIGHT[p] for p in PLATFORMS if p != main], 1))
-    accessory_pools = {p: store.accessory_pool(p, genres) for p in platforms}
-    n = _n_interactions(rng)
-    owned: set[int] = set()  # bought items and every other version of the games bought
-    bought: list[int] = []
-    reasons: list[str] = []
-    gaps: list[float] = []
-    queue: list[tuple[int, str]] = []  # follow-ups: (item, reason)
-    consoles_bought: list[str] = []
+    return genres, platforms
 
-    def queue_console_followups(platform):
-        k = weighted(rng, (0, 1, 2), (0.15, 0.5, 0.35))
-        for _ in range(k):
-            acc = accessory_pools[platform].pick(rng, owned | {i for i, _ in queue})
+
+@dataclass
+class _Basket:
+    """One simulated user's purchases so far, and what is queued to follow."""
+    genres: tuple[str, ...]
+    platforms: tuple[str, ...]
+    accessory_pools: dict
+    owned: set[int] = field(default_factory=set)  # bought items and every other version of the games bought
+    bought: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    queue: list[tuple[int, str]] = field(default_factory=list)  # follow-ups: (item, reason)
+    consoles_bought: list[str] = field(default_factory=list)
+
+
+def _next_choice(rng: Random, store: _Store, basket: _Basket) -> tuple[int, str]:
+    """The next item bought and why: a console, a queued follow-up, the user's genres and
+    platforms, or noise (any game, popularity-weighted)."""
+    platforms, queue = basket.platforms, basket.queue
+    choice, reason = None, None
+    if not basket.bought and rng.random() < _P_CONSOLE_FIRST and store.consoles[platforms[0]]:
+        choice, reason = store.consoles[platforms[0]].pick(rng, basket.owned), "console"
+    elif queue and rng.random() < _P_TAKE_QUEUED:
+        choice, reason = queue.pop(0)
+    elif (len(platforms) > 1 and platforms[1] not in basket.consoles_bought and store.consoles[platforms[1]]
+          and rng.random() < 0.12):
+        choice, reason = store.consoles[platforms[1]].pick(rng, basket.owned), "console"
+    else:
+        r = rng.random()
+        platform = platforms[0] if len(platforms) == 1 or rng.random() < 0.7 else platforms[1]
+        if r < _P_GENRE:
+            genre = rng.choice(basket.genres)
+            choice, reason = store.by_genre_platform[(genre, platform)].pick(rng, basket.owned), "genre"
+        elif r < _P_GENRE + _P_ACCESSORY:
+            choice, reason = basket.accessory_pools[platform].pick(rng, basket.owned), "accessory"
+        elif r < _P_GENRE + _P_ACCESSORY + _P_GIFT:
+            choice, reason = store.cards[platform].pick(rng, basket.owned), "gift_card"
+    if choice is None or choice in basket.owned:
+        choice, reason = store.games.pick(rng, basket.owned), "noise"
+    return choice, reason
+
+
+def _gap(rng: Random, reason: str, items, bought: list[int]) -> float:
+    """Seconds since the previous purchase."""
+    if reason == "console":
+        return rng.uniform(5, 90) * _DAY
+    if reason == "accessory" and bought and items[bought[-1]].kind in ("console", "accessory"):
+        return rng.uniform(0.2, 10) * _DAY  # accessories come soon after the console
+    return rng.expovariate(1 / 35) * _DAY + 3600
+
+
+def _queue_followups(rng: Random, store: _Store, basket: _Basket, item) -> None:
+    """After a console, its accessories; after game N of a franchise, sometimes game N+1."""
+    if item.kind == "console":
+        platform = item.platforms[0]
+        basket.consoles_bought.append(platform)
+        for _ in range(weighted(rng, (0, 1, 2), (0.15, 0.5, 0.35))):
+            acc = basket.accessory_pools[platform].pick(rng, basket.owned | {i for i, _ in basket.queue})
             if acc is not None:
-                queue.append((acc, "accessory"))
+                basket.queue.append((acc, "accessory"))
+    if item.franchise is not None and rng.random() < _P_SEQUEL:
+        sequel_pool = store.sequels.get((item.franchise, item.entry, item.platforms[0]))
+        sequel = sequel_pool.pick(rng, basket.owned) if sequel_pool else None
+        if sequel is not None:
+            basket.queue.insert(0, (sequel, "sequel"))
 
-    while len(bought) < n:
-        choice, reason = None, None
-        if not bought and rng.random() < _P_CONSOLE_FIRST and store.consoles[main]:
-            choice, reason = store.consoles[main].pick(rng, owned), "console"
-        elif queue and rng.random() < _P_TAKE_QUEUED:
-            choice, reason = queue.pop(0)
-        elif (len(platforms) > 1 and platforms[1] not in consoles_bought and store.consoles[platforms[1]]
-              and rng.random() < 0.12):
-            choice, reason = store.consoles[platforms[1]].pick(rng, owned), "console"
-        else:
-            r = rng.random()
-            platform = platforms[0] if len(platforms) == 1 or rng.random() < 0.7 else platforms[1]
-            if r < _P_GENRE:
-                genre = rng.choice(genres)
-                choice, reason = store.by_genre_platform[(genre, platform)].pick(rng, owned), "genre"
-            elif r < _P_GENRE + _P_ACCESSORY:
-                choice, reason = accessory_pools[platform].pick(rng, owned), "accessory"
-            elif r < _P_GENRE + _P_ACCESSORY + _P_GIFT:
-                choice, reason = store.cards[platform].pick(rng, owned), "gift_card"
-        if choice is None or choice in owned:
-            choice, reason = store.games.pick(rng, owned), "noise"
-        item = items[choice]
-        owned.update(store.same_game.get(choice, (choice,)))  # no second copy, edition or platform version
-        queue = [(i, why) for i, why in queue if i not in owned]
-        if reason == "console":
-            gaps.append(rng.uniform(5, 90) * _DAY)
-        elif reason == "accessory" and bought and items[bought[-1]].kind in ("console", "accessory"):
-            gaps.append(rng.uniform(0.2, 10) * _DAY)  # accessories come soon after the console
-        else:
-            gaps.append(rng.expovariate(1 / 35) * _DAY + 3600)
-        bought.append(choice)
-        reasons.append(reason)
-        if item.kind == "console":
-            consoles_bought.append(item.platforms[0])
-            queue_console_followups(item.platforms[0])
-        if item.franchise is not None and rng.random() < _P_SEQUEL:
-            sequel_pool = store.sequels.get((item.franchise, item.entry, item.platforms[0]))
-            sequel = sequel_pool.pick(rng, owned) if sequel_pool else None
-            if sequel is not None:
-                queue.insert(0, (sequel, "sequel"))
 
-    # place the user's active period somewhere in the store's lifetime (periods overlap)
+def _timestamps(rng: Random, gaps: list[float]) -> tuple[int, ...]:
+    """Place the user's active period somewhere in the store's lifetime (periods overlap):
+    strictly increasing whole seconds."""
     span = (_END - _START).total_seconds()
-    gaps[0] = 0.0
+    gaps = [0.0, *gaps[1:]]
     total = sum(gaps)
     if total > 0.9 * span:
         gaps = [g * 0.9 * span / total for g in gaps]
@@ -190,7 +204,24 @@ def _simulate_user(rng: Random, store: _Store, user: int) -> DemoUser:
             stamp = last + 1
         timestamps.append(stamp)
         last = stamp
-    return DemoUser(user, genres, platforms, tuple(bought), tuple(timestamps), tuple(reasons))
+    return tuple(timestamps)
+
+
+def _simulate_user(rng: Random, store: _Store, user: int) -> DemoUser:
+    genres, platforms = _tastes(rng)
+    basket = _Basket(genres, platforms, {p: store.accessory_pool(p, genres) for p in platforms})
+    n = _n_interactions(rng)
+    while len(basket.bought) < n:
+        choice, reason = _next_choice(rng, store, basket)
+        item = store.items[choice]
+        basket.owned.update(store.same_game.get(choice, (choice,)))  # no second copy, edition or platform version
+        basket.queue[:] = [(i, why) for i, why in basket.queue if i not in basket.owned]
+        basket.gaps.append(_gap(rng, reason, store.items, basket.bought))
+        basket.bought.append(choice)
+        basket.reasons.append(reason)
+        _queue_followups(rng, store, basket, item)
+    return DemoUser(user, genres, platforms, tuple(basket.bought), _timestamps(rng, basket.gaps),
+                    tuple(basket.reasons))
 
 
 # ----------------------------------------------------------------------------- public API
