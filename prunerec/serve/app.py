@@ -216,10 +216,7 @@ def _engine_failed(runtime: Runtime) -> JSONResponse:
                   headers={"Retry-After": "5"})
 
 
-def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], None] | None = None,
-               engine_factory=None) -> FastAPI:
-    runtime = Runtime(sm, options, on_fatal, engine_factory)
-
+def _lifespan(runtime: Runtime):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         runtime.start()
@@ -227,16 +224,10 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
             yield
         finally:
             await asyncio.get_running_loop().run_in_executor(None, runtime.close)
+    return lifespan
 
-    app = FastAPI(title="prunerec serve", version="1",
-                  description="Next-item recommendations from a BIGRec-style Qwen2 recommender: every answer is a "
-                              "ranked list of real catalog items (trie-constrained beam search; L2 grounding of a "
-                              "free generation as fallback). See docs/serve.md.",
-                  lifespan=lifespan)
-    app.state.runtime = runtime
-    app.add_middleware(GuardMiddleware, runtime=runtime)
-    security = [Depends(HTTPBearer(auto_error=False, description="The server's --api-key"))] if options.api_key else []
 
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         status, message = validation_message(exc.errors())
@@ -245,6 +236,10 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError):
         return _error(exc.status, str(exc), **exc.extra)
+
+
+def _add_probes(app: FastAPI, runtime: Runtime, security: list) -> None:
+    options = runtime.options
 
     @app.get("/health", summary="Liveness: 200 whenever the process is up")
     async def health():
@@ -256,7 +251,7 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
         if not runtime.ready:
             state = f"engine failed: {runtime.failed}" if runtime.failed else "loading the engine"
             return JSONResponse({"ready": False, "detail": state}, status_code=503, headers={"Retry-After": "5"})
-        return {"ready": True, "engine": runtime.engine.describe(), "model": sm.describe(),
+        return {"ready": True, "engine": runtime.engine.describe(), "model": runtime.sm.describe(),
                 "beams": options.beams, "load_seconds": round(runtime.load_seconds or 0.0, 2),
                 "warmup_ms": runtime.warmup_ms}
 
@@ -264,59 +259,96 @@ def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], 
     async def metrics():
         return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
 
+
+async def _wait_for_slot(runtime: Runtime, deadline: Deadline) -> JSONResponse | None:
+    """Admission: a slot of --max-concurrency within --queue-timeout, or a 503 (None: admitted)."""
+    options, m, sem = runtime.options, runtime.metrics, runtime.semaphore
+    if sem.locked() and runtime.waiting >= options.max_queue:
+        m.rejected.labels("busy").inc()
+        return _error(503, f"server busy: {options.max_concurrency} requests running and {runtime.waiting} "
+                           f"waiting; retry shortly", headers={"Retry-After": "1"})
+    runtime.waiting += 1
+    m.recommend_queue.inc()
+    try:
+        await asyncio.wait_for(sem.acquire(), timeout=min(options.queue_wait, deadline.remaining()))
+    except (TimeoutError, asyncio.TimeoutError):
+        m.rejected.labels("queue_timeout").inc()
+        return _error(503, f"server busy: no free slot within {options.queue_wait:g} s (--queue-timeout); "
+                           f"retry shortly", headers={"Retry-After": "1"})
+    finally:
+        runtime.waiting -= 1
+        m.recommend_queue.dec()
+    return None
+
+
+async def _search(runtime: Runtime, body, deadline: Deadline) -> dict | JSONResponse:
+    """The admitted request's search in the executor, within its deadline; frees its slot."""
+    m = runtime.metrics
+    try:
+        work = asyncio.get_running_loop().run_in_executor(
+            runtime.executor, partial(runtime.service.recommend, body.history, body.k, body.free_generation,
+                                      deadline))
+        try:
+            return await asyncio.wait_for(work, timeout=deadline.remaining())
+        except (TimeoutError, asyncio.TimeoutError, Cancelled):
+            deadline.cancel()
+            m.rejected.labels("timeout").inc()
+            return _error(504, f"not answered within --request-timeout {runtime.options.request_timeout:g} s")
+        except EngineDead:
+            m.rejected.labels("engine_failed").inc()
+            return _engine_failed(runtime)
+    finally:
+        runtime.semaphore.release()
+
+
+def _record_answer(runtime: Runtime, result: dict, arrived: float, queued: float) -> None:
+    result["timing"]["queue_ms"] = round(queued * 1000, 3)
+    result["timing"]["total_ms"] = round((time.perf_counter() - arrived) * 1000, 3)
+    m = runtime.metrics
+    m.engine_seconds.observe((result["timing"]["search_ms"] + result["timing"]["fallback_ms"]) / 1000)
+    for method, count in result["methods"].items():
+        if count:
+            m.items.labels(method).inc(count)
+
+
+def _add_recommend(app: FastAPI, runtime: Runtime, security: list) -> None:
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=security, responses=ERRORS,
               summary="Rank k catalog items for a history",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": RecommendRequest.model_json_schema()}}}})
     async def recommend(request: Request):
         arrived = time.perf_counter()
-        m = runtime.metrics
         body = parse_request(await request.body())
         if not runtime.ready:
-            m.rejected.labels("not_ready").inc()
+            runtime.metrics.rejected.labels("not_ready").inc()
             if runtime.failed:
                 return _engine_failed(runtime)
             return _error(503, "the engine is warming up; retry shortly (GET /ready)", headers={"Retry-After": "5"})
         runtime.service.check_k(body.k)
-        deadline = Deadline(options.request_timeout)
-        sem = runtime.semaphore
-        if sem.locked() and runtime.waiting >= options.max_queue:
-            m.rejected.labels("busy").inc()
-            return _error(503, f"server busy: {options.max_concurrency} requests running and {runtime.waiting} "
-                               f"waiting; retry shortly", headers={"Retry-After": "1"})
-        runtime.waiting += 1
-        m.recommend_queue.inc()
-        try:
-            await asyncio.wait_for(sem.acquire(), timeout=min(options.queue_wait, deadline.remaining()))
-        except (TimeoutError, asyncio.TimeoutError):
-            m.rejected.labels("queue_timeout").inc()
-            return _error(503, f"server busy: no free slot within {options.queue_wait:g} s (--queue-timeout); "
-                               f"retry shortly", headers={"Retry-After": "1"})
-        finally:
-            runtime.waiting -= 1
-            m.recommend_queue.dec()
+        deadline = Deadline(runtime.options.request_timeout)
+        refused = await _wait_for_slot(runtime, deadline)
+        if refused is not None:
+            return refused
         queued = time.perf_counter() - arrived
-        try:
-            work = asyncio.get_running_loop().run_in_executor(
-                runtime.executor, partial(runtime.service.recommend, body.history, body.k, body.free_generation,
-                                          deadline))
-            try:
-                result = await asyncio.wait_for(work, timeout=deadline.remaining())
-            except (TimeoutError, asyncio.TimeoutError, Cancelled):
-                deadline.cancel()
-                m.rejected.labels("timeout").inc()
-                return _error(504, f"not answered within --request-timeout {options.request_timeout:g} s")
-            except EngineDead:
-                m.rejected.labels("engine_failed").inc()
-                return _engine_failed(runtime)
-        finally:
-            sem.release()
-        result["timing"]["queue_ms"] = round(queued * 1000, 3)
-        result["timing"]["total_ms"] = round((time.perf_counter() - arrived) * 1000, 3)
-        m.engine_seconds.observe((result["timing"]["search_ms"] + result["timing"]["fallback_ms"]) / 1000)
-        for method, count in result["methods"].items():
-            if count:
-                m.items.labels(method).inc(count)
+        result = await _search(runtime, body, deadline)
+        if isinstance(result, JSONResponse):
+            return result
+        _record_answer(runtime, result, arrived, queued)
         return result
 
+
+def create_app(sm: ServeModel, options: ServeOptions, on_fatal: Callable[[str], None] | None = None,
+               engine_factory=None) -> FastAPI:
+    runtime = Runtime(sm, options, on_fatal, engine_factory)
+    app = FastAPI(title="prunerec serve", version="1",
+                  description="Next-item recommendations from a BIGRec-style Qwen2 recommender: every answer is a "
+                              "ranked list of real catalog items (trie-constrained beam search; L2 grounding of a "
+                              "free generation as fallback). See docs/serve.md.",
+                  lifespan=_lifespan(runtime))
+    app.state.runtime = runtime
+    app.add_middleware(GuardMiddleware, runtime=runtime)
+    security = [Depends(HTTPBearer(auto_error=False, description="The server's --api-key"))] if options.api_key else []
+    _add_error_handlers(app)
+    _add_probes(app, runtime, security)
+    _add_recommend(app, runtime, security)
     return app
