@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from prunerec.export.checks import greedy
 from prunerec.export.onnx_stepper import OnnxStepper, make_session
 from prunerec.export.pipeline import ExportOptions, run_export
-from prunerec.export.verify import greedy, verification_prompts
+from prunerec.export.verify import verification_prompts
 from prunerec.io import folder_bytes, write_json
 from prunerec.model.checkpoint import load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters

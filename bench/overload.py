@@ -263,19 +263,26 @@ def run(args) -> dict:
     return report
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_bench(name: str, run_report, markdown_of, passed, left_in: str) -> int:
+    """A serving benchmark's exit: 0 when its verdict passed, 3 when not, 1 on bad input (the
+    message), 130 on Ctrl-C or SIGTERM (where what finished was written: `left_in`)."""
     try:
         with sigterm_as_interrupt():
-            report = run(args)
+            report = run_report()
     except PrunerecError as err:
-        print(f"overload: {err}", file=sys.stderr)
+        print(f"{name}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"overload: interrupted; the phases done so far are in {args.out}.json", file=sys.stderr)
+        print(f"{name}: interrupted; {left_in}", file=sys.stderr)
         return 130
-    print(markdown(report))
-    return 0 if report["verdict"]["passed"] else 3
+    print(markdown_of(report))
+    return 0 if passed(report) else 3
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_bench("overload", lambda: run(args), markdown, lambda report: report["verdict"]["passed"],
+                     f"the phases done so far are in {args.out}.json")
 
 
 if __name__ == "__main__":

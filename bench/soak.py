@@ -46,7 +46,6 @@ from prunerec.loadtest.runner import (
     resolve_target,
     run_level,
     run_locust,
-    sigterm_as_interrupt,
     start_server,
     wait_ready,
 )
@@ -54,7 +53,7 @@ from prunerec.plots import pyplot, save_png
 from prunerec.serve.options import ServeOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overload import fmt  # noqa: E402 (a sibling bench script)
+from overload import fmt, run_bench  # noqa: E402 (a sibling bench script)
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -320,17 +319,9 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        with sigterm_as_interrupt():
-            report = run(args)
-    except PrunerecError as err:
-        print(f"soak: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"soak: interrupted; engines finished so far are in {args.out}.json", file=sys.stderr)
-        return 130
-    print(markdown(report))
-    return 0 if all(run["verdict"]["passed"] for run in report["engines"]) else 3
+    return run_bench("soak", lambda: run(args), markdown,
+                     lambda report: all(engine["verdict"]["passed"] for engine in report["engines"]),
+                     f"engines finished so far are in {args.out}.json")
 
 
 if __name__ == "__main__":

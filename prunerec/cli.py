@@ -5,10 +5,15 @@ import json
 
 import click
 
+from prunerec.compress import cli as compress_cli
 from prunerec.errors import friendly_errors
+from prunerec.export import cli as export_cli
+from prunerec.loadtest import cli as loadtest_cli
+from prunerec.model import import_cli
 from prunerec.options import BEAMS, EVAL_BATCH, click_options
 from prunerec.rec.train_options import FINETUNE_FLAGS, TRAINING_FLAGS, FineTuneOptions, TrainingOptions
 from prunerec.recipes import DEMO_ENGINES, DemoPlan
+from prunerec.serve import cli as serve_cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -234,23 +239,9 @@ def demo(out, minutes, eval_users, distill_steps, engines, load_users, load_seco
     click.echo(run_demo(out, plan, resume=resume, overwrite=overwrite))
 
 
-def _register_optional_commands():
-    """Commands that live beside their modules (compress, analyze, ...), added when present."""
-    import importlib
-
-    for module in ("prunerec.model.import_cli", "prunerec.compress.cli", "prunerec.export.cli", "prunerec.serve.cli",
-                   "prunerec.loadtest.cli"):
-        try:
-            commands = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue
-        for command in commands.COMMANDS:
-            main.add_command(command)
-
-
-_register_optional_commands()
+for command in (*import_cli.COMMANDS, *compress_cli.COMMANDS, *export_cli.COMMANDS, *serve_cli.COMMANDS,
+                *loadtest_cli.COMMANDS):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

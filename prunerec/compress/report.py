@@ -1,10 +1,13 @@
 """The compress report: OUT/report.json, OUT/report.md and PNG plots (matplotlib, Agg)."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prunerec.io import write_json, write_text
 from prunerec.plots import pyplot, save_png
+
+REPORT_KS = (5, 10, 20)  # the k of HR@k and NDCG@k in reports
 
 __all__ = ["write_report", "format_report", "PLOTS", "plot_long_tail"]
 
@@ -205,3 +208,43 @@ def plot_long_tail(shares, percents, path: str | Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_png(fig, Path(path))
+
+
+def kept_ratios(candidate: dict | None, base: dict | None, ks=REPORT_KS) -> dict:
+    """Candidate / base of each HR@k and NDCG@k (and their mean)."""
+    if not candidate or not base:
+        return {}
+    out = {}
+    for k in ks:
+        for m in ("HR", "NDCG"):
+            key = f"{m}@{k}"
+            b, c = base["metrics"].get(key), candidate["metrics"].get(key)
+            if b is not None and c is not None and b > 0:
+                out[key] = c / b
+    if out:
+        out["mean"] = sum(out.values()) / len(out)
+    return out
+
+
+def build_report(model_ref, data_dir, out: Path, opts, targets, plan: dict,
+                 base_record: dict, records: list[dict], wall_s: float) -> dict:
+    """report.json of a finished run: every stage against the base (`opts`: CompressOptions)."""
+    base_params = base_record["parameters"]
+    stages = []
+    for r in records:
+        p = r["parameters"]
+        stages.append({**r, "non_embedding_removed_share": 1 - p["non_embedding"] / base_params["non_embedding"],
+                       "total_removed_share": 1 - p["total"] / base_params["total"],
+                       "quality_kept": kept_ratios(r["eval"], base_record["eval"])})
+    final = stages[-1]
+    return {
+        "model": str(model_ref), "data": str(data_dir), "out": str(out),
+        "options": asdict(opts), "targets": targets.to_json(), "plan": plan,
+        "base": base_record, "stages": stages,
+        "final": {"path": str(out / "final"), "shape": final["shape"], "parameters": final["parameters"],
+                  "non_embedding_removed_share": final["non_embedding_removed_share"],
+                  "total_removed_share": final["total_removed_share"],
+                  "quality_kept": final["quality_kept"], "eval": final["eval"]},
+        "wall_seconds_this_run": round(wall_s, 1),
+        "wall_seconds_stages": round(sum(s["wall_seconds"]["total"] for s in stages), 1),
+    }

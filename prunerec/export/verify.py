@@ -29,41 +29,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from prunerec.errors import PrunerecError
+from prunerec.export.checks import (
+    GREEDY_STEPS,
+    Check,
+    beam_check,
+    compare_greedy,
+    greedy,
+    greedy_checks,
+    logits_check,
+    tolerance,
+    torch_logits,
+)
 from prunerec.model.checkpoint import SETTINGS_FILE
 from prunerec.options import BEAMS
-from prunerec.rec.batching import pad_rows, positions_of
-
-GREEDY_STEPS = 32
-# fp32: absolute; fp16 / bf16: relative to max(1, max |reference logit|)
-LOGITS_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}
-MAX_LOGITS = 1 << 25  # logits values held at once while comparing (rows x width x vocab)
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    value: float | None = None
-    tolerance: float | None = None
-    detail: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class VerificationFailed(PrunerecError):
     def __init__(self, message: str, report: dict | None = None, table: str = ""):
         super().__init__(message)
         self.report, self.table = report, table
-
-
-def tolerance(precision: str, scale: float) -> float:
-    base = LOGITS_TOLERANCE[precision]
-    return base if precision == "fp32" else base * max(1.0, float(scale))
-
-
-# ----------------------------------------------------------------------------- prompts
 
 
 def verification_prompts(rec, data_dir, users: int, seed: int = 0):
@@ -96,149 +82,6 @@ def verification_prompts(rec, data_dir, users: int, seed: int = 0):
     return prompts, rec.catalog, f"{len(prompts)} prompts from random catalog titles (seed {seed})"
 
 
-def _worse(worst: float, value: float) -> float:
-    """max() that lets NaN through as infinity (a NaN difference must fail, not vanish)."""
-    return float("inf") if not np.isfinite(value) else max(worst, value)
-
-
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
-    ids, mask = pad_rows(prompts, pad_id, left=True)
-    return ids.numpy(), mask.numpy(), positions_of(mask).numpy()
-
-
-def _row_chunks(prompts, vocab: int):
-    width = max(len(p) for p in prompts)
-    rows = max(1, MAX_LOGITS // max(1, width * vocab))
-    for begin in range(0, len(prompts), rows):
-        yield begin, min(len(prompts), begin + rows)
-
-
-@torch.no_grad()
-def _torch_logits(model, ids, mask, positions) -> np.ndarray:
-    out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                position_ids=torch.from_numpy(positions), use_cache=False)
-    return out.logits.float().numpy()
-
-
-def compare_logits(reference, candidate, prompts, pad_id: int, vocab: int) -> tuple[float, float, int]:
-    """(max |diff| over the real prompt positions, max |reference logit|, positions compared);
-    `reference`/`candidate` map (ids, mask, positions) to float logits [batch, seq, vocab]."""
-    ids, mask, positions = _left_pad(prompts, pad_id)
-    worst = scale = 0.0
-    for begin, end in _row_chunks(prompts, vocab):
-        args = ids[begin:end], mask[begin:end], positions[begin:end]
-        ref, cand = reference(*args), candidate(*args)
-        keep = mask[begin:end].astype(bool)
-        worst = _worse(worst, float(np.abs(ref[keep] - cand[keep]).max()))
-        scale = max(scale, float(np.abs(ref[keep]).max()))
-    return worst, scale, int(mask.sum())
-
-
-def _logits_check(name: str, what: str, reference, candidate, prompts, pad_id, vocab, precision) -> Check:
-    diff, scale, n = compare_logits(reference, candidate, prompts, pad_id, vocab)
-    tol = tolerance(precision, scale)
-    return Check(name, bool(diff <= tol), diff, tol,
-                 f"{what}: max abs logit diff over {len(prompts)} prompts, {n} positions ({precision}, "
-                 f"max abs logit {scale:.3g})", {"logit_scale": scale})
-
-
-# ----------------------------------------------------------------------------- engines
-
-
-def greedy(stepper, prompts, steps: int = GREEDY_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [batch, steps], log-probabilities [batch, steps, vocab]) of greedy decoding, EOS ignored."""
-    logprobs = stepper.start(prompts)
-    tokens, history = [], []
-    for step in range(steps):
-        token = logprobs.argmax(-1)
-        tokens.append(token)
-        history.append(logprobs)
-        if step + 1 < steps:
-            logprobs = stepper.advance(list(range(len(prompts))), token.tolist())
-    return torch.stack(tokens, 1), torch.stack(history, 1)
-
-
-def _greedy_checks(torch_stepper, onnx_stepper, prompts, precision: str, logit_scale: float) -> list[Check]:
-    ref_tokens, ref_lp = greedy(torch_stepper, prompts)
-    got_tokens, got_lp = greedy(onnx_stepper, prompts)
-    return _compare_greedy("onnx", ref_tokens, ref_lp, got_tokens, got_lp, precision, logit_scale)
-
-
-def _compare_greedy(engine: str, ref_tokens, ref_lp, got_tokens, got_lp, precision: str, logit_scale: float,
-                    what: str = "KV-cached greedy steps") -> list[Check]:
-    """`{engine}_decode` (log-probabilities up to the first differing token) and `{engine}_greedy`
-    (identical tokens; with reduced precision a difference on a near-tie is tolerated)."""
-    prompts = range(len(ref_tokens))
-    # a log-probability moves by up to twice the logits' error (the logit and the normaliser)
-    tol = 2 * tolerance(precision, logit_scale)
-    worst_lp, diverged, ties = 0.0, [], []
-    for row in range(len(prompts)):
-        same = (ref_tokens[row] == got_tokens[row]).tolist()
-        first = same.index(False) if False in same else GREEDY_STEPS
-        # log-probabilities agree up to (and including) the first differing step: same inputs so far
-        upto = min(first + 1, GREEDY_STEPS)
-        ref_row, got_row = ref_lp[row, :upto], got_lp[row, :upto]
-        diff = torch.where(ref_row == got_row, torch.zeros_like(ref_row), (ref_row - got_row).abs())  # -inf == -inf
-        worst_lp = _worse(worst_lp, float(diff.max()))
-        if first < GREEDY_STEPS:
-            a, b = int(ref_tokens[row, first]), int(got_tokens[row, first])
-            margin = float(ref_lp[row, first, a] - ref_lp[row, first, b])
-            entry = {"prompt": row, "step": first, "reference_token": a, f"{engine}_token": b, "margin": margin}
-            (ties if precision != "fp32" and margin <= tol else diverged).append(entry)
-    decode = Check(f"{engine}_decode", bool(worst_lp <= tol), worst_lp, tol,
-                   f"max abs log-prob diff over {GREEDY_STEPS} {what} x {len(prompts)} prompts ({precision})")
-    detail = (f"{GREEDY_STEPS} greedy tokens x {len(prompts)} prompts: "
-              + ("identical" if not diverged and not ties else
-                 f"{len(diverged)} prompt(s) diverge" + (f", {len(ties)} only on near-ties" if ties else "")))
-    if diverged:
-        d = diverged[0]
-        detail += f" (first: prompt {d['prompt']} at step {d['step']}, margin {d['margin']:.3g})"
-    tokens = Check(f"{engine}_greedy", not diverged, float(len(diverged)), 0.0, detail,
-                   {"diverged": diverged, "near_ties": ties})
-    return [decode, tokens]
-
-
-def _beam_check(torch_stepper, onnx_stepper, prompts, trie, titles, num_beams: int, precision: str,
-                score_scale_tol: float) -> Check:
-    from prunerec.rec.beam import constrained_beam_search
-
-    t0 = time.perf_counter()
-    ref = constrained_beam_search(torch_stepper, prompts, trie, num_beams)
-    t1 = time.perf_counter()
-    got = constrained_beam_search(onnx_stepper, prompts, trie, num_beams)
-    t2 = time.perf_counter()
-    score_tol = score_scale_tol * trie.max_len
-    worst_score, mismatched, ties = 0.0, [], 0
-    for row, (r, g) in enumerate(zip(ref, got)):
-        for rank in range(max(len(r), len(g))):
-            if rank >= len(r) or rank >= len(g):
-                mismatched.append({"prompt": row, "rank": rank, "reason": "different list lengths"})
-                break
-            diff = abs(r[rank][1] - g[rank][1])
-            worst_score = max(worst_score, diff)
-            if r[rank][0] != g[rank][0]:
-                if precision != "fp32" and diff <= score_tol:
-                    ties += 1
-                    continue
-                mismatched.append({"prompt": row, "rank": rank, "reference": titles[r[rank][0]],
-                                   "onnx": titles[g[rank][0]], "score_diff": diff})
-    detail = (f"{num_beams} beams x {len(prompts)} prompts: "
-              + ("same titles in the same order" if not mismatched else f"{len(mismatched)} rank(s) differ")
-              + (f", except {ties} rank(s) where near-tied titles swapped (score diff within {score_tol:.3g})"
-                 if ties else "")
-              + f"; max abs score diff {worst_score:.3g}; torch {t1 - t0:.2f}s, onnxruntime {t2 - t1:.2f}s")
-    if mismatched:
-        m = mismatched[0]
-        detail += f"; first: prompt {m['prompt']} rank {m['rank']}"
-    return Check("onnx_beam", not mismatched, float(len(mismatched)), 0.0, detail,
-                 {"mismatched": mismatched[:20], "max_score_diff": worst_score,
-                  "seconds": {"torch": round(t1 - t0, 3), "onnxruntime": round(t2 - t1, 3)},
-                  "reference": [[titles[i] for i, _ in row] for row in ref]})
-
-
-# ----------------------------------------------------------------------------- the whole verification
-
-
 def _export_info(folder: Path) -> dict:
     path = folder / SETTINGS_FILE
     return (json.loads(path.read_text()).get("export") or {}) if path.is_file() else {}
@@ -252,6 +95,101 @@ def _load(ref, dtype) -> tuple[object, float]:
     return rec, time.perf_counter() - t0
 
 
+def _torch_fn(model):
+    return lambda ids, mask, pos: torch_logits(model, ids, mask, pos)
+
+
+@dataclass
+class _Reference:
+    """The PyTorch reference every check compares against, loaded once (and widened copies of it
+    for graphs that compute in another precision)."""
+    ref: str | Path
+    precision: str
+    rec: object
+    prompts: list
+    widened: dict = field(default_factory=dict)
+
+    @property
+    def pad(self) -> int:
+        return self.rec.tokenizer.pad_token_id
+
+    @property
+    def vocab(self) -> int:
+        return self.rec.model.config.vocab_size
+
+    def in_precision(self, graph_precision: str):
+        """PyTorch in the precision a graph computes in (bf16: fp32 over the same bf16 weights)."""
+        from prunerec.export.hf import DTYPES
+
+        if DTYPES[graph_precision] == DTYPES[self.precision]:
+            return self.rec
+        if graph_precision not in self.widened:
+            self.widened[graph_precision], _ = _load(self.ref, DTYPES[self.precision])
+            self.widened[graph_precision].model.to(DTYPES[graph_precision])
+        return self.widened[graph_precision]
+
+    def logits_check(self, name: str, what: str, expected, actual, precision: str | None = None) -> Check:
+        return logits_check(name, what, expected, actual, self.prompts, self.pad, self.vocab,
+                             precision or self.precision)
+
+
+def _roundtrip_check(ref: _Reference, source) -> Check:
+    from prunerec.export.hf import DTYPES
+
+    src, _ = _load(source, DTYPES[ref.precision])
+    return ref.logits_check("hf_roundtrip", "OUT/hf reloaded vs the source checkpoint", _torch_fn(src.model),
+                            _torch_fn(ref.rec.model))
+
+
+def _llama_check(ref: _Reference, llama_dir: Path, loads: dict) -> Check:
+    from prunerec.export.hf import DTYPES
+
+    llama, loads["hf-llama"] = _load(llama_dir, DTYPES[ref.precision])
+    arch = type(llama.model).__name__
+    if arch != "LlamaForCausalLM":
+        return Check("llama_logits", False, None, None, f"OUT/hf-llama loads as {arch}, not LlamaForCausalLM")
+    return ref.logits_check("llama_logits", "OUT/hf-llama (Llama) vs OUT/hf (Qwen2) in transformers",
+                            _torch_fn(ref.rec.model), _torch_fn(llama.model))
+
+
+def _onnx_checks(ref: _Reference, onnx_dir: Path, onnx_precision: str, catalog, beams: int, providers, threads,
+                 loads: dict) -> tuple[list[Check], str]:
+    """Prefill logits, greedy tokens and the constrained beam search of onnxruntime against PyTorch;
+    also the provider the session ran on."""
+    from prunerec.export.onnx_stepper import OnnxStepper, make_session
+    from prunerec.rec.beam import TorchStepper
+    from prunerec.rec.title_index import TitleIndex
+
+    # bf16: the graph holds the bf16-rounded weights in fp32; compare like with like
+    reference, pad = ref.in_precision(onnx_precision), ref.pad
+    t0 = time.perf_counter()
+    session = make_session(onnx_dir, providers=providers, threads=threads, exact=True)
+    loads["onnx"] = time.perf_counter() - t0
+    stepper = OnnxStepper(session, pad)
+    logits = ref.logits_check("onnx_logits", "onnxruntime vs PyTorch, prefill with an empty past",
+                              _torch_fn(reference.model),
+                              lambda ids, mask, pos: stepper.forward(ids, mask, pos)[0].astype(np.float32),
+                              onnx_precision)
+    checks = [logits, *greedy_checks(TorchStepper(reference.model, pad), stepper, ref.prompts, onnx_precision,
+                                      logits.extra["logit_scale"])]
+    index = TitleIndex.of_catalog(ref.rec.tokenizer, catalog)
+    num_beams = max(1, min(beams, len(index.titles)))
+    score_tol = 0.0 if onnx_precision == "fp32" else 2 * tolerance(onnx_precision, logits.extra["logit_scale"])
+    checks.append(beam_check(TorchStepper(reference.model, pad), OnnxStepper(session, pad), ref.prompts,
+                              index.trie, index.titles, num_beams, onnx_precision, score_tol))
+    return checks, session.get_providers()[0]
+
+
+def _present(out: Path, formats: Sequence[str] | None) -> dict[str, Path]:
+    """The export folders in OUT to verify (only those of `formats` when given; hf covers hf-llama)."""
+    fmt_of = {"hf": "hf", "hf-llama": "hf", "onnx": "onnx", "genai": "genai"}
+    present = {name: out / name for name, fmt in fmt_of.items()
+               if (out / name).is_dir() and (formats is None or fmt in formats)}
+    if not ({"hf", "onnx", "genai"} & set(present)):
+        raise PrunerecError(f"{out} holds no export (no hf/, onnx/ or genai/ folder)")
+    return present
+
+
 def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir=None, users: int = 4,
                   beams: int = BEAMS, seed: int = 0, providers=None, threads: int | None = None,
                   formats: Sequence[str] | None = None) -> dict:
@@ -260,94 +198,35 @@ def verify_export(out: str | Path, *, source: str | Path | None = None, data_dir
     verification record (`passed`, `checks`, `load_seconds`, `prompts`). Raises nothing for a
     failed check: see raise_if_failed."""
     from prunerec.export.hf import DTYPES
-    from prunerec.export.onnx_stepper import OnnxStepper, make_session
-    from prunerec.rec.beam import TorchStepper
-    from prunerec.rec.title_index import TitleIndex
 
     out = Path(out)
-    hf_dir, llama_dir, onnx_dir, genai_dir = out / "hf", out / "hf-llama", out / "onnx", out / "genai"
-
-    def wanted(folder: Path, fmt: str) -> bool:
-        return folder.is_dir() and (formats is None or fmt in formats)
-
-    has_hf, has_llama, has_onnx = wanted(hf_dir, "hf"), wanted(llama_dir, "hf"), wanted(onnx_dir, "onnx")
-    has_genai = wanted(genai_dir, "genai")
-    if not (has_hf or has_onnx or has_genai):
-        raise PrunerecError(f"{out} holds no export (no hf/, onnx/ or genai/ folder)")
-    info = _export_info(hf_dir if has_hf else onnx_dir if has_onnx else genai_dir)
+    present = _present(out, formats)
+    info = _export_info(present.get("hf") or present.get("onnx") or present["genai"])
     precision = info.get("dtype", "fp32")
-    onnx_precision = _export_info(onnx_dir).get("onnx_dtype", "fp32") if has_onnx else precision
-    reference_ref = hf_dir if has_hf else (source or info.get("source"))
+    onnx_precision = _export_info(present["onnx"]).get("onnx_dtype", "fp32") if "onnx" in present else precision
+    reference_ref = present.get("hf") or source or info.get("source")
     if reference_ref is None:
         raise PrunerecError("an export without hf/ needs its source checkpoint to verify against")
-    checks: list[Check] = []
     loads: dict[str, float] = {}
-
     rec, seconds = _load(reference_ref, DTYPES[precision])
-    if has_hf:
+    if "hf" in present:
         loads["hf"] = seconds
     prompts, catalog, described = verification_prompts(rec, data_dir, users, seed)
-    pad = rec.tokenizer.pad_token_id
-    vocab = rec.model.config.vocab_size
-
-    def torch_fn(model):
-        return lambda ids, mask, pos: _torch_logits(model, ids, mask, pos)
-
-    widened = {}
-
-    def graph_reference(graph_precision: str):
-        """PyTorch in the precision a graph computes in (bf16: fp32 over the same bf16 weights)."""
-        if DTYPES[graph_precision] == DTYPES[precision]:
-            return rec
-        if graph_precision not in widened:
-            widened[graph_precision], _ = _load(reference_ref, DTYPES[precision])
-            widened[graph_precision].model.to(DTYPES[graph_precision])
-        return widened[graph_precision]
-
-    if has_hf and source is not None and Path(source).expanduser().resolve() != hf_dir.resolve():
-        src, _ = _load(source, DTYPES[precision])
-        checks.append(_logits_check("hf_roundtrip", "OUT/hf reloaded vs the source checkpoint",
-                                    torch_fn(src.model), torch_fn(rec.model), prompts, pad, vocab, precision))
-        del src
-    if has_llama:
-        llama, seconds = _load(llama_dir, DTYPES[precision])
-        loads["hf-llama"] = seconds
-        arch = type(llama.model).__name__
-        if arch != "LlamaForCausalLM":
-            checks.append(Check("llama_logits", False, None, None,
-                                f"OUT/hf-llama loads as {arch}, not LlamaForCausalLM"))
-        else:
-            checks.append(_logits_check("llama_logits", "OUT/hf-llama (Llama) vs OUT/hf (Qwen2) in transformers",
-                                        torch_fn(rec.model), torch_fn(llama.model), prompts, pad, vocab, precision))
-        del llama
-    if has_onnx:
-        # bf16: the graph holds the bf16-rounded weights in fp32; compare like with like
-        reference = graph_reference(onnx_precision)
-        t0 = time.perf_counter()
-        session = make_session(onnx_dir, providers=providers, threads=threads, exact=True)
-        loads["onnx"] = time.perf_counter() - t0
-        stepper = OnnxStepper(session, pad)
-        logits = _logits_check("onnx_logits", "onnxruntime vs PyTorch, prefill with an empty past",
-                               torch_fn(reference.model),
-                               lambda ids, mask, pos: stepper.forward(ids, mask, pos)[0].astype(np.float32),
-                               prompts, pad, vocab, onnx_precision)
-        checks.append(logits)
-        checks += _greedy_checks(TorchStepper(reference.model, pad), stepper, prompts, onnx_precision,
-                                 logits.extra["logit_scale"])
-        index = TitleIndex.of_catalog(rec.tokenizer, catalog)
-        titles, trie = index.titles, index.trie
-        num_beams = max(1, min(beams, len(titles)))
-        score_tol = 0.0 if onnx_precision == "fp32" else 2 * tolerance(onnx_precision, logits.extra["logit_scale"])
-        checks.append(_beam_check(TorchStepper(reference.model, pad), OnnxStepper(session, pad), prompts, trie,
-                                  titles, num_beams, onnx_precision, score_tol))
-        provider = session.get_providers()[0]
-    else:
-        provider = None
+    ref = _Reference(reference_ref, precision, rec, prompts)
+    checks: list[Check] = []
+    if "hf" in present and source is not None and Path(source).expanduser().resolve() != present["hf"].resolve():
+        checks.append(_roundtrip_check(ref, source))
+    if "hf-llama" in present:
+        checks.append(_llama_check(ref, present["hf-llama"], loads))
+    provider = None
+    if "onnx" in present:
+        onnx, provider = _onnx_checks(ref, present["onnx"], onnx_precision, catalog, beams, providers, threads, loads)
+        checks += onnx
     genai_precision = None
-    if has_genai:
-        genai_precision = _export_info(genai_dir).get("graph_dtype", "fp32")
-        checks += _genai_checks(genai_dir, graph_reference(genai_precision).model, pad, prompts, genai_precision,
-                                threads, loads)
+    if "genai" in present:
+        genai_precision = _export_info(present["genai"]).get("graph_dtype", "fp32")
+        checks += _genai_checks(present["genai"], ref.in_precision(genai_precision).model, ref.pad, prompts,
+                                genai_precision, threads, loads)
     return {"passed": all(c.passed for c in checks), "precision": precision, "onnx_precision": onnx_precision,
             "onnx_provider": provider, "genai_precision": genai_precision, "prompts": described,
             "prompt_tokens": [len(p) for p in prompts], "checks": [asdict(c) for c in checks], "load_seconds": loads}
@@ -373,7 +252,7 @@ def _genai_checks(folder: Path, reference_model, pad: int, prompts, precision: s
     except Exception as error:
         return [Check("genai_greedy", False, None, None, f"onnxruntime-genai failed to generate: {error}")]
     t2 = time.perf_counter()
-    checks = _compare_greedy("genai", ref_tokens, ref_lp, got_tokens, got_lp, precision, scale,
+    checks = compare_greedy("genai", ref_tokens, ref_lp, got_tokens, got_lp, precision, scale,
                              what="greedy steps of onnxruntime-genai's search")
     timing = {"torch": round(t1 - t0, 3), "onnxruntime_genai": round(t2 - t1, 3)}
     checks[1].detail += f"; torch {timing['torch']:.2f}s, onnxruntime-genai {timing['onnxruntime_genai']:.2f}s"

@@ -22,7 +22,7 @@ requests that live across beam steps.
 
 The engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0; faster on CPUs, and adds and
 aborts take effect at the next step) unless `core="process"`, or `"auto"` with a model that needs
-vLLM's transformers backend (see `core_runs_in_process`); then vLLM's core keeps its own process
+vLLM's transformers backend (see `vllm_settings.core_runs_in_process`); then vLLM's core keeps its own process
 and its requests may decode ahead of the search (buffered, see vllm_live).
 Either way an exception from the core (a killed core process, out of memory) kills the engine:
 see prunerec.serve.worker.
@@ -40,13 +40,13 @@ from pathlib import Path
 
 from prunerec.errors import PrunerecError
 from prunerec.model.dtypes import vllm_dtype
-from prunerec.model.validate import head_dim
 from prunerec.model.vocab import generation_ids
 from prunerec.options import BEAMS
 from prunerec.rec.beam import constrained_beam_search
 from prunerec.serve.model import ServeModel
 from prunerec.serve.service import MAX_K
 from prunerec.serve.vllm_live import LiveRequest, LiveStepper, SearchStats, StepJob
+from prunerec.serve.vllm_settings import core_runs_in_process, needs_transformers_impl
 from prunerec.serve.worker import Cancelled, EngineDead, WorkerEngine, cut_at_eos
 
 log = logging.getLogger("prunerec.serve")
@@ -66,25 +66,6 @@ def _vllm_names():
     from prunerec.serve.vllm_trie import trie_args
 
     return SamplingParams, RequestOutputKind.DELTA, trie_args
-
-
-def needs_transformers_impl(config) -> bool:
-    """vLLM's native Qwen2 ignores config.head_dim (hidden_size // heads is assumed)."""
-    heads = int(config.num_attention_heads)
-    return config.model_type == "qwen2" and heads * head_dim(config) != int(config.hidden_size)
-
-
-def core_runs_in_process(core: str, model_impl: str) -> bool:
-    """Whether vLLM's engine core gets its own process. `auto`: in this process, except for
-    vLLM's transformers backend, which patches transformers' model classes process-wide (a
-    transformers model loaded later in the server, e.g. for L2 grounding, would break)."""
-    if core not in ("auto", "inline", "process"):
-        raise PrunerecError(f"unknown vLLM core mode '{core}' (auto, inline or process)")
-    if core == "inline" and model_impl == "transformers":
-        raise PrunerecError("--vllm-core inline cannot serve this model: its heads x head_dim differs from hidden "
-                            "size, so vLLM serves it with its transformers backend, which must run in its own "
-                            "process; use --vllm-core auto or process")
-    return core == "process" or (core == "auto" and model_impl == "transformers")
 
 
 class VllmEngine(WorkerEngine):

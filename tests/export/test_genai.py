@@ -100,8 +100,8 @@ def test_genai_export_verified_via_cli(genai_export, tokenizer):
 def test_genai_greedy_goes_on_after_eos(genai_export, tokenizer):
     """EOS is ignored like in PyTorch's greedy(): with EOS set to the token the search picks first,
     the 32 tokens and log-probabilities still match."""
+    from prunerec.export.checks import GREEDY_STEPS, greedy
     from prunerec.export.genai import greedy as genai_greedy
-    from prunerec.export.verify import GREEDY_STEPS, greedy
     from prunerec.rec.beam import TorchStepper
 
     source, out, _ = genai_export

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from prunerec.serve import vllm_engine
+from prunerec.serve import vllm_settings
 from prunerec.serve.engines import Deadline, TorchEngine
 from prunerec.serve.model import InputError, load_serve_model
 from prunerec.serve.service import RecommendService
@@ -110,7 +110,7 @@ def test_batching_engine_serves_jobs_in_arrival_order(sm):
 
 def test_vllm_settings_for_odd_heads(odd_dir):
     odd = load_serve_model(odd_dir, "vllm")
-    assert vllm_engine.needs_transformers_impl(odd.config)
+    assert vllm_settings.needs_transformers_impl(odd.config)
 
 
 @pytest.mark.parametrize("damage, message", [
