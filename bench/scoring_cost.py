@@ -47,21 +47,19 @@ Smoke test (seconds): python bench/scoring_cost.py --shape tiny --samples 2 --ou
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
-import gc
 import os
 import platform
 import random
-import resource
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import torch
 import transformers
+from meter import measured, merge, ru_maxrss_bytes  # bench/ is on sys.path
+from scoring_cost_report import markdown, method_totals, mib
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from prunerec.compress import hooks
@@ -116,82 +114,6 @@ def token_stats(batches: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def _ru_maxrss_bytes() -> int:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(kib) * (1 if sys.platform == "darwin" else 1024)
-
-
-def _release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS, so that RSS rises measure the pass."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class Meter:
-    """Wall time and peak RSS (plus torch's CUDA peak where there is one) of a block."""
-
-    def __init__(self, device: torch.device, interval: float = 0.005):
-        self.device, self.interval = device, interval
-        self.proc = psutil.Process()
-
-    def __enter__(self):
-        _release_memory()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        self.start_rss = self.peak = self.proc.memory_info().rss
-        self.ru_before = _ru_maxrss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        self._t0 = time.perf_counter()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            rss = self.proc.memory_info().rss
-            if rss > self.peak:
-                self.peak = rss
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.seconds = time.perf_counter() - self._t0
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        ru = _ru_maxrss_bytes()
-        self.ru_exact = ru > self.ru_before  # the process-wide maximum rose inside the block: exact peak
-        if self.ru_exact:
-            self.peak = max(self.peak, ru)
-        self.torch_peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None
-
-    def record(self) -> dict:
-        return {"seconds": round(self.seconds, 6), "rss_start_bytes": self.start_rss, "peak_rss_bytes": self.peak,
-                "peak_rss_delta_bytes": max(0, self.peak - self.start_rss), "peak_from_ru_maxrss": self.ru_exact,
-                "torch_peak_allocated_bytes": self.torch_peak}
-
-
-def measured(device, fn) -> tuple[object, dict]:
-    with Meter(device) as m:
-        out = fn()
-    return out, m.record()
-
-
-def merge(records: list[dict]) -> dict:
-    """One record for several measured blocks: summed time, largest peak."""
-    top = max(records, key=lambda r: r["peak_rss_bytes"])
-    torch_peaks = [r["torch_peak_allocated_bytes"] for r in records if r["torch_peak_allocated_bytes"] is not None]
-    return {"seconds": round(sum(r["seconds"] for r in records), 6), "rss_start_bytes": records[0]["rss_start_bytes"],
-            "peak_rss_bytes": top["peak_rss_bytes"],
-            "peak_rss_delta_bytes": max(r["peak_rss_delta_bytes"] for r in records),
-            "peak_from_ru_maxrss": any(r["peak_from_ru_maxrss"] for r in records),
-            "torch_peak_allocated_bytes": max(torch_peaks) if torch_peaks else None}
 
 
 # ----------------------------------------------------------------------------- passes
@@ -347,70 +269,6 @@ class Bench:
                        lambda: imp.shortgpt_layer_scores(m, c.full))
 
 
-# ----------------------------------------------------------------------------- reporting
-
-
-METHOD_PASSES = {
-    "prunerec (layers: greedy-ppl)": ("prunerec/heads", "prunerec/hidden", "prunerec/mlp", "prunerec/layers"),
-    "wanda-sp (layers: shortgpt)": ("wanda-sp/heads", "wanda-sp/hidden", "wanda-sp/mlp", "shortgpt/layers"),
-    "magnitude (layers: shortgpt)": ("magnitude/heads", "magnitude/hidden", "magnitude/mlp", "shortgpt/layers"),
-}
-
-
-def mib(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def duration(s: float) -> str:
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
-def method_totals(passes: list[dict]) -> dict:
-    by = {p["name"]: p for p in passes}
-    out = {}
-    for method, names in METHOD_PASSES.items():
-        rows = [by[n] for n in names]
-        out[method] = {"estimated_full_seconds": round(sum(r["estimated_full_seconds"] for r in rows), 6),
-                       "includes_extrapolation": any(r["run"].startswith("units") for r in rows),
-                       "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rows), "passes": list(names)}
-    return out
-
-
-def markdown(result: dict) -> str:
-    n, full = result["calibration"]["samples"], FULL_SAMPLES
-    lines = [f"Scoring passes on `{result['model']['shape']}` ({result['model']['dtype']}, "
-             f"{result['machine']['torch_threads']} torch threads), {n} calibration samples of "
-             f"~{result['calibration']['full_tokens']['mean']:.0f} tokens; estimates for a real run "
-             f"(`--calib-samples {full}`).", "",
-             f"| pass | scored shape (L/q/kv/hidden/mlp) | one unit | units at {full} samples | "
-             f"measured on {n} samples | peak RSS (rise) | est. full run |",
-             "|---|---|---|---|---|---|---|"]
-    for p in result["passes"]:
-        s = p["scored_shape"]
-        shape = f"{s['layers']}/{s['heads']}/{s['kv_heads']}/{s['hidden']}/{s['mlp']}"
-        units = p.get("units_breakdown", str(p["units_full_run"]))
-        units = f"{p['units_full_run']} ({units})" if "units_breakdown" in p else units
-        if p["run"].startswith("units"):
-            meas = f"{p['seconds']:.2f} s for {p['units_measured']} units"
-            est = f"**~{duration(p['estimated_full_seconds'])} (extrapolated)**"
-        else:
-            meas = f"{p['seconds']:.2f} s" + (" (full pass)" if p["data"] != "weights" else "")
-            est = duration(p["estimated_full_seconds"])
-        mem = f"{mib(p['peak_rss_bytes'])} (+{mib(p['peak_rss_delta_bytes'])})"
-        lines.append(f"| {p['name']} | {shape} | {p['unit']} | {units} | {meas} | {mem} | {est} |")
-    lines += ["", "| method (scoring only, no distillation) | est. full run | peak RSS |", "|---|---|---|"]
-    for method, row in result["method_totals"].items():
-        mark = " (extrapolated)" if row["includes_extrapolation"] else ""
-        lines.append(f"| {method} | ~{duration(row['estimated_full_seconds'])}{mark} | {mib(row['peak_rss_bytes'])} |")
-    return "\n".join(lines)
-
-
 def machine_info(device: torch.device) -> dict:
     cpu = platform.processor()
     try:
@@ -478,7 +336,7 @@ def main(argv=None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "args": {k: v for k, v in vars(args).items()},
         "machine": {**machine, "load_average_at_end": list(os.getloadavg()),
-                    "process_peak_rss_bytes": _ru_maxrss_bytes()},
+                    "process_peak_rss_bytes": ru_maxrss_bytes()},
         "model": {"shape": args.shape, "base_shape": base_shape(config), "parameters": params,
                   "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                   "attn_implementation": getattr(model.config, "_attn_implementation", None),
