@@ -71,6 +71,18 @@ def train(args, base: Path, model_dir: Path, data_dir: Path) -> dict:
     return json.loads((model_dir / "training.json").read_text())
 
 
+def trained(model_dir: Path, minutes: float) -> dict | None:
+    """The finished training of an earlier run that had at least this budget (then nothing is retrained)."""
+    path = model_dir / "training.json"
+    if not path.is_file():
+        return None
+    training = json.loads(path.read_text())
+    reason = training.get("stop_reason", "")
+    ended_by_budget = reason.startswith("time budget")
+    return training if reason and (not ended_by_budget or training["config"]["time_budget_s"] >= minutes * 60) \
+        else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(CATEGORIES), required=True)
@@ -94,7 +106,7 @@ def main() -> None:
     data_dir = SHARED_DATA / f"amazon-{args.data}"
     summary_path = OUT / f"base_smollm2_{args.data}{args.tag}.json"
     base = imported_base(OUT / "smollm2")
-    training = train(args, base, root / "model", data_dir)
+    training = trained(root / "model", args.minutes) or train(args, base, root / "model", data_dir)
     summary = {"data": str(data_dir), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "settings": vars(args), "import": json.loads((base / "import.json").read_text()),
                "training": {k: v for k, v in training.items() if k != "log"}, "valid_loss": training["log"],
