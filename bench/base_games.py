@@ -23,10 +23,10 @@ import torch
 
 from prunerec.data.catalog import load_dataset, write_dataset
 from prunerec.data.subcatalog import restrict_to_top
+from prunerec.evaluate.metrics import ratios
+from prunerec.evaluate.pipeline import report_user_rows
 from prunerec.io import write_json
 from prunerec.model.presets import PRESETS
-from prunerec.rec.evaluate import report_user_rows
-from prunerec.rec.metrics import ratios
 from prunerec.recipes import run_evaluate, run_train
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-games"

@@ -44,14 +44,14 @@ import torch
 from prunerec.compress.outdir import changed_options
 from prunerec.compress.pipeline import CompressOptions, run_compress
 from prunerec.data.catalog import load_dataset
-from prunerec.io import write_json
-from prunerec.plots import pyplot, save_png
-from prunerec.rec.evaluate import report_user_rows
-from prunerec.rec.metrics import (
+from prunerec.evaluate.metrics import (
     average,
     bootstrap_ci,
     paired_ratio_ci,
 )
+from prunerec.evaluate.pipeline import report_user_rows
+from prunerec.io import write_json
+from prunerec.plots import pyplot, save_png
 from prunerec.recipes import run_evaluate
 
 HERE = Path(__file__).resolve().parent

@@ -20,8 +20,8 @@ from pathlib import Path
 from compress_games import DATA, METRICS, Paths, _kept_cell, bench_options, compress_and_test, user_rows
 
 from prunerec.compress.pipeline import CompressOptions
+from prunerec.evaluate.metrics import average, paired_ratio_ci
 from prunerec.io import write_json
-from prunerec.rec.metrics import average, paired_ratio_ci
 
 HERE = Path(__file__).resolve().parent
 MINUTES = "prune + distil + validate, every stage, summed over resumed runs"

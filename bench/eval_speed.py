@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 
 from prunerec.data.catalog import load_dataset
+from prunerec.evaluate.parallel import usable_cores
+from prunerec.evaluate.pipeline import EvalOptions, Recommender, pick_users, rank_users
 from prunerec.io import write_json
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.presets import PRESETS
 from prunerec.model.prompt import PromptSettings
-from prunerec.rec.beam import TorchStepper, constrained_beam_search
-from prunerec.rec.evaluate import EvalOptions, Recommender, pick_users, rank_users
-from prunerec.rec.parallel import usable_cores
+from prunerec.search.beam import TorchStepper, constrained_beam_search
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"
@@ -41,7 +41,7 @@ DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"
 def random_preset(name: str, data_dir: Path) -> RecModel:
     """A preset with seeded random weights and a tokenizer trained on the catalog."""
     from prunerec.model.tokenizer import train_tokenizer
-    from prunerec.rec.sft import tokenizer_corpus
+    from prunerec.train.sft import tokenizer_corpus
 
     data = load_dataset(data_dir, splits=("train",))
     settings = PromptSettings(template="compact", category="video games")

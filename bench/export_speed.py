@@ -27,7 +27,7 @@ from prunerec.export.verify import verification_prompts
 from prunerec.io import folder_bytes, write_json
 from prunerec.model.checkpoint import load_rec_model, quiet_loading
 from prunerec.model.surgery import count_parameters
-from prunerec.rec.beam import TorchStepper
+from prunerec.search.beam import TorchStepper
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"

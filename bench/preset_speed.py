@@ -26,13 +26,13 @@ from transformers import Qwen2ForCausalLM
 
 from prunerec.data.catalog import load_dataset
 from prunerec.io import write_json
+from prunerec.model.batching import collate, length_batches, response_ce
+from prunerec.model.encode import build_examples
 from prunerec.model.presets import PRESETS
 from prunerec.model.prompt import PromptSettings
 from prunerec.model.surgery import count_parameters
 from prunerec.model.tokenizer import train_tokenizer
-from prunerec.rec.batching import collate, length_batches, response_ce
-from prunerec.rec.encode import build_examples
-from prunerec.rec.sft import subsample, tokenizer_corpus
+from prunerec.train.sft import subsample, tokenizer_corpus
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"

@@ -86,8 +86,8 @@ def time_old_heads(base: Path, args) -> dict:
     from prunerec.compress.stages import build_calibration
     from prunerec.data.catalog import load_dataset
     from prunerec.model.checkpoint import load_rec_model
-    from prunerec.rec.encode import build_examples
-    from prunerec.rec.sft import subsample
+    from prunerec.model.encode import build_examples
+    from prunerec.train.sft import subsample
 
     rec = load_rec_model(str(base))
     data = load_dataset(GAMES, splits=("train",))

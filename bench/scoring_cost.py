@@ -69,8 +69,8 @@ from prunerec.compress.stages import build_calibration
 from prunerec.compress.targets import base_shape, resolve_targets
 from prunerec.io import write_json
 from prunerec.model import surgery
+from prunerec.model.encode import Example
 from prunerec.model.presets import get_preset
-from prunerec.rec.encode import Example
 
 HERE = Path(__file__).resolve().parent
 DEFAULTS = CompressOptions()  # compress's own defaults: 64 calibration samples in batches of 16, alpha, mask mode

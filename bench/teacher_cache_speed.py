@@ -27,7 +27,7 @@ from prunerec.compress.pipeline import CompressOptions, load_inputs
 from prunerec.compress.teacher_cache import TeacherCache, teacher_logits
 from prunerec.io import write_json
 from prunerec.model import surgery
-from prunerec.rec.batching import collate, length_batches
+from prunerec.model.batching import collate, length_batches
 
 
 def shaped_students(teacher, targets) -> dict:

@@ -11,9 +11,9 @@ from prunerec.export import cli as export_cli
 from prunerec.loadtest import cli as loadtest_cli
 from prunerec.model import import_cli
 from prunerec.options import BEAMS, EVAL_BATCH, click_options
-from prunerec.rec.train_options import FINETUNE_FLAGS, TRAINING_FLAGS, FineTuneOptions, TrainingOptions
 from prunerec.recipes import DEMO_ENGINES, DemoPlan
 from prunerec.serve import cli as serve_cli
+from prunerec.train.options import FINETUNE_FLAGS, TRAINING_FLAGS, FineTuneOptions, TrainingOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

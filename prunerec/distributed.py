@@ -4,7 +4,7 @@ In a plain process (``WORLD_SIZE`` unset or 1) nothing here starts a process gro
 helper is a no-op: rank 0 of a world of one. Under ``torchrun --nproc_per_node N`` the first
 call of :func:`init` joins the group torchrun describes (NCCL on CUDA, gloo on CPU), with
 each process on the GPU ``LOCAL_RANK`` (when there are GPUs). The training loop
-(:mod:`prunerec.rec.trainer`) then splits each global batch over the ranks; rank 0 alone
+(:mod:`prunerec.train.trainer`) then splits each global batch over the ranks; rank 0 alone
 writes files, validates and shows progress bars, the others wait at barriers. The other ranks'
 standard output goes to /dev/null (so a command's closing line is printed once); their standard
 error (warnings, errors) stays.

@@ -37,8 +37,8 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
               resume=False, overwrite=False, **training) -> dict:
     """`prunerec train`; `training` holds TrainingOptions fields (epochs, lr, ...)."""
     from prunerec.model.checkpoint import check_checkpoint
-    from prunerec.rec.sft import train_recommender
-    from prunerec.rec.train_options import FINETUNE_FLAGS, FineTuneOptions, TrainingOptions
+    from prunerec.train.options import FINETUNE_FLAGS, FineTuneOptions, TrainingOptions
+    from prunerec.train.sft import train_recommender
 
     tuning = FineTuneOptions(**{name: training.pop(name) for name in FINETUNE_FLAGS if name in training}).check()
     for name, value in [("max-history", max_history), ("cutoff", cutoff)]:
@@ -58,7 +58,7 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
 
 def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=BEAMS, batch_size=EVAL_BATCH, workers=0,
                  limit=None, out=None, seed=0) -> tuple[dict, str]:
-    from prunerec.rec.evaluate import GROUNDINGS, EvalOptions, evaluate_path, format_table
+    from prunerec.evaluate.pipeline import GROUNDINGS, EvalOptions, evaluate_path, format_table
 
     _positive("beams", beams)
     _positive("batch-size", batch_size)

@@ -18,7 +18,7 @@ import transformers  # noqa: F401
 
 import prunerec.cli
 import prunerec.compress.pipeline  # noqa: F401
-import prunerec.rec.sft  # noqa: F401
+import prunerec.train.sft  # noqa: F401
 
 
 def _child(args: list[str], hook: str | None, log: str) -> None:

@@ -1,7 +1,8 @@
 """The package's layering: no import cycles, and no import from a lower layer to a higher one.
 
 Layers, lowest first: shared helpers (errors, io, plots, distributed, options, allocator) -> data -> model ->
-rec -> compress | export (side by side, neither imports the other) -> serve -> loadtest -> recipes -> cli.
+search | train (side by side) -> evaluate -> compress | export (side by side, neither imports the other) ->
+serve -> loadtest -> recipes -> cli.
 Every import counts, including those inside functions: a lazy import does not remove a dependency.
 """
 import ast
@@ -13,8 +14,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "prunerec"
 
 LAYERS = {"errors": 0, "io": 0, "plots": 0, "distributed": 0, "options": 0, "allocator": 0, "data": 1, "model": 2,
-          "rec": 3, "compress": 4, "export": 4, "serve": 5, "loadtest": 6, "recipes": 7, "cli": 8, "__main__": 9,
-          "__init__": 0}
+          "search": 3, "train": 3, "evaluate": 4, "compress": 5, "export": 5, "serve": 6, "loadtest": 7, "recipes": 8,
+          "cli": 9, "__main__": 10, "__init__": 0}
 
 
 def module_name(path: Path) -> str:
@@ -108,10 +109,10 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
 
 
 def test_the_checker_sees_cycles_and_upward_imports():
-    graph = {"prunerec.data.a": {"prunerec.rec.b"}, "prunerec.rec.b": {"prunerec.data.a"},
+    graph = {"prunerec.data.a": {"prunerec.search.b"}, "prunerec.search.b": {"prunerec.data.a"},
              "prunerec.compress.c": {"prunerec.export.d"}, "prunerec.export.d": set()}
-    assert find_cycle(graph) == ["prunerec.data.a", "prunerec.rec.b", "prunerec.data.a"]
-    assert upward_imports(graph) == ["prunerec.compress.c -> prunerec.export.d", "prunerec.data.a -> prunerec.rec.b"]
+    assert find_cycle(graph) == ["prunerec.data.a", "prunerec.search.b", "prunerec.data.a"]
+    assert upward_imports(graph) == ["prunerec.compress.c -> prunerec.export.d", "prunerec.data.a -> prunerec.search.b"]
 
 
 def test_lazy_and_relative_imports_are_seen(tmp_path, monkeypatch):

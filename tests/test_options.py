@@ -7,9 +7,9 @@ from prunerec.compress.pipeline import CompressOptions
 from prunerec.errors import PrunerecError
 from prunerec.loadtest.cli import SHARED_SERVE_OPTIONS, loadtest
 from prunerec.options import check_flags
-from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
 from prunerec.serve.cli import serve
 from prunerec.serve.options import ServeOptions
+from prunerec.train.options import TRAINING_FLAGS, TrainingOptions
 
 
 def _params(command) -> dict[str, click.Parameter]:

@@ -110,7 +110,7 @@ def test_a_full_disk_ends_with_a_message_and_the_resume_hint(data, tmp_path, mon
     def full_disk(tensors, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr("prunerec.rec.checkpoints.save_file", full_disk)
+    monkeypatch.setattr("prunerec.train.checkpoints.save_file", full_disk)
     refused(run("train", "--data", data, "--out", tmp_path / "m", *FAST),
             "weights.safetensors: No space left on device", "--resume")
 

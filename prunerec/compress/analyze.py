@@ -13,8 +13,8 @@ from prunerec.data.catalog import load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json
 from prunerec.model.checkpoint import load_rec_model
-from prunerec.rec.encode import build_examples
-from prunerec.rec.sft import subsample
+from prunerec.model.encode import build_examples
+from prunerec.train.sft import subsample
 
 __all__ = ["PERCENTS", "run_analyze"]
 

@@ -9,7 +9,7 @@ from prunerec.compress.criteria import LAYER, WIDTH
 from prunerec.compress.pipeline import CompressOptions
 from prunerec.errors import friendly_errors
 from prunerec.options import BEAMS, click_options
-from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
+from prunerec.train.options import TRAINING_FLAGS, TrainingOptions
 
 __all__ = ["COMMANDS", "compress", "analyze"]
 

@@ -8,7 +8,7 @@ enters). With ``hidden_weight`` > 0 the loss adds that weight times a hidden-sta
 (:func:`hidden_loss`): the student's residual stream after each of its layers but the last, against
 the teacher's after the layer it descends from, on the hidden dimensions the student kept.
 
-Training is :class:`prunerec.rec.trainer.Trainer` (AdamW, warmup, early stopping on the
+Training is :class:`prunerec.train.trainer.Trainer` (AdamW, warmup, early stopping on the
 validation distillation loss, best weights kept, resumable), with a loss closure; so it runs
 on the GPU when there is one and data parallel under torchrun like SFT. The teacher joins the
 student on the training device for the distillation and goes back where it was afterwards.
@@ -28,9 +28,9 @@ from prunerec import distributed
 from prunerec.compress.teacher_cache import TeacherCache, teacher_logits
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json
-from prunerec.rec.batching import response_logits
-from prunerec.rec.encode import Example
-from prunerec.rec.trainer import TrainConfig, Trainer, validation_loss
+from prunerec.model.batching import response_logits
+from prunerec.model.encode import Example
+from prunerec.train.trainer import TrainConfig, Trainer, validation_loss
 
 __all__ = ["DistillSettings", "Lineage", "kd_loss", "hidden_loss", "make_loss_fn", "distill"]
 

@@ -8,8 +8,8 @@ from prunerec.compress.distill import DistillSettings
 from prunerec.compress.stages import STAGES, ScoringOptions, default_layer_method
 from prunerec.errors import PrunerecError
 from prunerec.options import BEAMS
-from prunerec.rec.train_options import TRAINING_FLAGS, TrainingOptions
-from prunerec.rec.trainer import TrainConfig
+from prunerec.train.options import TRAINING_FLAGS, TrainingOptions
+from prunerec.train.trainer import TrainConfig
 
 
 @dataclass(frozen=True)

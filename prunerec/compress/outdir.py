@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prunerec.errors import PrunerecError
 from prunerec.io import check_fresh_output, fingerprint, refuse_output_over_inputs, remove_own, sweep_temps, write_json
-from prunerec.rec.sft import DATA_FILES, model_fingerprint
+from prunerec.train.sft import DATA_FILES, model_fingerprint
 
 STATE = ".state"
 # files and folders of ours: an earlier run's are replaced only with --overwrite

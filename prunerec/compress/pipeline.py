@@ -17,7 +17,7 @@ so a resumed run computes exactly what an unbroken one does.
 
 Under torchrun (several GPUs, data parallel) every rank runs this recipe: rank 0 alone scores,
 prunes, evaluates and writes; every rank then reads the pruned model back from OUT and takes
-part in the distillation (see rec/trainer.py). OUT must be on storage all ranks see.
+part in the distillation (see train/trainer.py). OUT must be on storage all ranks see.
 """
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ from prunerec.data.catalog import load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.io import atomic_dir, write_json
 from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model, quiet_loading
+from prunerec.model.encode import build_examples
 from prunerec.model.surgery import count_parameters
-from prunerec.rec.encode import build_examples
-from prunerec.rec.sft import subsample
+from prunerec.train.sft import subsample
 
 __all__ = ["CompressOptions", "CompressInputs", "load_inputs", "run_compress", "plan_only", "STAGE_FILE", "REPORT_KS"]
 
@@ -71,7 +71,7 @@ def _say(message: str) -> None:
 
 
 def _eval_options(opts: CompressOptions):
-    from prunerec.rec.evaluate import EvalOptions
+    from prunerec.evaluate.pipeline import EvalOptions
 
     return EvalOptions(split="valid", groundings=("trie",), num_beams=opts.beams, batch_size=opts.eval_batch_size,
                        limit=opts.eval_users, seed=opts.seed)
@@ -81,7 +81,7 @@ def _evaluate(rec: RecModel, data_dir, opts: CompressOptions) -> dict | None:
     """Validation HR/NDCG with trie-constrained beam search; None when --eval-users is 0."""
     if not opts.eval_users:
         return None
-    from prunerec.rec.evaluate import evaluate_model
+    from prunerec.evaluate.pipeline import evaluate_model
 
     rec.model.eval()
     started = time.perf_counter()

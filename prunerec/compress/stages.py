@@ -24,8 +24,8 @@ from prunerec.compress.criteria import LAYER, WIDTH
 from prunerec.compress.targets import Targets, base_shape
 from prunerec.errors import PrunerecError
 from prunerec.model import surgery
-from prunerec.rec.batching import collate, pad_rows
-from prunerec.rec.encode import Example
+from prunerec.model.batching import collate, pad_rows
+from prunerec.model.encode import Example
 
 __all__ = [
     "METHODS",

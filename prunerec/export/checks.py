@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from prunerec.rec.batching import pad_rows, positions_of
+from prunerec.model.batching import pad_rows, positions_of
 
 GREEDY_STEPS = 32
 # fp32: absolute; fp16 / bf16: relative to max(1, max |reference logit|)
@@ -140,7 +140,7 @@ def compare_greedy(engine: str, ref_tokens, ref_lp, got_tokens, got_lp, precisio
 
 def beam_check(torch_stepper, onnx_stepper, prompts, trie, titles, num_beams: int, precision: str,
                 score_scale_tol: float) -> Check:
-    from prunerec.rec.beam import constrained_beam_search
+    from prunerec.search.beam import constrained_beam_search
 
     t0 = time.perf_counter()
     ref = constrained_beam_search(torch_stepper, prompts, trie, num_beams)

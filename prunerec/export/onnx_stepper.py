@@ -1,4 +1,4 @@
-"""Constrained beam search (prunerec.rec.beam) on ONNX Runtime: the `Stepper` for a decoder
+"""Constrained beam search (prunerec.search.beam) on ONNX Runtime: the `Stepper` for a decoder
 written by `prunerec export --format onnx` (see onnx_export.py for its inputs and outputs).
 
 Prompts are left-padded like TorchStepper's; the KV cache lives in numpy arrays between steps
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from prunerec.export.onnx_export import MODEL_FILE
-from prunerec.rec.batching import pad_rows, positions_of
+from prunerec.model.batching import pad_rows, positions_of
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

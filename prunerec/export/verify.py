@@ -55,7 +55,7 @@ class VerificationFailed(PrunerecError):
 def verification_prompts(rec, data_dir, users: int, seed: int = 0):
     """(prompts, catalog, description): `users` prompts built like evaluation builds them."""
     from prunerec.data.catalog import load_dataset
-    from prunerec.rec.encode import history_titles, prompt_ids
+    from prunerec.model.encode import history_titles, prompt_ids
 
     if data_dir:
         split = "test" if (Path(data_dir) / "test.jsonl").is_file() else "valid"
@@ -157,8 +157,8 @@ def _onnx_checks(ref: _Reference, onnx_dir: Path, onnx_precision: str, catalog, 
     """Prefill logits, greedy tokens and the constrained beam search of onnxruntime against PyTorch;
     also the provider the session ran on."""
     from prunerec.export.onnx_stepper import OnnxStepper, make_session
-    from prunerec.rec.beam import TorchStepper
-    from prunerec.rec.title_index import TitleIndex
+    from prunerec.search.beam import TorchStepper
+    from prunerec.search.title_index import TitleIndex
 
     # bf16: the graph holds the bf16-rounded weights in fp32; compare like with like
     reference, pad = ref.in_precision(onnx_precision), ref.pad
@@ -236,7 +236,7 @@ def _genai_checks(folder: Path, reference_model, pad: int, prompts, precision: s
                   loads: dict) -> list[Check]:
     """onnxruntime-genai's greedy search on OUT/genai vs PyTorch's greedy: genai_decode, genai_greedy."""
     from prunerec.export import genai
-    from prunerec.rec.beam import TorchStepper
+    from prunerec.search.beam import TorchStepper
 
     t0 = time.perf_counter()
     try:

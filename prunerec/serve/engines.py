@@ -1,5 +1,5 @@
 """Engines behind one interface: rank a prompt by trie-constrained beam search, and write a free
-(greedy) generation. `torch` and `onnx` run prunerec.rec.beam's search on a `Stepper` in a
+(greedy) generation. `torch` and `onnx` run prunerec.search.beam's search on a `Stepper` in a
 worker thread (prunerec.serve.worker) that batches requests waiting at the same time (torch: one
 worker thread per forked search process, prunerec.serve.forked); `vllm` lives in vllm_engine.py;
 prunerec.serve.engine_factory picks one.
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from prunerec.errors import PrunerecError
-from prunerec.rec.beam import constrained_beam_search
+from prunerec.search.beam import constrained_beam_search
 from prunerec.serve.forked import ForkedWorkers, WorkerProcessDied
 from prunerec.serve.model import ServeModel
 from prunerec.serve.worker import Cancelled, Deadline, Engine, EngineDead, Job, WorkerEngine, unexpired
@@ -200,7 +200,7 @@ class TorchEngine(BatchingEngine):
             self.forked.run_batch(slot, "rank", 2, [prompt], [None], cancelled=lambda: False)
 
     def new_stepper(self):
-        from prunerec.rec.shared_prompt import make_stepper
+        from prunerec.search.shared_prompt import make_stepper
 
         return make_stepper(self.rec.model, self.sm.pad_id)
 
@@ -240,7 +240,7 @@ class OnnxEngine(BatchingEngine):
 
 class L2Grounder:
     """BIGRec's grounding: embed a free generation with the transformers model and rank catalog
-    titles by L2 distance (prunerec.rec.grounding). The model and the title embeddings load on
+    titles by L2 distance (prunerec.search.grounding). The model and the title embeddings load on
     first use (a fallback that most requests never need)."""
 
     def __init__(self, sm: ServeModel, model_source: Callable[[], object] | None):
@@ -256,7 +256,7 @@ class L2Grounder:
     def _ready(self):
         with self._lock:
             if self._embeddings is None:
-                from prunerec.rec.grounding import embed_texts
+                from prunerec.search.grounding import embed_texts
 
                 self._model = self._source()
                 self._embeddings = embed_texts(self._model, self.tokenizer, self.sm.titles)
@@ -264,7 +264,7 @@ class L2Grounder:
 
     def rank(self, text: str, k: int) -> list[tuple[int, float]]:
         """(title index, L2 distance) of the k nearest titles, nearest first."""
-        from prunerec.rec.grounding import embed_texts, l2_nearest
+        from prunerec.search.grounding import embed_texts, l2_nearest
 
         model, embeddings = self._ready()
         with self._lock, torch.inference_mode():

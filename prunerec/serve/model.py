@@ -15,13 +15,13 @@ from pathlib import Path
 from prunerec.data.catalog import Catalog, clean_title
 from prunerec.errors import PrunerecError
 from prunerec.model.checkpoint import check_checkpoint, validate_model_folder
+from prunerec.model.encode import prompt_ids
 from prunerec.model.prompt import PromptSettings
 from prunerec.model.validate import head_dim
 from prunerec.options import ENGINES
-from prunerec.rec.encode import prompt_ids
-from prunerec.rec.grounding import free_token_budget
-from prunerec.rec.title_index import TitleIndex
-from prunerec.rec.trie import TitleTrie
+from prunerec.search.grounding import free_token_budget
+from prunerec.search.title_index import TitleIndex
+from prunerec.search.trie import TitleTrie
 
 ONNX_FILE = "model.onnx"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

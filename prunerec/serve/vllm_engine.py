@@ -1,4 +1,4 @@
-"""The vLLM engine: prunerec.rec.beam's constrained search with the trie inside vLLM and
+"""The vLLM engine: prunerec.search.beam's constrained search with the trie inside vLLM and
 requests that live across beam steps.
 
 - The trie runs in the engine: prunerec.serve.vllm_trie's logits processor turns each
@@ -42,7 +42,7 @@ from prunerec.errors import PrunerecError
 from prunerec.model.dtypes import vllm_dtype
 from prunerec.model.vocab import generation_ids
 from prunerec.options import BEAMS
-from prunerec.rec.beam import constrained_beam_search
+from prunerec.search.beam import constrained_beam_search
 from prunerec.serve.model import ServeModel
 from prunerec.serve.service import MAX_K
 from prunerec.serve.vllm_live import LiveRequest, LiveStepper, SearchStats, StepJob

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from prunerec.errors import PrunerecError
-from prunerec.rec.title_index import NO_NODE, TrieArrays
+from prunerec.search.title_index import NO_NODE, TrieArrays
 from prunerec.serve.worker import Deadline, Job
 
 Children = tuple[np.ndarray, np.ndarray]   # (sorted token ids, their log-probabilities)

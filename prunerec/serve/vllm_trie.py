@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from prunerec.rec.title_index import TrieArrays
+from prunerec.search.title_index import TrieArrays
 
 TRIE_KEY = "prunerec_trie"        # extra_args: path of a TrieArrays .npz file
 NODE_KEY = "prunerec_trie_node"   # extra_args: node the request's prompt ends at

@@ -19,8 +19,8 @@ from prunerec.compress.stages import (
 from prunerec.compress.targets import Targets
 from prunerec.errors import PrunerecError
 from prunerec.model import surgery
-from prunerec.rec.batching import collate, response_ce
-from prunerec.rec.encode import Example
+from prunerec.model.batching import collate, response_ce
+from prunerec.model.encode import Example
 
 VOCAB = 61
 

@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 from prunerec.cli import main
 from prunerec.model.checkpoint import load_rec_model
 from prunerec.model.surgery import count_parameters
-from prunerec.rec import checkpoints
-from prunerec.rec.trainer import Trainer
+from prunerec.train import checkpoints
+from prunerec.train.trainer import Trainer
 
 FAST = ["--max-steps", "3", "--eval-every", "2", "--batch-size", "8", "--train-limit", "48", "--valid-limit", "16",
         "--eval-users", "4", "--beams", "4", "--calib-samples", "8", "--calib-batch-size", "4", "--warmup", "1"]

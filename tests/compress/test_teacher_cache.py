@@ -5,7 +5,7 @@ import torch
 
 from prunerec.compress.distill import DistillSettings, make_loss_fn
 from prunerec.compress.teacher_cache import DATA, INDEX, TeacherCache, example_keys, teacher_logits
-from prunerec.rec.batching import collate, response_logits
+from prunerec.model.batching import collate, response_logits
 from tests.compress.test_distill_stages import examples, tiny
 
 

@@ -122,7 +122,7 @@ def test_onnx_graph_and_stepper(tiny_export, tiny_dir):
     and through a reordering of the KV cache."""
     from prunerec.export.onnx_stepper import OnnxStepper, make_session
     from prunerec.model.checkpoint import load_rec_model
-    from prunerec.rec.beam import TorchStepper
+    from prunerec.search.beam import TorchStepper
 
     out, _, _ = tiny_export
     session = make_session(out / "onnx", providers=["CPUExecutionProvider"], threads=1)

@@ -102,7 +102,7 @@ def test_genai_greedy_goes_on_after_eos(genai_export, tokenizer):
     the 32 tokens and log-probabilities still match."""
     from prunerec.export.checks import GREEDY_STEPS, greedy
     from prunerec.export.genai import greedy as genai_greedy
-    from prunerec.rec.beam import TorchStepper
+    from prunerec.search.beam import TorchStepper
 
     source, out, _ = genai_export
     prompts = [tokenizer(t)["input_ids"] for t in ('"Halo" "Zelda"', '"Portal 2"')]

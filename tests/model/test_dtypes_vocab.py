@@ -12,7 +12,7 @@ from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.dtypes import stored_dtype, vllm_dtype
 from prunerec.model.prompt import PromptSettings
 from prunerec.model.vocab import generation_ids, padding_ids
-from prunerec.rec.grounding import free_generate
+from prunerec.search.grounding import free_generate
 from tests.helpers import TITLES, tiny_model, tiny_tokenizer
 
 PADDING = 40

@@ -87,8 +87,8 @@ def data_dir(tmp_path_factory):
 
 def evaluate_rankings(model_dir, data_dir, beams=20) -> dict[int, list[str]]:
     """`prunerec evaluate`'s constrained ranking (TorchStepper) of every test user, by user."""
+    from prunerec.evaluate.pipeline import EvalOptions, evaluate_model
     from prunerec.model.checkpoint import load_rec_model
-    from prunerec.rec.evaluate import EvalOptions, evaluate_model
 
     rec = load_rec_model(str(model_dir))
     report = evaluate_model(rec, data_dir, EvalOptions(groundings=("trie",), num_beams=beams, bootstrap=10))

@@ -37,7 +37,7 @@ def test_l2_fallback_fills_the_list(sm, torch_engine):
     assert l2_scores == sorted(l2_scores, reverse=True) and all(s <= 0 for s in l2_scores)
     assert all(i["generation"] == short["free_generation"]["text"] for i in items[3:])
     # the L2 order is BIGRec's: nearest titles to the free generation's embedding
-    from prunerec.rec.grounding import embed_texts, l2_rank
+    from prunerec.search.grounding import embed_texts, l2_rank
 
     model = torch_engine.torch_model()
     query = embed_texts(model, sm.tokenizer, [short["free_generation"]["title"] or " "])

@@ -26,7 +26,7 @@ QWEN2_USERS = 16
 @pytest.fixture(scope="module")
 def games_users():
     from prunerec.data.catalog import load_dataset
-    from prunerec.rec.evaluate import pick_users
+    from prunerec.evaluate.pipeline import pick_users
 
     test = load_dataset(vllm_models.GAMES, splits=("test",))["test"]
     return pick_users(test, 200, seed=0)
@@ -46,8 +46,8 @@ def _engine(folder):
 
 def _reference(folder, samples, beams=20):
     """Prompts and `prunerec evaluate`'s constrained rankings [(title, score)] of `samples`."""
+    from prunerec.evaluate.pipeline import Recommender
     from prunerec.model.checkpoint import load_rec_model
-    from prunerec.rec.evaluate import Recommender
 
     rec = load_rec_model(str(folder))
     recommender = Recommender(rec, rec.catalog)

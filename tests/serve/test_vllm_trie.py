@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prunerec.data.catalog import Catalog
-from prunerec.rec.title_index import TitleIndex
+from prunerec.search.title_index import TitleIndex
 from prunerec.serve import vllm_trie
 from tests.helpers import TITLES, tiny_tokenizer
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from prunerec.rec import metrics
+from prunerec.evaluate import metrics
 
 
 def test_hand_made_rankings():

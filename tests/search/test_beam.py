@@ -1,8 +1,8 @@
 import torch
 
-from prunerec.rec.beam import TorchStepper, constrained_beam_search
-from prunerec.rec.encode import response_ids
-from prunerec.rec.trie import TitleTrie
+from prunerec.model.encode import response_ids
+from prunerec.search.beam import TorchStepper, constrained_beam_search
+from prunerec.search.trie import TitleTrie
 from tests.helpers import TITLES, tiny_model, tiny_tokenizer
 
 
@@ -53,7 +53,7 @@ def _hand_arrays():
     """Nodes 0 (children 4, 2 in that order), 1 (a finished title: none) and 2 (children 7, 1, 3)."""
     import numpy as np
 
-    from prunerec.rec.trie import InsertionOrderArrays
+    from prunerec.search.trie import InsertionOrderArrays
 
     return InsertionOrderArrays(np.array([0, 2, 2, 5, 5, 5, 5, 5, 5]), np.array([4, 2, 7, 1, 3]),
                                 np.array([3, 4, 5, 6, 7]), np.full(8, -1))
@@ -62,7 +62,7 @@ def _hand_arrays():
 def _rows(users, scores, nodes):
     import numpy as np
 
-    from prunerec.rec.beam import _Rows
+    from prunerec.search.beam import _Rows
 
     return _Rows(np.array(users), np.array(scores, dtype=np.float64), np.array(nodes))
 
@@ -73,7 +73,7 @@ def _picked(candidates):
 
 
 def test_candidates_best_first_ties_in_beam_then_trie_order():
-    from prunerec.rec.beam import _candidates
+    from prunerec.search.beam import _candidates
 
     logprobs = torch.full((3, 10), float("-inf"))
     logprobs[0, [4, 2]] = torch.tensor([-1.0, -0.5])
@@ -87,7 +87,7 @@ def test_candidates_best_first_ties_in_beam_then_trie_order():
 
 
 def test_candidates_of_several_users_are_ranked_per_user():
-    from prunerec.rec.beam import _candidates
+    from prunerec.search.beam import _candidates
 
     logprobs = torch.full((3, 10), float("-inf"))
     logprobs[0, [4, 2]] = torch.tensor([-1.0, -0.5])
@@ -102,7 +102,7 @@ def _step(candidates, finished, num_beams=2, eos=9):
     """_advance on hand-made candidates (user, score, parent row, token, node), best first per user."""
     import numpy as np
 
-    from prunerec.rec.beam import _advance, _Candidates
+    from prunerec.search.beam import _advance, _Candidates
 
     user, score, parent, token, node = (np.array(v) for v in zip(*candidates))
     rank = np.arange(len(user)) - np.searchsorted(user, user)
@@ -114,7 +114,7 @@ def _running(rows):
 
 
 def test_advance_walks_each_user_best_first_like_hugging_face():
-    from prunerec.rec.beam import _Finished
+    from prunerec.search.beam import _Finished
 
     finished = _Finished(users=2, num_beams=2)
     # user 0: EOS ranked first closes a title, then two continue and the walk stops there (the
@@ -128,7 +128,7 @@ def test_advance_walks_each_user_best_first_like_hugging_face():
 
 
 def test_advance_keeps_the_best_titles_ties_first_found_and_stops_beaten_users():
-    from prunerec.rec.beam import _Finished
+    from prunerec.search.beam import _Finished
 
     finished = _Finished(users=2, num_beams=2)
     running = _step([(0, -2.0, 0, 9, 100), (0, -2.5, 0, 5, 50), (1, -1.0, 1, 9, 101), (1, -1.2, 1, 6, 60)],

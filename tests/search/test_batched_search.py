@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from prunerec.data.catalog import Catalog
+from prunerec.evaluate.pipeline import EvalOptions, Recommender, length_batches, rank_users
 from prunerec.model.checkpoint import RecModel
+from prunerec.model.encode import response_ids
 from prunerec.model.prompt import PromptSettings
-from prunerec.rec.beam import TorchStepper, constrained_beam_search
-from prunerec.rec.encode import response_ids
-from prunerec.rec.evaluate import EvalOptions, Recommender, length_batches, rank_users
-from prunerec.rec.shared_prompt import SharedPromptStepper, make_stepper, supports
-from prunerec.rec.trie import TitleTrie
+from prunerec.search.beam import TorchStepper, constrained_beam_search
+from prunerec.search.shared_prompt import SharedPromptStepper, make_stepper, supports
+from prunerec.search.trie import TitleTrie
 from tests.helpers import TITLES, tiny_model, tiny_tokenizer
 
 PROMPTS = ["### Input: \"Halo\", \"Zelda\"\n", "### Input: \"Portal 2\"\n", "x",

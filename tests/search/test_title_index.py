@@ -3,8 +3,8 @@ agree with the dict trie on every path; the arrays survive a save/load round tri
 import numpy as np
 
 from prunerec.data.catalog import Catalog
-from prunerec.rec.encode import response_ids
-from prunerec.rec.title_index import NO_NODE, TitleIndex, TrieArrays
+from prunerec.model.encode import response_ids
+from prunerec.search.title_index import NO_NODE, TitleIndex, TrieArrays
 from tests.helpers import TITLES, tiny_tokenizer
 
 

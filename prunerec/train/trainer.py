@@ -10,7 +10,7 @@ peak rate, where the weights are noisiest. Resuming with a larger budget lowers 
 the new budget puts it.
 
 State lives in `state_dir` as one checkpoint folder (weights, best weights, optimizer,
-scheduler, position in the epoch, RNG, log; see rec/checkpoints.py) written as one unit, so a
+scheduler, position in the epoch, RNG, log; see train/checkpoints.py) written as one unit, so a
 run killed at any moment (inside a save too) resumes from its last checkpoint and ends where an
 unbroken run would.
 
@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 
 from prunerec import distributed
 from prunerec.errors import PrunerecError
-from prunerec.rec import checkpoints
-from prunerec.rec.batching import collate, length_batches
-from prunerec.rec.encode import Example
+from prunerec.model.batching import collate, length_batches
+from prunerec.model.encode import Example
+from prunerec.train import checkpoints
 
 LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
 
@@ -156,7 +156,7 @@ class Trainer:
             # the constructor also copies rank 0's weights (and buffers) to every rank
             self.ddp = DistributedDataParallel(_WithLoss(model, loss_fn), device_ids=ids, forward_sync_buffers=False)
 
-    # --- state on disk (one checkpoint folder, see rec/checkpoints.py) -------------------------
+    # --- state on disk (one checkpoint folder, see train/checkpoints.py) -------------------------
     def _weights(self) -> dict[str, torch.Tensor]:
         # tied embeddings share storage: save_file refuses shared tensors, clone() separates them
         return {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}

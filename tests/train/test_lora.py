@@ -6,13 +6,13 @@ from safetensors.torch import load_file
 
 from prunerec.cli import main
 from prunerec.data.catalog import Sample
-from prunerec.rec.batching import collate, response_ce
-from prunerec.rec.lora import LoraLinear, add_lora, freeze_below, merge_lora, top_layers
-from prunerec.rec.sft import most_recent
-from prunerec.rec.train_options import FineTuneOptions
-from prunerec.rec.trainer import TrainConfig, Trainer
+from prunerec.model.batching import collate, response_ce
+from prunerec.train.lora import LoraLinear, add_lora, freeze_below, merge_lora, top_layers
+from prunerec.train.options import FineTuneOptions
+from prunerec.train.sft import most_recent
+from prunerec.train.trainer import TrainConfig, Trainer
 from tests.helpers import one_thread, tiny_model
-from tests.rec.test_trainer import _examples, interrupt_at_step
+from tests.train.test_trainer import _examples, interrupt_at_step
 
 
 def _batch():

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from prunerec.io import atomic_path
-from prunerec.rec.encode import response_ids
-from prunerec.rec.trie import TitleTrie
+from prunerec.model.encode import response_ids
+from prunerec.search.trie import TitleTrie
 
 NO_NODE = -1
 

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from prunerec.rec.beam import TorchStepper
+from prunerec.search.beam import TorchStepper
 
 
 def supports(model) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from prunerec.rec.encode import Example
+from prunerec.model.encode import Example
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

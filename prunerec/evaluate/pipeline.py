@@ -13,15 +13,15 @@ from tqdm.auto import tqdm
 from prunerec import distributed
 from prunerec.data.catalog import Catalog, Sample, load_dataset
 from prunerec.errors import PrunerecError
+from prunerec.evaluate import metrics
+from prunerec.evaluate.parallel import map_in_order, usable_cores
 from prunerec.model.checkpoint import RecModel, load_rec_model
+from prunerec.model.encode import history_titles, prompt_ids
 from prunerec.options import BEAMS, EVAL_BATCH
-from prunerec.rec import metrics
-from prunerec.rec.beam import constrained_beam_search
-from prunerec.rec.encode import history_titles, prompt_ids
-from prunerec.rec.grounding import embed_texts, free_generate, free_token_budget, l2_rank
-from prunerec.rec.parallel import map_in_order, usable_cores
-from prunerec.rec.shared_prompt import make_stepper
-from prunerec.rec.title_index import TitleIndex
+from prunerec.search.beam import constrained_beam_search
+from prunerec.search.grounding import embed_texts, free_generate, free_token_budget, l2_rank
+from prunerec.search.shared_prompt import make_stepper
+from prunerec.search.title_index import TitleIndex
 
 GROUNDINGS = ("trie", "l2")
 

@@ -5,9 +5,9 @@ from collections.abc import Sequence
 
 import torch
 
+from prunerec.model.batching import pad_rows
 from prunerec.model.prompt import parse_response
 from prunerec.model.vocab import padding_ids
-from prunerec.rec.batching import pad_rows
 
 
 @torch.no_grad()

@@ -1,9 +1,9 @@
 import pytest
 
 from prunerec.data.catalog import Catalog, Sample
+from prunerec.model.encode import build_examples, response_ids
 from prunerec.model.prompt import PromptSettings, format_prompt, format_response, parse_response
-from prunerec.rec.encode import build_examples, response_ids
-from prunerec.rec.trie import TitleTrie
+from prunerec.search.trie import TitleTrie
 from tests.helpers import TITLES, tiny_tokenizer
 
 

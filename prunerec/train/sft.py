@@ -5,7 +5,7 @@ early stopping, best weights kept, resumable. The result is a stock HF checkpoin
 plus the catalog it was trained for (see model/checkpoint.py).
 
 Under torchrun every rank runs this function: rank 0 prepares the state folder and the
-tokenizer first, all ranks train (data parallel, see rec/trainer.py), rank 0 writes the result.
+tokenizer first, all ranks train (data parallel, see train/trainer.py), rank 0 writes the result.
 """
 from __future__ import annotations
 
@@ -21,17 +21,17 @@ from transformers import AutoTokenizer, Qwen2ForCausalLM
 from prunerec import distributed, io
 from prunerec.data.catalog import Catalog, Dataset, Sample, load_dataset
 from prunerec.errors import PrunerecError
+from prunerec.model.batching import response_ce
 from prunerec.model.checkpoint import RecModel, load_rec_model
+from prunerec.model.encode import build_examples, history_titles
 from prunerec.model.presets import PRESETS, Preset
 from prunerec.model.prompt import PromptSettings, format_prompt, format_response
 from prunerec.model.tokenizer import train_tokenizer
 from prunerec.model.validate import check_catalog_titles
 from prunerec.plots import pyplot, save_png
-from prunerec.rec.batching import response_ce
-from prunerec.rec.encode import build_examples, history_titles
-from prunerec.rec.lora import add_lora, freeze_below, merge_lora, top_layers, trainable_parameters
-from prunerec.rec.train_options import FineTuneOptions
-from prunerec.rec.trainer import TrainConfig, Trainer
+from prunerec.train.lora import add_lora, freeze_below, merge_lora, top_layers, trainable_parameters
+from prunerec.train.options import FineTuneOptions
+from prunerec.train.trainer import TrainConfig, Trainer
 
 FULL_FINE_TUNING = FineTuneOptions()
 STATE_DIR = ".train-state"

@@ -17,8 +17,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from prunerec.rec.batching import pad_rows, positions_of
-from prunerec.rec.trie import InsertionOrderArrays, TitleTrie
+from prunerec.model.batching import pad_rows, positions_of
+from prunerec.search.trie import InsertionOrderArrays, TitleTrie
 
 
 class Stepper(Protocol):

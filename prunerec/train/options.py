@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prunerec.errors import PrunerecError
 from prunerec.options import check_flags, flag
-from prunerec.rec.trainer import TrainConfig
+from prunerec.train.trainer import TrainConfig
 
 TRAINING_FLAGS = ("epochs", "batch_size", "lr", "warmup", "weight_decay", "patience", "eval_every", "max_steps",
                   "time_budget", "decay_to_budget", "train_limit", "valid_limit", "seed")

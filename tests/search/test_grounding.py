@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prunerec.rec.grounding import l2_nearest, l2_rank
+from prunerec.search.grounding import l2_nearest, l2_rank
 
 
 def test_l2_nearest_orders_by_distance_and_reports_it():

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from prunerec.errors import PrunerecError
-from prunerec.rec import checkpoints
-from prunerec.rec.batching import collate, response_ce
-from prunerec.rec.encode import Example
-from prunerec.rec.trainer import TrainConfig, Trainer, lr_factor
+from prunerec.model.batching import collate, response_ce
+from prunerec.model.encode import Example
+from prunerec.train import checkpoints
+from prunerec.train.trainer import TrainConfig, Trainer, lr_factor
 from tests.helpers import tiny_model
 
 
@@ -111,7 +111,7 @@ def test_schedule_decays_to_zero_at_the_time_budget():
 
 def test_time_budget_run_validates_and_stops_when_its_rate_reaches_zero(tmp_path, monkeypatch):
     clock = iter(range(10_000))  # every perf_counter call is one second later: one step = 1 s
-    monkeypatch.setattr("prunerec.rec.trainer.time.perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr("prunerec.train.trainer.time.perf_counter", lambda: float(next(clock)))
     rates = []
     original_step = Trainer._train_step
 
@@ -178,7 +178,7 @@ def test_a_failed_checkpoint_write_is_named_and_leaves_no_checkpoint(tmp_path, m
     def failing_save(obj, path):  # what torch reports when the disk fills up mid-write
         raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
 
-    monkeypatch.setattr("prunerec.rec.checkpoints.torch.save", failing_save)
+    monkeypatch.setattr("prunerec.train.checkpoints.torch.save", failing_save)
     _, trainer = _trainer(tmp_path, max_steps=2, eval_every=2)
     with pytest.raises(PrunerecError, match="cannot write the checkpoint .* rerun with --resume"):
         trainer.run()
