@@ -24,10 +24,10 @@ import torch
 from prunerec.data.catalog import load_dataset, write_dataset
 from prunerec.data.subcatalog import restrict_to_top
 from prunerec.evaluate.metrics import ratios
-from prunerec.evaluate.pipeline import report_user_rows
+from prunerec.evaluate.pipeline import report_user_rows, run_evaluate
 from prunerec.io import write_json
 from prunerec.model.presets import PRESETS
-from prunerec.recipes import run_evaluate, run_train
+from prunerec.train.pipeline import run_train
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-games"
 OUT = Path(__file__).resolve().parent / "out"

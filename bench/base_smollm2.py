@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from prunerec.evaluate.pipeline import run_evaluate
 from prunerec.io import write_json
-from prunerec.recipes import run_evaluate, run_train
+from prunerec.train.pipeline import run_train
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"

@@ -49,10 +49,9 @@ from prunerec.evaluate.metrics import (
     bootstrap_ci,
     paired_ratio_ci,
 )
-from prunerec.evaluate.pipeline import report_user_rows
+from prunerec.evaluate.pipeline import report_user_rows, run_evaluate
 from prunerec.io import write_json
 from prunerec.plots import pyplot, save_png
-from prunerec.recipes import run_evaluate
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-games"

@@ -91,3 +91,11 @@ def check_flags(options) -> None:
             raise PrunerecError(f"{option_name(name)} must be {relation} {spec.low:g}, got {value}")
         if spec.high is not None and value > spec.high:
             raise PrunerecError(f"{option_name(name)} must be <= {spec.high:g}, got {value}")
+
+
+def check_positive(name: str, value, allow_zero: bool = False) -> None:
+    """A library caller's count or amount for flag `--name`: > 0 (>= 0 with allow_zero); None passes."""
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise PrunerecError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")

@@ -2,7 +2,7 @@
 
 Layers, lowest first: shared helpers (errors, io, plots, distributed, options, allocator) -> data -> model ->
 search | train (side by side) -> evaluate -> compress | export (side by side, neither imports the other) ->
-serve -> loadtest -> recipes -> cli.
+serve -> loadtest -> demo -> cli.
 Every import counts, including those inside functions: a lazy import does not remove a dependency.
 """
 import ast
@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "prunerec"
 
 LAYERS = {"errors": 0, "io": 0, "plots": 0, "distributed": 0, "options": 0, "allocator": 0, "data": 1, "model": 2,
-          "search": 3, "train": 3, "evaluate": 4, "compress": 5, "export": 5, "serve": 6, "loadtest": 7, "recipes": 8,
+          "search": 3, "train": 3, "evaluate": 4, "compress": 5, "export": 5, "serve": 6, "loadtest": 7, "demo": 8,
           "cli": 9, "__main__": 10, "__init__": 0}
 
 

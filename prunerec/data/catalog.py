@@ -193,3 +193,14 @@ def write_dataset(root: str | Path, catalog: Catalog, splits: dict[str, list[Sam
         write_jsonl(root / f"{name}.jsonl", (s.to_json() for s in samples))
     counts = {"items": len(catalog), **{f"{name}_samples": len(s) for name, s in splits.items()}}
     write_json(root / "stats.json", {**counts, **(stats or {})})
+
+
+def data_category(data_dir: str | Path) -> str:
+    """The category a prepared data set names in its stats.json (or "catalog")."""
+    stats = Path(data_dir) / "stats.json"
+    if stats.is_file():
+        try:
+            return json.loads(stats.read_text()).get("category") or "catalog"
+        except json.JSONDecodeError:
+            pass
+    return "catalog"

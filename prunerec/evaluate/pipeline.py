@@ -15,9 +15,10 @@ from prunerec.data.catalog import Catalog, Sample, load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.evaluate import metrics
 from prunerec.evaluate.parallel import map_in_order, usable_cores
+from prunerec.io import write_json, write_text
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.encode import history_titles, prompt_ids
-from prunerec.options import BEAMS, EVAL_BATCH
+from prunerec.options import BEAMS, EVAL_BATCH, check_positive
 from prunerec.search.beam import constrained_beam_search
 from prunerec.search.grounding import embed_texts, free_generate, free_token_budget, l2_rank
 from prunerec.search.shared_prompt import make_stepper
@@ -221,3 +222,21 @@ def evaluate_path(model_ref: str, data_dir: str | Path, options: EvalOptions) ->
     report = evaluate_model(rec, data_dir, options)
     report["model"] = str(model_ref)
     return report
+
+
+def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=BEAMS, batch_size=EVAL_BATCH, workers=0,
+                 limit=None, out=None, seed=0) -> tuple[dict, str]:
+    """`prunerec evaluate`: the report and its table (also written to `out` and its .md, when given)."""
+    check_positive("beams", beams)
+    check_positive("batch-size", batch_size)
+    check_positive("workers", workers, allow_zero=True)
+    check_positive("limit", limit)
+    groundings = GROUNDINGS if grounding == "both" else (grounding,)
+    options = EvalOptions(split=split, groundings=groundings, num_beams=beams, batch_size=batch_size,
+                          workers=workers, limit=limit, seed=seed)
+    report = evaluate_path(model_ref, data_dir, options)
+    table = format_table(report)
+    if out:
+        write_json(out, report)
+        write_text(Path(out).with_suffix(".md"), table + "\n")
+    return report, table

@@ -14,7 +14,7 @@ def tiny_base(tmp_path_factory):
     """(data_dir, base_dir): demo data and the 'tiny' preset trained for 20 steps
     (hidden 128, 2 query heads of 64 over 1 KV head, 4 layers, MLP 512)."""
     from prunerec.data.demo import write_demo
-    from prunerec.recipes import run_train
+    from prunerec.train.pipeline import run_train
 
     root = tmp_path_factory.mktemp("compress")
     data, base = root / "data", root / "base"

@@ -1,4 +1,5 @@
-"""What each CLI command runs: argument checking, then one call into the library, then files."""
+"""`prunerec demo`: every step on the built-in data (data, train, evaluate, compress, evaluate the
+pruned model, export, serve + load test per engine), resumable, then one summary table."""
 from __future__ import annotations
 
 import json
@@ -8,74 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
+from prunerec.evaluate.pipeline import run_evaluate
 from prunerec.io import weights_bytes, write_json, write_text
-from prunerec.model.presets import PRESETS
-from prunerec.model.prompt import PromptSettings
-from prunerec.options import BEAMS, EVAL_BATCH
-
-SCRATCH_LR, CHECKPOINT_LR = 1e-3, 3e-4
+from prunerec.options import check_positive
+from prunerec.train.pipeline import run_train
 
 
-def data_category(data_dir: str | Path) -> str:
-    stats = Path(data_dir) / "stats.json"
-    if stats.is_file():
-        try:
-            return json.loads(stats.read_text()).get("category") or "catalog"
-        except json.JSONDecodeError:
-            pass
-    return "catalog"
-
-
-def _positive(name: str, value, allow_zero: bool = False):
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise PrunerecError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def run_train(data_dir, model_ref, out, *, template=None, category=None, max_history=10, cutoff=512,
-              resume=False, overwrite=False, **training) -> dict:
-    """`prunerec train`; `training` holds TrainingOptions fields (epochs, lr, ...)."""
-    from prunerec.model.checkpoint import check_checkpoint
-    from prunerec.train.options import FINETUNE_FLAGS, FineTuneOptions, TrainingOptions
-    from prunerec.train.sft import train_recommender
-
-    tuning = FineTuneOptions(**{name: training.pop(name) for name in FINETUNE_FLAGS if name in training}).check()
-    for name, value in [("max-history", max_history), ("cutoff", cutoff)]:
-        _positive(name, value)
-    options = TrainingOptions(**training).check()
-    scratch = model_ref in PRESETS
-    if not scratch:
-        check_checkpoint(model_ref)
-    settings = PromptSettings(template=template or ("compact" if scratch else "alpaca"),
-                              category=category or data_category(data_dir), max_history=max_history,
-                              cutoff_tokens=cutoff)
-    config = options.config(default_lr=SCRATCH_LR if scratch else CHECKPOINT_LR)
-    return train_recommender(data_dir, model_ref, out, settings=settings, config=config,
-                             train_limit=options.train_limit, valid_limit=options.valid_limit, resume=resume,
-                             overwrite=overwrite, tuning=tuning)
-
-
-def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=BEAMS, batch_size=EVAL_BATCH, workers=0,
-                 limit=None, out=None, seed=0) -> tuple[dict, str]:
-    from prunerec.evaluate.pipeline import GROUNDINGS, EvalOptions, evaluate_path, format_table
-
-    _positive("beams", beams)
-    _positive("batch-size", batch_size)
-    _positive("workers", workers, allow_zero=True)
-    _positive("limit", limit)
-    groundings = GROUNDINGS if grounding == "both" else (grounding,)
-    options = EvalOptions(split=split, groundings=groundings, num_beams=beams, batch_size=batch_size,
-                          workers=workers, limit=limit, seed=seed)
-    report = evaluate_path(model_ref, data_dir, options)
-    table = format_table(report)
-    if out:
-        write_json(out, report)
-        write_text(Path(out).with_suffix(".md"), table + "\n")
-    return report, table
-
-
-# --- demo -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -101,10 +40,10 @@ class DemoPlan:
     load_seconds: float = 10.0
 
     def check(self) -> None:
-        _positive("minutes", self.minutes)
-        _positive("users", self.eval_users)
-        _positive("distill-steps", self.distill_steps)
-        _positive("load-seconds", self.load_seconds)
+        check_positive("minutes", self.minutes)
+        check_positive("users", self.eval_users)
+        check_positive("distill-steps", self.distill_steps)
+        check_positive("load-seconds", self.load_seconds)
         if not self.load_users or min(self.load_users) <= 0:
             raise PrunerecError(f"--load-users must be positive counts, got {self.load_users}")
         if not self.engines:

@@ -1,0 +1,33 @@
+"""`prunerec train`: its options checked, the prompt settings chosen, then one fine-tuning run."""
+from __future__ import annotations
+
+from prunerec.data.catalog import data_category
+from prunerec.model.presets import PRESETS
+from prunerec.model.prompt import PromptSettings
+from prunerec.options import check_positive
+from prunerec.train.trainer import TrainConfig
+
+SCRATCH_LR, CHECKPOINT_LR = 1e-3, TrainConfig.lr
+
+
+def run_train(data_dir, model_ref, out, *, template=None, category=None, max_history=10, cutoff=512,
+              resume=False, overwrite=False, **training) -> dict:
+    """`prunerec train`; `training` holds TrainingOptions fields (epochs, lr, ...)."""
+    from prunerec.model.checkpoint import check_checkpoint
+    from prunerec.train.options import FINETUNE_FLAGS, FineTuneOptions, TrainingOptions
+    from prunerec.train.sft import train_recommender
+
+    tuning = FineTuneOptions(**{name: training.pop(name) for name in FINETUNE_FLAGS if name in training}).check()
+    for name, value in [("max-history", max_history), ("cutoff", cutoff)]:
+        check_positive(name, value)
+    options = TrainingOptions(**training).check()
+    scratch = model_ref in PRESETS
+    if not scratch:
+        check_checkpoint(model_ref)
+    settings = PromptSettings(template=template or ("compact" if scratch else "alpaca"),
+                              category=category or data_category(data_dir), max_history=max_history,
+                              cutoff_tokens=cutoff)
+    config = options.config(default_lr=SCRATCH_LR if scratch else CHECKPOINT_LR)
+    return train_recommender(data_dir, model_ref, out, settings=settings, config=config,
+                             train_limit=options.train_limit, valid_limit=options.valid_limit, resume=resume,
+                             overwrite=overwrite, tuning=tuning)
