@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
@@ -38,6 +38,14 @@ class DemoPlan:
     engines: tuple[str, ...] = DEMO_ENGINES
     load_users: tuple[int, ...] = (1, 4)
     load_seconds: float = 10.0
+    # what other runs of the same steps change (bench/gpu_check.py: the small preset on a GPU)
+    preset: str = "tiny"
+    data_size: tuple[int, int] = (1200, 1600)  # demo store: items, users
+    grounding: str = "both"                    # of the two evaluations
+    train: dict = field(default_factory=dict)     # run_train options over the demo's
+    compress: dict = field(default_factory=dict)  # CompressOptions fields over the demo's
+    export: dict = field(default_factory=dict)    # ExportOptions fields over the demo's
+    serve: dict = field(default_factory=dict)     # ServeOptions fields of the load test over the demo's
 
     def check(self) -> None:
         check_positive("minutes", self.minutes)
@@ -60,31 +68,36 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool 
     data, model, pruned = out / "data", out / "model", out / "pruned"
 
     def make_data():
-        write_demo(data)
+        n_items, n_users = plan.data_size
+        write_demo(data, n_items=n_items, n_users=n_users)
 
     def train():
-        run_train(data, "tiny", model, epochs=20, batch_size=32, eval_every=100, patience=2,
-                  time_budget=plan.minutes, max_history=10, resume=resume, overwrite=overwrite)
+        options = {"epochs": 20, "batch_size": 32, "eval_every": 100, "patience": 2, "time_budget": plan.minutes,
+                   "max_history": 10, **plan.train}
+        run_train(data, plan.preset, model, resume=resume, overwrite=overwrite, **options)
 
     def evaluate():
-        run_evaluate(model, data, split="test", grounding="both", limit=plan.eval_users, out=out / "eval.json")
+        run_evaluate(model, data, split="test", grounding=plan.grounding, limit=plan.eval_users,
+                     out=out / "eval.json")
 
     def compress():
         from prunerec.compress.pipeline import CompressOptions, run_compress
 
-        options = CompressOptions(max_steps=plan.distill_steps, lr=1e-3, eval_every=plan.distill_steps // 3 or 1,
-                                  eval_users=min(plan.eval_users, 100), valid_limit=300)
+        options = CompressOptions(**{"max_steps": plan.distill_steps, "lr": 1e-3,
+                                     "eval_every": plan.distill_steps // 3 or 1,
+                                     "eval_users": min(plan.eval_users, 100), "valid_limit": 300, **plan.compress})
         run_compress(model, data, pruned, options, resume=resume, overwrite=overwrite)
 
     def evaluate_pruned():
-        run_evaluate(pruned / "final", data, split="test", grounding="both", limit=plan.eval_users,
+        run_evaluate(pruned / "final", data, split="test", grounding=plan.grounding, limit=plan.eval_users,
                      out=out / "eval_pruned.json")
 
     def export():
         from prunerec.export.pipeline import ExportOptions, run_export
 
         # the demo's own folder (checked by run_demo); an unfinished export is redone
-        run_export(str(pruned / "final"), out / "export", ExportOptions(data_dir=str(data), overwrite=True))
+        run_export(str(pruned / "final"), out / "export",
+                   ExportOptions(**{"data_dir": str(data), "overwrite": True, **plan.export}))
 
     def loadtest(engine: str) -> Callable[[], None]:
         def run():
@@ -92,7 +105,8 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool 
             from prunerec.serve.options import ServeOptions
 
             options = LoadtestOptions(users=plan.load_users, duration_s=plan.load_seconds,
-                                      serve=ServeOptions(engine=engine, enforce_eager=engine == "vllm"))
+                                      serve=ServeOptions(**{"engine": engine, "enforce_eager": engine == "vllm",
+                                                            **plan.serve}))
             run_loadtest(str(model), str(out / "export"), data, out / loadtest_dir(engine), options)
         return run
 
