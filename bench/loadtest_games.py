@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 from prunerec.io import write_json
+from prunerec.loadtest.options import LoadtestOptions
 from prunerec.loadtest.report import headline_table, parse_users
-from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+from prunerec.loadtest.runner import run_loadtest
 from prunerec.serve.options import ServeOptions
 
 HERE = Path(__file__).resolve().parent

@@ -32,9 +32,9 @@ import requests
 from prunerec.errors import PrunerecError
 from prunerec.io import free_port, write_json, write_text
 from prunerec.loadtest import report as rp
+from prunerec.loadtest.options import LoadtestOptions
 from prunerec.loadtest.runner import (
     LOCUSTFILE,
-    LoadtestOptions,
     Process,
     child_env,
     locust_command,

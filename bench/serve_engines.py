@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from prunerec.errors import PrunerecError  # noqa: E402
 from prunerec.io import write_json, write_text  # noqa: E402
+from prunerec.loadtest.options import LoadtestOptions  # noqa: E402
 from prunerec.loadtest.report import parse_duration, parse_users  # noqa: E402
-from prunerec.loadtest.runner import LoadtestOptions, Target, run_model  # noqa: E402
+from prunerec.loadtest.runner import Target, run_model  # noqa: E402
 from prunerec.loadtest.workload import auth_headers  # noqa: E402
 from prunerec.model.validate import head_dim  # noqa: E402
 from prunerec.serve.model import resolve_folder  # noqa: E402

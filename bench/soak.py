@@ -38,9 +38,9 @@ import psutil
 
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
+from prunerec.loadtest.options import LoadtestOptions
 from prunerec.loadtest.runner import (
     LOCUSTFILE,
-    LoadtestOptions,
     child_env,
     locust_command,
     resolve_target,

@@ -37,8 +37,8 @@ def test_valid_defaults_pass():
 
 
 def test_train_and_compress_share_one_declaration_with_their_own_defaults():
-    from prunerec.train.cli import train
     from prunerec.compress.cli import compress
+    from prunerec.train.cli import train
 
     train_params, compress_params = _params(train), _params(compress)
     for name in TRAINING_FLAGS:

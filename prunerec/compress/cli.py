@@ -8,7 +8,7 @@ import click
 from prunerec.compress.criteria import LAYER, WIDTH
 from prunerec.compress.pipeline import CompressOptions
 from prunerec.errors import friendly_errors
-from prunerec.options import BEAMS, click_options
+from prunerec.options import click_options
 from prunerec.train.options import TRAINING_FLAGS, TrainingOptions
 
 __all__ = ["COMMANDS", "compress", "analyze"]
@@ -33,7 +33,7 @@ def _stage_steps(ctx, param, value: str | None) -> tuple[int, ...] | None:
               help="Prepared data folder the base was trained on (calibration, distillation, validation).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: stage1/ stage2/ stage3/ final/ checkpoints, report.json/.md, plots.")
-@click.option("--method", type=click.Choice(list(WIDTH)), default="prunerec",
+@click.option("--method", type=click.Choice(list(WIDTH)), default=CompressOptions.method,
               show_default=True, help="Width criterion for heads, hidden dimensions and MLP channels.")
 @click.option("--layer-method", type=click.Choice(["auto", *LAYER]), default="auto",
               show_default=True,
@@ -51,17 +51,19 @@ def _stage_steps(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--dry-run", is_flag=True, help="Check the inputs, print the target shape and parameter counts, exit.")
 @click.option("--no-distill", is_flag=True, help="Ablation: prune only, no distillation.")
 @click.option("--one-shot", is_flag=True, help="Ablation: all three stages, then a single distillation.")
-@click.option("--calib-samples", default=64, show_default=True, help="Training prompts used for scoring.")
-@click.option("--calib-batch-size", default=16, show_default=True)
-@click.option("--alpha", default=0.7, show_default=True, help="Depth recursion of head importance.")
-@click.option("--mask-mode", type=click.Choice(["zero_o_proj", "scale_query"]), default="zero_o_proj",
+@click.option("--calib-samples", default=CompressOptions.calib_samples, show_default=True,
+              help="Training prompts used for scoring.")
+@click.option("--calib-batch-size", default=CompressOptions.calib_batch_size, show_default=True)
+@click.option("--alpha", default=CompressOptions.alpha, show_default=True, help="Depth recursion of head importance.")
+@click.option("--mask-mode", type=click.Choice(["zero_o_proj", "scale_query"]), default=CompressOptions.mask_mode,
               show_default=True, help="How a head is removed while scoring.")
 @click.option("--stability", is_flag=True,
               help="Also score on each half of the calibration set and report how much the choices overlap "
                    "(doubles scoring time).")
-@click.option("--lambda", "lam", default=0.2, show_default=True, help="Weight of the ground-truth CE in distillation.")
-@click.option("--tau", default=1.0, show_default=True, help="Distillation temperature.")
-@click.option("--hidden-distill", default=0.0, show_default=True,
+@click.option("--lambda", "lam", default=CompressOptions.lam, show_default=True,
+              help="Weight of the ground-truth CE in distillation.")
+@click.option("--tau", default=CompressOptions.tau, show_default=True, help="Distillation temperature.")
+@click.option("--hidden-distill", default=CompressOptions.hidden_distill, show_default=True,
               help="Weight of a hidden-state term added to the distillation loss: the student's residual "
                    "stream after each layer but the last, against the teacher's after the layer it comes "
                    "from, on the kept hidden dimensions (normalized squared error). 0: logits only, as "
@@ -79,10 +81,11 @@ def _stage_steps(ctx, param, value: str | None) -> tuple[int, ...] | None:
                    "--eval-every 200 --valid-limit 300 --teacher-cache DIR (60 min for a 6-layer 8M model on "
                    "Amazon Games; the patience lets the last stage run to its end) kept 101% of NDCG@10 on "
                    "Amazon Games and 90% on Amazon Toys; 600,600,4800 --patience 3 98% and 80%.")
-@click.option("--eval-users", default=500, show_default=True,
+@click.option("--eval-users", default=CompressOptions.eval_users, show_default=True,
               help="Validation users for HR/NDCG after each stage (0: skip the evaluation).")
-@click.option("--eval-batch-size", default=8, show_default=True)
-@click.option("--beams", default=BEAMS, show_default=True, help="Beams of the constrained search = ranked items.")
+@click.option("--eval-batch-size", default=CompressOptions.eval_batch_size, show_default=True)
+@click.option("--beams", default=CompressOptions.beams, show_default=True,
+              help="Beams of the constrained search = ranked items.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last finished stage "
                                              "or distillation checkpoint (same options required).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier compress run's results in --out "

@@ -101,7 +101,8 @@ def demo_steps(out: Path, plan: DemoPlan, resume: bool = False, overwrite: bool 
 
     def loadtest(engine: str) -> Callable[[], None]:
         def run():
-            from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+            from prunerec.loadtest.options import LoadtestOptions
+            from prunerec.loadtest.runner import run_loadtest
             from prunerec.serve.options import ServeOptions
 
             options = LoadtestOptions(users=plan.load_users, duration_s=plan.load_seconds,

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from prunerec.errors import PrunerecError
 from prunerec.export import card, genai, hf
 from prunerec.export.onnx_export import (
     MODEL_FILE,
@@ -18,6 +17,7 @@ from prunerec.export.onnx_export import (
     input_names,
     output_names,
 )
+from prunerec.export.options import ExportOptions
 from prunerec.export.verify import raise_if_failed, verify_export
 from prunerec.io import (
     atomic_dir,
@@ -32,44 +32,8 @@ from prunerec.io import (
 from prunerec.model.checkpoint import CATALOG_FILE, SETTINGS_FILE, check_checkpoint, load_rec_model, quiet_loading
 from prunerec.model.dtypes import NAMES, stored_dtype
 from prunerec.model.surgery import count_parameters
-from prunerec.options import BEAMS
 
-FORMATS = ("hf", "onnx", "genai")
-DEFAULT_FORMATS = ("hf", "onnx")
 REPORT_FILE = "export-report.json"
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    formats: tuple[str, ...] = DEFAULT_FORMATS
-    dtype: str = "auto"  # auto: the checkpoint's storage dtype
-    verify: bool = True
-    users: int = 4
-    data_dir: str | None = None
-    beams: int = BEAMS
-    seed: int = 0
-    threads: int | None = None
-    overwrite: bool = False  # replace an earlier export's folders in OUT
-
-    def check(self) -> None:
-        unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise PrunerecError(f"unknown export format(s) {unknown or self.formats!r}; "
-                                f"choose from {', '.join(FORMATS)}")
-        if self.dtype not in hf.DTYPES and self.dtype != "auto":
-            raise PrunerecError(f"unknown dtype '{self.dtype}'; choose from auto, {', '.join(hf.DTYPES)}")
-        if self.users < 1:
-            raise PrunerecError("--users must be at least 1")
-        if self.beams < 1:
-            raise PrunerecError("--beams must be at least 1")
-        if "genai" in self.formats and self.dtype != "auto":
-            genai.check(self.dtype)
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    ExportOptions(formats=formats).check()
-    return formats
 
 
 def _write_onnx_folder(rec, folder: Path, export_info: dict) -> None:
@@ -88,10 +52,11 @@ def _write_onnx_folder(rec, folder: Path, export_info: dict) -> None:
     write_json(folder / SETTINGS_FILE, {"prompt": rec.settings.to_json(), **rec.info, "export": export_info})
 
 
-def run_export(model_ref: str, out: str | Path, options: ExportOptions = ExportOptions(),
+def run_export(model_ref: str, out: str | Path, options: ExportOptions | None = None,
                say=print) -> tuple[dict, str]:
     """Export, then verify (unless options.verify is False). Returns (report, table); raises
     VerificationFailed (a PrunerecError, carrying both) when a check fails."""
+    options = options or ExportOptions()
     options.check()
     with quiet_loading():
         return _run_export(model_ref, out, options, say)

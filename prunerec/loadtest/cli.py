@@ -6,7 +6,7 @@ import sys
 import click
 
 from prunerec.errors import friendly_errors
-from prunerec.loadtest.serve_options import SHARED_SERVE_OPTIONS
+from prunerec.loadtest.options import SHARED_SERVE_OPTIONS, LoadtestOptions
 from prunerec.options import ENGINES, click_options
 from prunerec.serve.options import ServeOptions, check_engine_flags
 
@@ -22,19 +22,20 @@ __all__ = ["COMMANDS", "loadtest"]
               help="Prepared data folder: request histories from its test split, answers checked against items.jsonl.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Report folder: report.json, report.md, latency.png, throughput.png, locust/ CSVs, logs/.")
-@click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default=ServeOptions.engine, show_default=True,
               help="Engine of the servers started for model folders.")
-@click.option("--users", default="1,4,16,64", show_default=True,
+@click.option("--users", default=",".join(map(str, LoadtestOptions.users)), show_default=True,
               help="Concurrency levels: simulated users, each sending its next request when the previous is answered.")
-@click.option("--duration", default="60s", show_default=True,
+@click.option("--duration", default=f"{LoadtestOptions.duration_s}s", show_default=True,
               help="Load per level and model: 90, 60s, 2m (at most 60m).")
 @click.option("--spawn-rate", type=click.FloatRange(min=0.01), default=None,
               help="Users started per second. Default: all users of a level within 1 s.")
-@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 50), help="Items asked for per request.")
+@click.option("--k", default=LoadtestOptions.k, show_default=True, type=click.IntRange(1, 50),
+              help="Items asked for per request.")
 @click_options(ServeOptions, SHARED_SERVE_OPTIONS, help_suffix=" (serve option, both models)")
-@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", default=LoadtestOptions.port, show_default=True, type=click.IntRange(0, 65535),
               help="Loopback port of the servers started (one at a time); 0: a free one.")
-@click.option("--ready-timeout", default=600.0, show_default=True, type=click.FloatRange(1),
+@click.option("--ready-timeout", default=LoadtestOptions.ready_timeout, show_default=True, type=click.FloatRange(1),
               help="Seconds a started server may take to answer GET /ready with 200.")
 @click.option("--allow-remote", is_flag=True, help="Allow URLs that are not loopback addresses.")
 @friendly_errors
@@ -53,7 +54,7 @@ def loadtest(baseline, candidate, data_dir, out_dir, engine, users, duration, sp
           --data data/Games --out runs/lt --users 1,8 --duration 2m
     """
     from prunerec.loadtest.report import headline_table, parse_duration, parse_users
-    from prunerec.loadtest.runner import LoadtestOptions, run_loadtest
+    from prunerec.loadtest.runner import run_loadtest
 
     check_engine_flags(engine, processes, enforce_eager=enforce_eager)
     serve = ServeOptions(engine=engine, beams=beams, max_concurrency=max_concurrency, max_queue=max_queue,

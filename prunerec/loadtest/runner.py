@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,48 +23,13 @@ import requests
 from prunerec.errors import PrunerecError
 from prunerec.io import free_port, write_json, write_text
 from prunerec.loadtest import report as rp
-from prunerec.loadtest.serve_options import SHARED_SERVE_OPTIONS
+from prunerec.loadtest.options import LoadtestOptions
 from prunerec.loadtest.workload import auth_headers, bodies_from_data
-from prunerec.options import option_name
-from prunerec.serve.options import ServeOptions
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `prunerec`
 LOG_TAIL_LINES = 40
 STOP_SECONDS = 60           # SIGTERM, then this long before SIGKILL
-
-
-@dataclass(frozen=True)
-class LoadtestOptions:
-    users: tuple[int, ...] = (1, 4, 16, 64)
-    duration_s: int = 60                # per level and model (locust takes whole seconds)
-    spawn_rate: float | None = None     # users started per second; None: all of a level within 1 s
-    k: int = 10
-    # both servers' options (engine included); those in SHARED_SERVE_OPTIONS are passed on
-    serve: ServeOptions = field(default_factory=ServeOptions)
-    port: int = 0                       # 0: a free port for each server started
-    ready_timeout: float = 600.0
-    allow_remote: bool = False
-    server_env: dict = field(default_factory=dict)
-
-    @property
-    def engine(self) -> str:
-        return self.serve.engine
-
-    @property
-    def request_timeout(self) -> float:
-        return self.serve.request_timeout
-
-    def serve_args(self) -> list[str]:
-        """The `prunerec serve` options both models get (identical settings)."""
-        args = []
-        for name in SHARED_SERVE_OPTIONS:
-            value = getattr(self.serve, name)
-            if value is True:
-                args.append(option_name(name))
-            elif value is not None and value is not False:  # unset: the server's own default
-                args += [option_name(name), str(value)]
-        return args
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def test_refused_combinations(tokenizer, tmp_path):
     formats stay hf,onnx."""
     from prunerec.errors import PrunerecError
     from prunerec.export.cli import export
-    from prunerec.export.pipeline import ExportOptions, parse_formats
+    from prunerec.export.options import ExportOptions, parse_formats
 
     assert ExportOptions().formats == ("hf", "onnx") and parse_formats("hf,genai") == ("hf", "genai")
     source = _save(tiny_model(len(tokenizer), tokenizer.eos_token_id), tokenizer, tmp_path / "hd8")  # head_dim 8
