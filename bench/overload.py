@@ -19,7 +19,6 @@ Usage (the issue-15 run, on an otherwise idle machine; about 8 minutes):
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -78,14 +77,6 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- measuring
-def number(text: str | None) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def fmt(value, spec: str = ".1f") -> str:
     return "n/a" if value is None else f"{value:{spec}}"
 
@@ -137,8 +128,8 @@ def row_numbers(rows: list[dict], name: str) -> dict:
     if row is None:
         return {"requests": 0, "failures": 0, "rps": 0.0, "p50_ms": None, "p99_ms": None, "max_ms": None}
     return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-            "rps": number(row["Requests/s"]), "p50_ms": number(row["50%"]), "p99_ms": number(row["99%"]),
-            "max_ms": number(row["Max Response Time"])}
+            "rps": rp.csv_number(row["Requests/s"]), "p50_ms": rp.csv_number(row["50%"]),
+            "p99_ms": rp.csv_number(row["99%"]), "max_ms": rp.csv_number(row["Max Response Time"])}
 
 
 def phase_summary(name: str, users: int, seconds: int, rows: list[dict], failure_rows: list[dict],

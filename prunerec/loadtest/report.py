@@ -64,7 +64,7 @@ def aggregated_row(stats_rows: list[dict[str, str]]) -> dict[str, str]:
     raise PrunerecError("locust's stats CSV has no Aggregated row (did locust run?)")
 
 
-def _number(value: str | None) -> float | None:
+def csv_number(value: str | None) -> float | None:
     """A CSV cell as a number; locust writes "N/A" for percentiles of no requests."""
     try:
         number = float(value)
@@ -112,7 +112,7 @@ def level_summary(users: int, stats_rows: list[dict[str, str]], failure_rows: li
     the server's own counts over the level (after - before)."""
     row = aggregated_row(stats_rows)
     requests, failures = int(row["Request Count"]), int(row["Failure Count"])
-    rps = _number(row["Requests/s"]) or 0.0
+    rps = csv_number(row["Requests/s"]) or 0.0
     kinds = failure_counts(failure_rows)
     answered = requests - kinds["http"]
     elapsed_s = requests / rps if rps else None   # locust's own measuring window
@@ -125,11 +125,11 @@ def level_summary(users: int, stats_rows: list[dict[str, str]], failure_rows: li
         "failure_share": _share(failures, requests),
         "failure_kinds": kinds,
         "rps": rps,
-        "p50_ms": _number(row["50%"]),
-        "p90_ms": _number(row["90%"]),
-        "p99_ms": _number(row["99%"]),
-        "avg_ms": _number(row["Average Response Time"]),
-        "max_ms": _number(row["Max Response Time"]),
+        "p50_ms": csv_number(row["50%"]),
+        "p90_ms": csv_number(row["90%"]),
+        "p99_ms": csv_number(row["99%"]),
+        "avg_ms": csv_number(row["Average Response Time"]),
+        "max_ms": csv_number(row["Max Response Time"]),
         "elapsed_s": elapsed_s,
         "answered": answered,
         "catalog_share": _share(answered - kinds["not_catalog"] - kinds["malformed"], answered),
