@@ -11,7 +11,8 @@ rebuilds only what is missing and resumes an interrupted training):
   4. eval    `prunerec evaluate` (trie-constrained beam search, 20 beams) on a seeded sample
              of --users test users, with paired 95% intervals against popularity
 
-Writes bench/out/base_smollm2_<data><tag>.json after each of steps 3 and 4; the model lives in
+Writes bench/out/base_smollm2_<data><tag>.json after each of steps 3 and 4 (with the training's
+peak RSS, sampled every 5 ms, when this run trained); the model lives in
 bench/out/base_smollm2_<data><tag>/model.
 Usage: python bench/base_smollm2.py --data toys [--minutes 120] [--users 1000] [--lora 16]
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from meter import Meter  # bench/ is on sys.path
 
 from prunerec.evaluate.pipeline import run_evaluate
 from prunerec.io import write_json
@@ -107,11 +108,15 @@ def main() -> None:
     data_dir = SHARED_DATA / f"amazon-{args.data}"
     summary_path = OUT / f"base_smollm2_{args.data}{args.tag}.json"
     base = imported_base(OUT / "smollm2")
-    training = trained(root / "model", args.minutes) or train(args, base, root / "model", data_dir)
+    training, peak_rss = trained(root / "model", args.minutes), None
+    if training is None:
+        with Meter(torch.device("cpu")) as meter:
+            training = train(args, base, root / "model", data_dir)
+        peak_rss = round(meter.peak / 2**30, 2)
     summary = {"data": str(data_dir), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "settings": vars(args), "import": json.loads((base / "import.json").read_text()),
                "training": {k: v for k, v in training.items() if k != "log"}, "valid_loss": training["log"],
-               "peak_rss_gib_import_and_training": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+               "peak_rss_gib_training": peak_rss}  # sampled; None when this run trained nothing
     write_json(summary_path, summary)
     report, table = run_evaluate(root / "model", data_dir, split="test", grounding="trie", beams=20,
                                  batch_size=16, limit=args.users, out=root / "eval.json")
