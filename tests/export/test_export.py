@@ -245,10 +245,10 @@ def test_corrupted_onnx_weights_fail_verification(tiny_export, tmp_path):
 
 
 def test_failed_check_exits_nonzero_with_its_name(tiny_dir, tmp_path, monkeypatch):
-    from prunerec.export import verify
+    from prunerec.export import checks
     from prunerec.export.cli import export
 
-    monkeypatch.setitem(verify.LOGITS_TOLERANCE, "fp32", -1.0)
+    monkeypatch.setitem(checks.LOGITS_TOLERANCE, "fp32", -1.0)
     out = tmp_path / "fail"
     result = CliRunner().invoke(export, ["--model", str(tiny_dir), "--out", str(out), "--format", "hf"])
     assert result.exit_code == 1
