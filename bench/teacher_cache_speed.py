@@ -3,9 +3,12 @@
 For a base (--base: a model folder) and its default compression target, students of the shape
 after each stage (the first heads / dims / channels / layers kept: the step time depends on the
 shape, not on which were kept) take --steps training steps (forward, backward, AdamW) on the
-same batches of 32 training examples: once with the teacher run every step, once with its
-hidden states from a warm cache. Filling the cache (the teacher's forward alone) is timed too.
-Side by side in one process, so the two modes see the same machine.
+same batches of --batch-size training examples (default 32): once with the teacher run every
+step, once with its hidden states from a warm cache. Filling the cache (the teacher's forward
+alone) is timed too. Side by side in one process, so the two modes see the same machine. Per
+mode: seconds a step, the process's peak RSS (bench/meter.py; the teacher and the students
+stay loaded throughout), and the losses of every step, which the cache must leave unchanged
+(the same student weights, step for step: the largest loss difference is reported).
 
 Writes --out (JSON) and prints a table.
 Usage: python bench/teacher_cache_speed.py --base bench/out/base_games_full_deep/model \
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from meter import Meter
 
 from prunerec.compress.distill import DistillSettings, make_loss_fn
 from prunerec.compress.pipeline import CompressOptions, load_inputs
@@ -48,17 +52,21 @@ def shaped_students(teacher, targets) -> dict:
     return shapes
 
 
-def time_steps(student, loss_fn, batches) -> float:
+def time_steps(student, loss_fn, batches) -> tuple[float, int, list[float]]:
+    """Seconds a step, peak RSS and the loss of every step."""
     student.train()
     for p in student.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    started = time.perf_counter()
-    for batch in batches:
-        loss_fn(student, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - started) / len(batches)
+    losses = []
+    with Meter(torch.device("cpu")) as meter:
+        for batch in batches:
+            loss = loss_fn(student, batch)
+            loss.backward()
+            losses.append(loss.item())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return meter.seconds / len(batches), meter.peak, losses
 
 
 def main():
@@ -66,14 +74,15 @@ def main():
     parser.add_argument("--base", required=True, help="model folder (a trained base)")
     parser.add_argument("--data", required=True)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    inputs = load_inputs(args.base, args.data, CompressOptions(train_limit=32 * args.steps * 4, valid_limit=8,
-                                                                  calib_samples=8))
+    options = CompressOptions(train_limit=args.batch_size * args.steps * 4, valid_limit=8, calib_samples=8)
+    inputs = load_inputs(args.base, args.data, options)
     teacher, pad = inputs.base.model.eval(), inputs.base.tokenizer.pad_token_id
     for p in teacher.parameters():
         p.requires_grad_(False)
-    order = length_batches([len(e.input_ids) for e in inputs.train], 32, seed=0)[:args.steps]
+    order = length_batches([len(e.input_ids) for e in inputs.train], args.batch_size, seed=0)[:args.steps]
     batches = [collate([inputs.train[i] for i in ids], pad) for ids in order]
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -83,19 +92,26 @@ def main():
             teacher_logits(teacher, batch, cache)
         fill = (time.perf_counter() - started) / len(batches)
         for stage, student in shaped_students(teacher, inputs.targets).items():
-            live = time_steps(copy.deepcopy(student), make_loss_fn(teacher, DistillSettings()), batches)
-            cached = time_steps(copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache),
-                                batches)
+            live, live_rss, live_losses = time_steps(copy.deepcopy(student), make_loss_fn(teacher, DistillSettings()),
+                                                     batches)
+            cached, cached_rss, cached_losses = time_steps(
+                copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches)
             rows[stage] = {"teacher_every_step_s": round(live, 3), "cached_s": round(cached, 3),
-                           "speed_up": round(live / cached, 2)}
-    result = {"base": args.base, "steps": args.steps, "batch_size": 32, "threads": torch.get_num_threads(),
+                           "speed_up": round(live / cached, 2),
+                           "teacher_every_step_peak_rss_gib": round(live_rss / 2**30, 2),
+                           "cached_peak_rss_gib": round(cached_rss / 2**30, 2),
+                           "max_loss_difference": max(abs(a - b) for a, b in zip(live_losses, cached_losses)),
+                           "losses_cached": [round(x, 5) for x in cached_losses]}
+    result = {"base": args.base, "steps": args.steps, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
               "targets": inputs.targets.to_json(), "cache_fill_s_per_batch": round(fill, 3), "stages": rows}
     write_json(args.out, result)
     print(f"teacher forward (cache fill): {fill:.3f} s a batch")
-    print("| student shape | teacher every step | cached | speed-up |\n|---|---|---|---|")
+    print("| student shape | teacher every step | cached | speed-up | peak RSS (teacher / cached) | max loss diff |")
+    print("|---|---|---|---|---|---|")
     for stage, r in rows.items():
-        print(f"| after {stage} | {r['teacher_every_step_s']:.3f} s | {r['cached_s']:.3f} s | {r['speed_up']:.2f}x |")
+        print(f"| after {stage} | {r['teacher_every_step_s']:.3f} s | {r['cached_s']:.3f} s | {r['speed_up']:.2f}x "
+              f"| {r['teacher_every_step_peak_rss_gib']} / {r['cached_peak_rss_gib']} GiB | {r['max_loss_difference']:.2e} |")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,42 @@ def batch_progress(batches: list[dict], desc: str):
     return tqdm(batches, desc=desc, unit="batch", leave=False, disable=len(batches) < 2)
 
 
+def right_padded(mask: torch.Tensor) -> bool:
+    """Every row's real tokens come first (a row of ones, then zeros)."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+# What padding holds in each [B,T] field of a calibration batch.
+PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100}
+
+
+def length_buckets(batches: list[dict], rows: int) -> list[dict]:
+    """The rows of right-padded calibration batches regrouped by length, ``rows`` to a batch,
+    each cut to its longest row: less compute spent on padding. Under right padding a real
+    token never sees a pad, so each row's numbers stay the same. Left-padded batches (positions
+    shifted by their padding) are returned as they are."""
+    masks = [b.get("attention_mask", torch.ones_like(b["input_ids"])) for b in batches]
+    if not all(right_padded(mask) for mask in masks):
+        return batches
+    fields = [key for key in PAD_VALUES if all(key in b for b in batches)]
+    seqs = [{key: b[key][row, :n].cpu() for key in fields if key != "attention_mask"}
+            for b, mask in zip(batches, masks) for row, n in enumerate(mask.sum(1).tolist())]
+    seqs.sort(key=lambda seq: len(seq["input_ids"]))
+    out = []
+    for start in range(0, len(seqs), rows):
+        chunk = seqs[start:start + rows]
+        width = len(chunk[-1]["input_ids"])
+        batch = {key: torch.full((len(chunk), width), PAD_VALUES[key], dtype=torch.long) for key in fields}
+        batch["attention_mask"] = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, seq in enumerate(chunk):
+            n = len(seq["input_ids"])
+            batch["attention_mask"][row, :n] = 1
+            for key, values in seq.items():
+                batch[key][row, :n] = values
+        out.append(batch)
+    return out
+
+
 def to_model_device(model, batch: dict) -> dict:
     dev = next(model.parameters()).device
     out = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -76,6 +112,44 @@ def last_token_logp(model, b: dict) -> torch.Tensor:
     h = final_hidden(model, b)
     rows = torch.arange(h.shape[0], device=h.device)
     return F.log_softmax(model.lm_head(h[rows, last_real_positions(b["attention_mask"])]).float(), dim=-1)
+
+
+def layer_inputs(model, b: dict) -> tuple[torch.Tensor, list[dict], torch.Tensor]:
+    """One full forward: layer 0's input [B,T,D], every decoder layer's keyword arguments
+    (masks, rotary embeddings), and the final-norm hidden states [B,T,D]."""
+    layers, first = decoder_layers(model), {}
+    kwargs: list[dict] = [{} for _ in layers]
+
+    def grab(l):
+        def hook(mod, args, kw):
+            if l == 0:
+                first["h"] = args[0] if args else kw["hidden_states"]
+            kwargs[l] = {k: v for k, v in kw.items() if k != "hidden_states"}
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(grab(l), with_kwargs=True) for l, layer in enumerate(layers)]
+    with removing_hooks(handles):
+        h = final_hidden(model, b)
+    return first["h"], kwargs, h
+
+
+def tiled(value, n_rows: int, k: int):
+    """`value` for k stacked copies of an n_rows batch (tensors with a batch axis are tiled)."""
+    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == n_rows:
+        return value.repeat(k, *[1] * (value.dim() - 1))
+    if isinstance(value, tuple):
+        return tuple(tiled(v, n_rows, k) for v in value)
+    return value
+
+
+def run_layers(model, indices: Iterable[int], h: torch.Tensor, kwargs: list[dict]) -> torch.Tensor:
+    """The residual stream after decoder layers ``indices`` (in that order), from their input ``h``."""
+    layers = decoder_layers(model)
+    for l in indices:
+        out = layers[l](h, **kwargs[l])
+        h = out[0] if isinstance(out, tuple) else out
+    return h
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ importable from here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,12 @@ from prunerec.compress.hooks import (
     eval_mode,
     final_hidden,
     last_real_positions,
+    layer_inputs,
+    length_buckets,
     masked_heads,
+    run_layers,
     skipped_layers,
+    tiled,
     to_model_device,
     up_projections,
 )
@@ -90,6 +95,23 @@ def mlp_channel_frequency(model, batches, k: int) -> list[torch.Tensor]:
 
 
 
+def _labels(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a label is predicted ([B,T-1], the next-token shift) and those labels [N]."""
+    labels = b.get("labels")
+    if labels is None:
+        labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+    targets = labels[:, 1:]
+    labelled = targets != -100
+    return labelled, targets[labelled]
+
+
+def _nll_sum(model, final: torch.Tensor, labelled: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed next-token NLL from final-norm hidden states; the LM head runs only where a label
+    is predicted (most of the cost otherwise)."""
+    logits = model.lm_head(final[:, :-1][labelled]).float()
+    return F.cross_entropy(logits, targets, reduction="sum").item()
+
+
 @torch.no_grad()
 def calibration_perplexity(model, batches) -> float:
     """exp(mean next-token NLL) over the labelled tokens (``labels`` != -100; every real token
@@ -98,33 +120,90 @@ def calibration_perplexity(model, batches) -> float:
     with eval_mode(model):
         for batch in batch_list(batches):
             b = to_model_device(model, batch)
-            labels = b.get("labels")
-            if labels is None:
-                labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
-            targets = labels[:, 1:]
-            labelled = targets != -100  # the LM head runs only where a label is predicted (most cost otherwise)
-            logits = model.lm_head(final_hidden(model, b)[:, :-1][labelled]).float()
-            nll += F.cross_entropy(logits, targets[labelled], reduction="sum").item()
+            labelled, targets = _labels(b)
+            nll += _nll_sum(model, final_hidden(model, b), labelled, targets)
             n += int(labelled.sum())
     return math.exp(nll / max(n, 1))
 
 
-def greedy_layer_removal(model, batches, n_remove: int) -> list[int]:
+@dataclass
+class _PerplexityInput:
+    first: torch.Tensor  # layer 0's input [B,T,D]
+    kwargs: list[dict]  # every decoder layer's keyword arguments
+    labelled: torch.Tensor
+    targets: torch.Tensor
+
+
+def _perplexity_input(model, b: dict) -> _PerplexityInput:
+    first, kwargs, _ = layer_inputs(model, b)
+    return _PerplexityInput(first, kwargs, *_labels(b))
+
+
+def _layer_on_copies(model, l: int, h: torch.Tensor, kwargs: list[dict], n_rows: int) -> torch.Tensor:
+    """Decoder layer l on stacked copies of an n_rows batch (each copy its own stream)."""
+    copies = h.shape[0] // n_rows
+    return run_layers(model, [l], h, [{k: tiled(v, n_rows, copies) for k, v in kw.items()} if i == l else kw
+                                      for i, kw in enumerate(kwargs)])
+
+
+def _group_nll(model, p: _PerplexityInput, kept: list[int], group: list[int]) -> dict[int, float]:
+    """Summed NLL of the batch with each layer of ``group`` removed in turn, all in one stack.
+
+    The current model's stream (``base``) goes up the kept layers; at layer c of the group a copy
+    of it joins the stack without passing c, and from there runs every kept layer above c with
+    the others: candidate c's forward with c (and the removed layers) skipped.
+    """
+    n_rows, base, stack = p.first.shape[0], p.first, p.first[:0]
+    for l in kept:
+        joining = base if l in group else None
+        rows = torch.cat([stack, base]) if l < group[-1] else stack
+        out = _layer_on_copies(model, l, rows, p.kwargs, n_rows) if rows.shape[0] else rows
+        stack, base = (out[:stack.shape[0]], out[stack.shape[0]:]) if l < group[-1] else (out, None)
+        if joining is not None:
+            stack = torch.cat([stack, joining])
+    final = model.model.norm(stack)
+    return {c: _nll_sum(model, final[i * n_rows:(i + 1) * n_rows], p.labelled, p.targets)
+            for i, c in enumerate(group)}
+
+
+def _candidate_nll(model, p: _PerplexityInput, kept: list[int], tokens_per_pass: int = 65536) -> dict[int, float]:
+    """Summed NLL of the batch with each kept layer removed in turn (and the removed ones).
+
+    Candidates are stacked as copies of the batch (:func:`_group_nll`), as many as keep a
+    layer's input near ``tokens_per_pass`` tokens: the work of one forward per candidate from
+    its own layer up, in fewer and larger matrix products.
+    """
+    per_group = max(1, tokens_per_pass // max(1, p.first.shape[0] * p.first.shape[1]))
+    nll: dict[int, float] = {}
+    for start in range(0, len(kept), per_group):
+        nll.update(_group_nll(model, p, kept, kept[start:start + per_group]))
+    return nll
+
+
+# Calibration rows per batch of the greedy layer search, regrouped by length.
+GREEDY_ROWS_PER_BUCKET = 8
+
+
+@torch.no_grad()
+def greedy_layer_removal(model, batches, n_remove: int, rows_per_bucket: int = GREEDY_ROWS_PER_BUCKET) -> list[int]:
     """PruneRec Stage III: repeatedly drop the layer whose removal (with those already
-    dropped) gives the lowest calibration perplexity. Returns layers in removal order."""
+    dropped) gives the lowest calibration perplexity (ties: the lower index). Right-padded
+    batches are regrouped ``rows_per_bucket`` at a time by length (:func:`length_buckets`; the
+    same per-row numbers, summed in another order). Returns layers in removal order."""
     n_layers = len(decoder_layers(model))
     if not 0 <= n_remove < n_layers:
         raise ValueError(f"n_remove must lie in [0, {n_layers}), got {n_remove}")
-    batches = batch_list(batches)
     removed: list[int] = []
-    for _ in tqdm(range(n_remove), desc="greedy layers", leave=False):
-        best, best_ppl = None, math.inf
-        for c in range(n_layers):
-            if c in removed:
-                continue
-            with skipped_layers(model, removed + [c]):
-                ppl = calibration_perplexity(model, batches)
-            if ppl < best_ppl:
-                best, best_ppl = c, ppl
-        removed.append(best)
+    with eval_mode(model):
+        buckets = length_buckets(batch_list(batches), rows_per_bucket)
+        inputs = [_perplexity_input(model, to_model_device(model, b)) for b in buckets]
+        n = max(sum(int(p.labelled.sum()) for p in inputs), 1)
+        for _ in tqdm(range(n_remove), desc="greedy layers", leave=False):
+            kept = [l for l in range(n_layers) if l not in removed]
+            nll = dict.fromkeys(kept, 0.0)
+            for p in inputs:  # batch by batch, as calibration_perplexity sums
+                for c, value in _candidate_nll(model, p, kept).items():
+                    nll[c] += value
+            ppl = {c: math.exp(total / n) for c, total in nll.items()}
+            removed.append(min(kept, key=lambda c: (ppl[c], c)))
     return removed

@@ -42,13 +42,13 @@ def reference_head_importance(model, batches_, alpha=0.7, n_remove_per_layer=Non
 
 @pytest.mark.parametrize("mode", ["zero_o_proj", "scale_query"])
 @pytest.mark.parametrize("n_remove", [None, 2])
-@pytest.mark.parametrize("heads_per_pass", [1, 3, None])
-def test_cached_scores_equal_reference(mode, n_remove, heads_per_pass):
+@pytest.mark.parametrize("heads_per_pass,rows_per_bucket", [(1, 1), (3, 4), (None, 16)])
+def test_cached_scores_equal_reference(mode, n_remove, heads_per_pass, rows_per_bucket):
     model = tiny(layers=4, seed=3)
     b = batches(n=2, bsz=3, t=10, seed=5)
     want, want_masked = reference_head_importance(model, b, n_remove_per_layer=n_remove, mask_mode=mode)
     got, got_masked = imp.head_importance_kl(model, b, n_remove_per_layer=n_remove, mask_mode=mode,
-                                             heads_per_pass=heads_per_pass)
+                                             heads_per_pass=heads_per_pass, rows_per_bucket=rows_per_bucket)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     assert got_masked == want_masked
     assert imp.select_heads(got, 2, 2, 1) == imp.select_heads(want, 2, 2, 1)
