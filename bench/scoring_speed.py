@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,6 +42,14 @@ from prunerec.train.sft import subsample
 
 HERE = Path(__file__).resolve().parent
 OPTS = ScoringOptions()
+
+
+def _commit(folder: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def calibration(rec, data_dir: str, samples: int, template: str | None, max_history: int | None):
@@ -117,7 +126,8 @@ def main() -> None:
     calib, settings, lengths = calibration(rec, args.data, args.samples, args.template, args.max_history)
     targets = resolve_targets(rec.model.config)
     report = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "scoring_speed", "runs": {}}
-    run = {"code": str(Path(prunerec.__file__).parent), "model": args.model, "data": args.data,
+    run = {"code": str(Path(prunerec.__file__).parent), "commit": _commit(Path(prunerec.__file__).parent),
+           "model": args.model, "data": args.data,
            "samples": calib.n_samples, "prompt": dataclasses.asdict(settings), **lengths,
            "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     earlier = report["runs"].get(args.label, {})
