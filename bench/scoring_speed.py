@@ -78,7 +78,7 @@ def cut_to_stage3_shape(model, targets) -> None:
 def time_heads(model, calib, targets) -> dict:
     started = time.perf_counter()
     scores, extra = WIDTH["prunerec"].heads(model, calib, targets, OPTS)
-    return {"seconds": round(time.perf_counter() - started, 1), "scores": scores.tolist(),
+    return {"seconds": round(time.perf_counter() - started, 3), "scores": scores.tolist(),
             "masked_while_scoring": extra["masked_while_scoring"]}
 
 
@@ -87,7 +87,11 @@ def time_layers(model, calib, targets) -> dict:
     n_remove = model.config.num_hidden_layers - targets.layers
     started = time.perf_counter()
     LAYER["greedy-ppl"].drop(model, calib.full, n_remove, record, OPTS)
-    return {"seconds": round(time.perf_counter() - started, 1), "removal_order": record["removal_order"]}
+    return {"seconds": round(time.perf_counter() - started, 3), "removal_order": record["removal_order"]}
+
+
+def _ratio(before: float, after: float) -> float | None:
+    return round(before / after, 2) if after > 0 else None
 
 
 def compare(runs: dict) -> dict:
@@ -101,10 +105,10 @@ def compare(runs: dict) -> dict:
             diff = (torch.tensor(a["heads"]["scores"]) - torch.tensor(b["heads"]["scores"])).abs().max()
             row["heads_max_abs_score_diff"] = float(diff)
             row["heads_same_masked"] = a["heads"]["masked_while_scoring"] == b["heads"]["masked_while_scoring"]
-            row["heads_speedup"] = round(a["heads"]["seconds"] / b["heads"]["seconds"], 2)
+            row["heads_speedup"] = _ratio(a["heads"]["seconds"], b["heads"]["seconds"])
         if "layers" in a and "layers" in b:
             row["layers_same_order"] = a["layers"]["removal_order"] == b["layers"]["removal_order"]
-            row["layers_speedup"] = round(a["layers"]["seconds"] / b["layers"]["seconds"], 2)
+            row["layers_speedup"] = _ratio(a["layers"]["seconds"], b["layers"]["seconds"])
         out[f"{label} vs {labels[0]}"] = row
     return out
 
