@@ -61,7 +61,8 @@ def calibration(rec, data_dir: str, samples: int, template: str | None, max_hist
     rows = subsample(data["train"], samples, OPTS.seed + 1)
     calib = build_calibration(build_examples(rec.tokenizer, rows, data.catalog, settings), rec.tokenizer.pad_token_id)
     lengths = [int(n) for b in calib.prompts for n in b["attention_mask"].sum(1)]
-    return calib, settings, {"prompt_tokens_mean": round(sum(lengths) / len(lengths), 1), "prompt_tokens_max": max(lengths)}
+    lengths_record = {"prompt_tokens_mean": round(sum(lengths) / len(lengths), 1), "prompt_tokens_max": max(lengths)}
+    return calib, settings, lengths_record
 
 
 def cut_to_stage3_shape(model, targets) -> None:
@@ -124,7 +125,8 @@ def main() -> None:
     ap.add_argument("--pass", dest="passes", action="append", choices=["heads", "layers"])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "scoring_speed.json")
     args = ap.parse_args()
-    passes = args.passes or ["heads", "layers"]
+    # heads first: the layer pass cuts the model to stage III's width in place
+    passes = [name for name in ("heads", "layers") if name in (args.passes or ("heads", "layers"))]
     rec = load_rec_model(args.model, need_catalog=True)
     rec.model.eval()
     calib, settings, lengths = calibration(rec, args.data, args.samples, args.template, args.max_history)
@@ -138,8 +140,8 @@ def main() -> None:
     run.update({name: earlier[name] for name in ("heads", "layers") if name in earlier and name not in passes})
     report["runs"][args.label] = run
     for name in passes:
-        with torch.no_grad():
-            if name == "layers":
+        if name == "layers":
+            with torch.no_grad():
                 cut_to_stage3_shape(rec.model, targets)
         run[name] = time_heads(rec.model, calib, targets) if name == "heads" else time_layers(rec.model, calib, targets)
         report["comparison"] = compare(report["runs"])

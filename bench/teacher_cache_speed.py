@@ -110,8 +110,9 @@ def main():
     print("| student shape | teacher every step | cached | speed-up | peak RSS (teacher / cached) | max loss diff |")
     print("|---|---|---|---|---|---|")
     for stage, r in rows.items():
+        rss = f"{r['teacher_every_step_peak_rss_gib']} / {r['cached_peak_rss_gib']} GiB"
         print(f"| after {stage} | {r['teacher_every_step_s']:.3f} s | {r['cached_s']:.3f} s | {r['speed_up']:.2f}x "
-              f"| {r['teacher_every_step_peak_rss_gib']} / {r['cached_peak_rss_gib']} GiB | {r['max_loss_difference']:.2e} |")
+              f"| {rss} | {r['max_loss_difference']:.2e} |")
 
 
 if __name__ == "__main__":

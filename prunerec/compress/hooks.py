@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunerec.model.batching import pad_rows
 from prunerec.model.validate import head_dim
 
 
@@ -37,33 +38,26 @@ def right_padded(mask: torch.Tensor) -> bool:
     return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
-# What padding holds in each [B,T] field of a calibration batch.
-PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100}
-
-
 def length_buckets(batches: list[dict], rows: int) -> list[dict]:
-    """The rows of right-padded calibration batches regrouped by length, ``rows`` to a batch,
-    each cut to its longest row: less compute spent on padding. Under right padding a real
-    token never sees a pad, so each row's numbers stay the same. Left-padded batches (positions
-    shifted by their padding) are returned as they are."""
+    """The rows of right-padded calibration batches (``input_ids``, ``attention_mask``, optional
+    ``labels``) regrouped by length, ``rows`` to a batch, each cut to its longest row: less
+    compute spent on padding. Under right padding a real token never sees a pad, so each row's
+    numbers stay the same. Left-padded batches (positions shifted by their padding) are
+    returned as they are."""
     masks = [b.get("attention_mask", torch.ones_like(b["input_ids"])) for b in batches]
     if not all(right_padded(mask) for mask in masks):
         return batches
-    fields = [key for key in PAD_VALUES if all(key in b for b in batches)]
-    seqs = [{key: b[key][row, :n].cpu() for key in fields if key != "attention_mask"}
+    labelled = all("labels" in b for b in batches)
+    seqs = [(b["input_ids"][row, :n].tolist(), b["labels"][row, :n].tolist() if labelled else None)
             for b, mask in zip(batches, masks) for row, n in enumerate(mask.sum(1).tolist())]
-    seqs.sort(key=lambda seq: len(seq["input_ids"]))
+    seqs.sort(key=lambda seq: len(seq[0]))
     out = []
     for start in range(0, len(seqs), rows):
         chunk = seqs[start:start + rows]
-        width = len(chunk[-1]["input_ids"])
-        batch = {key: torch.full((len(chunk), width), PAD_VALUES[key], dtype=torch.long) for key in fields}
-        batch["attention_mask"] = torch.zeros(len(chunk), width, dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            n = len(seq["input_ids"])
-            batch["attention_mask"][row, :n] = 1
-            for key, values in seq.items():
-                batch[key][row, :n] = values
+        ids, mask = pad_rows([tokens for tokens, _ in chunk], 0, left=False)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if labelled:
+            batch["labels"] = pad_rows([labels for _, labels in chunk], -100, left=False)[0]
         out.append(batch)
     return out
 
@@ -143,12 +137,16 @@ def tiled(value, n_rows: int, k: int):
     return value
 
 
+def run_layer(model, l: int, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The residual stream after decoder layer l, from its input ``h``."""
+    out = decoder_layers(model)[l](h, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def run_layers(model, indices: Iterable[int], h: torch.Tensor, kwargs: list[dict]) -> torch.Tensor:
     """The residual stream after decoder layers ``indices`` (in that order), from their input ``h``."""
-    layers = decoder_layers(model)
     for l in indices:
-        out = layers[l](h, **kwargs[l])
-        h = out[0] if isinstance(out, tuple) else out
+        h = run_layer(model, l, h, kwargs[l])
     return h
 
 

@@ -35,7 +35,7 @@ from prunerec.compress.hooks import (
     layer_inputs,
     length_buckets,
     masked_heads,
-    run_layers,
+    run_layer,
     skipped_layers,
     tiled,
     to_model_device,
@@ -142,8 +142,7 @@ def _perplexity_input(model, b: dict) -> _PerplexityInput:
 def _layer_on_copies(model, l: int, h: torch.Tensor, kwargs: list[dict], n_rows: int) -> torch.Tensor:
     """Decoder layer l on stacked copies of an n_rows batch (each copy its own stream)."""
     copies = h.shape[0] // n_rows
-    return run_layers(model, [l], h, [{k: tiled(v, n_rows, copies) for k, v in kw.items()} if i == l else kw
-                                      for i, kw in enumerate(kwargs)])
+    return run_layer(model, l, h, {k: tiled(v, n_rows, copies) for k, v in kwargs[l].items()})
 
 
 def _group_nll(model, p: _PerplexityInput, kept: list[int], group: list[int]) -> dict[int, float]:
