@@ -14,7 +14,7 @@ rebuilds only what is missing and resumes an interrupted training):
 Writes bench/out/base_smollm2_<data><tag>.json after each of steps 3 and 4 (with the training's
 peak RSS, sampled every 5 ms, when this run trained); the model lives in
 bench/out/base_smollm2_<data><tag>/model.
-Usage: python bench/base_smollm2.py --data toys [--minutes 120] [--users 1000] [--lora 16]
+Usage: python bench/base_smollm2.py --data toys [--minutes 120] [--users 1000] [--lora 16] [--precision bf16]
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def train(args, base: Path, model_dir: Path, data_dir: Path) -> dict:
               max_history=args.max_history, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
               patience=1000, eval_every=args.eval_every, valid_limit=args.valid_limit, epochs=1,
               time_budget=args.minutes, decay_to_budget=True, lora=args.lora, train_layers=args.train_layers,
-              recent_per_user=args.recent_per_user, train_limit=args.train_limit, seed=0,
+              recent_per_user=args.recent_per_user, train_limit=args.train_limit, precision=args.precision, seed=0,
               resume=(model_dir / ".train-state").is_dir())
     return json.loads((model_dir / "training.json").read_text())
 
@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--train-layers", type=int, default=0)
     parser.add_argument("--recent-per-user", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: training steps under bf16 autocast (CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--valid-limit", type=int, default=300)
     parser.add_argument("--tag", default="", help="suffix of the output names, to keep earlier runs")

@@ -6,6 +6,9 @@ The decision, for a checkpoint of any dtype (a fine-tuned Qwen2 usually comes in
   bf16 to float32 is exact, so every engine sees the same weights and does the same float32
   arithmetic, and rankings agree across engines; CPUs without bf16 units gain nothing from
   bf16 arithmetic anyway.
+- The one exception is asked for: ``train --precision bf16`` runs the training steps under
+  bf16 autocast (matrix products in bf16, float32 master weights, optimizer and loss). Only
+  the training's path changes: what it writes is float32 weights like any other run.
 - Storage keeps the dtype the checkpoint came in: training or compressing a bf16 model
   writes bf16 safetensors (half the bytes). Saving rounds the float32 weights in memory to
   that dtype too, so what is evaluated after a save is exactly what is on disk (and what a
@@ -17,6 +20,7 @@ The decision, for a checkpoint of any dtype (a fine-tuned Qwen2 usually comes in
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
@@ -55,3 +59,42 @@ def stored_as(model, dtype: torch.dtype | None):
     finally:
         model.to(compute)
         model.config.dtype = recorded  # save_pretrained records the saved dtype there
+
+
+PRECISIONS = ("fp32", "bf16")
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a training step runs in: nothing for fp32, bf16 autocast for bf16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); None where the
+    kernel does not say (no /proc/cpuinfo)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        if not path.is_file():
+            return None
+        cpuinfo = path.read_text()
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return any(f in flags for f in _BF16_CPU_FLAGS)
+
+
+def precision_warning(precision: str, device: torch.device, cpuinfo: str | None = None) -> str | None:
+    """Why bf16 will not pay on this device, or None."""
+    if precision != "bf16":
+        return None
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support: --precision bf16 " \
+                                                            "will be slow; use fp32"
+    if device.type == "cpu" and cpu_has_bf16_units(cpuinfo) is False:
+        return ("this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): --precision bf16 emulates them "
+                "and will be slower than fp32")
+    return None

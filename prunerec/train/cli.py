@@ -63,7 +63,8 @@ def train(data_dir, model_ref, out, template, category, max_history, cutoff, **t
     from prunerec.train.pipeline import run_train
 
     summary = run_train(data_dir, model_ref, out, template=template, category=category,
-                        max_history=max_history, cutoff=cutoff, **train_kwargs)
+                        max_history=max_history, cutoff=cutoff, say=lambda m: click.echo(m, err=True),
+                        **train_kwargs)
     click.echo(f"best validation loss {summary['best_valid_loss']:.4f} at step {summary['best_step']} "
                f"({summary['stop_reason']}); {summary['train_seconds']:.0f}s of training; model in {out}")
 

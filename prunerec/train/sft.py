@@ -36,6 +36,7 @@ from prunerec.train.trainer import TrainConfig, Trainer
 FULL_FINE_TUNING = FineTuneOptions()
 STATE_DIR = ".train-state"
 RUN_FILE = "run.json"  # in STATE_DIR: what the run is (content fingerprints, options)
+IDENTITY_ADDED = {"--precision": "fp32"}  # options added since: the value an older run.json's run had
 DATA_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl")
 # what a training run writes into OUT (an earlier run's are replaced only with --overwrite)
 OWN_OUTPUTS = (STATE_DIR, "config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
@@ -141,7 +142,7 @@ def check_identity(state_dir: Path, identity: dict, out_dir: Path) -> None:
     saved_path = state_dir / RUN_FILE
     if not saved_path.is_file():
         return
-    saved = json.loads(saved_path.read_text())
+    saved = {**IDENTITY_ADDED, **json.loads(saved_path.read_text())}
     changed = [k for k in identity if saved.get(k) != identity[k]]
     if changed:
         words = [f"{k} (its content changed)" if k in ("--data", "--model") else k for k in changed]

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from prunerec import distributed
 from prunerec.errors import PrunerecError
+from prunerec.model import dtypes
 from prunerec.model.batching import collate, length_batches
 from prunerec.model.encode import Example
 from prunerec.train import checkpoints
@@ -61,6 +62,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # 0 = no limit; stops at the next validation after the budget
     decay_to_budget: bool = False  # the learning rate reaches zero when the time budget ends
     seed: int = 0
+    precision: str = "fp32"  # "bf16": each forward (the loss) under bf16 autocast, see model/dtypes.py
 
 
 @dataclass
@@ -108,14 +110,17 @@ class _WithLoss(torch.nn.Module):
 
 
 @torch.no_grad()
-def validation_loss(model, examples: Sequence[Example], loss_fn: LossFn, pad_id: int, batch_size: int) -> float:
+def validation_loss(model, examples: Sequence[Example], loss_fn: LossFn, pad_id: int, batch_size: int,
+                    precision: str = "fp32") -> float:
     model.eval()
     total, count = 0.0, 0
     device = next(model.parameters()).device
     for batch_ids in length_batches([len(e.input_ids) for e in examples], batch_size, seed=0):
         batch = to_device(collate([examples[i] for i in batch_ids], pad_id), device)
         n = len(batch["targets"])
-        total += loss_fn(model, batch).item() * n
+        with dtypes.autocast(precision, device):
+            loss = loss_fn(model, batch)
+        total += loss.item() * n
         count += n
     model.train()
     return total / max(count, 1)
@@ -202,7 +207,8 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------
     def _evaluate(self) -> None:
         s = self.state
-        loss = validation_loss(self.model, self.valid, self.loss_fn, self.pad_id, self.config.batch_size)
+        loss = validation_loss(self.model, self.valid, self.loss_fn, self.pad_id, self.config.batch_size,
+                               self.config.precision)
         s.log.append({"step": s.step, "epoch": s.epoch, "valid_loss": loss, "elapsed_s": round(s.elapsed_s, 1)})
         if loss < s.best_loss:
             s.best_loss, s.best_step, s.bad_evals = loss, s.step, 0  # saved by the save_state that follows
@@ -287,7 +293,8 @@ class Trainer:
         """One optimizer step on the global batch `indices`; returns its mean loss. Under DDP this
         rank computes its share and DDP averages the gradients over the ranks."""
         if self.ddp is None:
-            loss = self.loss_fn(self.model, self._batch(indices))
+            with dtypes.autocast(self.config.precision, self.device):
+                loss = self.loss_fn(self.model, self._batch(indices))
             self._optimize(loss)
             return loss.item()
         mine = indices[self.rank::self.world]
@@ -295,7 +302,8 @@ class Trainer:
         share = sum(n_targets(self.train[i]) for i in mine) / max(total, 1)
         if not mine:  # fewer examples than ranks: take part in the gradient exchange with weight 0
             mine = indices[:1]
-        local = self.ddp(self._batch(mine))
+        with dtypes.autocast(self.config.precision, self.device):
+            local = self.ddp(self._batch(mine))
         self._optimize(local * (share * self.world))
         return distributed.all_reduce_sum(local.item() * share)  # the global batch's mean loss
 
