@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from prunerec.data.catalog import load_dataset
+from prunerec.evaluate.options import EvalOptions
 from prunerec.evaluate.parallel import usable_cores
-from prunerec.evaluate.pipeline import EvalOptions, Recommender, pick_users, rank_users
+from prunerec.evaluate.pipeline import Recommender, pick_users, rank_users
 from prunerec.io import write_json
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.presets import PRESETS
@@ -105,7 +106,7 @@ def main():
                                lambda: rank_before(recommender, prompts, args.beams), len(prompts))
     runs.append(before_row)
     for workers in sorted({1, cores}):
-        options = EvalOptions(num_beams=args.beams, batch_size=16, workers=workers)
+        options = EvalOptions(beams=args.beams, batch_size=16, workers=workers)
         row, after = timed(f"after: shared prompt, batch 16, {workers} process{'es' if workers > 1 else ''}",
                            lambda options=options: rank_users(recommender, prompts, "trie", options), len(prompts))
         row.update(compare(before, after), speedup=round(before_row["seconds"] / row["seconds"], 2))

@@ -71,9 +71,9 @@ def _say(message: str) -> None:
 
 
 def _eval_options(opts: CompressOptions):
-    from prunerec.evaluate.pipeline import EvalOptions
+    from prunerec.evaluate.options import EvalOptions
 
-    return EvalOptions(split="valid", groundings=("trie",), num_beams=opts.beams, batch_size=opts.eval_batch_size,
+    return EvalOptions(split="valid", grounding="trie", beams=opts.beams, batch_size=opts.eval_batch_size,
                        limit=opts.eval_users, seed=opts.seed)
 
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import click
 
+from prunerec.data.options import DemoDataOptions, PrepareOptions
 from prunerec.errors import friendly_errors
+from prunerec.options import click_options
 
 PREPARED_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl", "test.jsonl", "stats.json")
 
@@ -35,14 +38,10 @@ def data_prepare():
 @click.option("--meta", required=True, type=click.Path(dir_okay=False),
               help="Raw metadata file (e.g. meta_Video_Games.json.gz).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--window-end", default="2018-11-01", show_default=True, help="End of the time window (exclusive).")
-@click.option("--min-items", default=10_000, show_default=True,
-              help="Widen the window a year at a time until this many items remain.")
-@click.option("--core", default=5, show_default=True, help="Iterative k-core on users and items.")
-@click.option("--max-history", default=10, show_default=True, help="History items kept per sample.")
+@click_options(PrepareOptions, ("window_end", "min_items", "core", "max_history"))
 @_overwrite_data
 @friendly_errors
-def data_prepare_amazon(reviews, meta, out, window_end, min_items, core, max_history, overwrite):
+def data_prepare_amazon(reviews, meta, out, overwrite, **options):
     """Amazon Reviews 2018 (gzipped JSON lines, as published) with the BIGRec protocol:
     time window, title cleaning, 5-core, history <= 10, global 8:1:1 time split."""
     from pathlib import Path
@@ -54,10 +53,9 @@ def data_prepare_amazon(reviews, meta, out, window_end, min_items, core, max_his
     for flag, path in (("--reviews", reviews), ("--meta", meta)):
         if Path(path).resolve() in written:
             raise PrunerecError(f"{flag} {path} is a file that prepare writes into --out {out}: pick another --out")
+    options = PrepareOptions(**options).check()
     _fresh_data_folder(out, overwrite)
-
-    stats = prepare_amazon(reviews, meta, out, window_end=window_end, min_items=min_items, core=core,
-                           max_history=max_history)
+    stats = prepare_amazon(reviews, meta, out, **asdict(options))
     click.echo(json.dumps(stats, indent=2))
 
 
@@ -82,17 +80,16 @@ def data_download_amazon(category, out, base_url):
 
 @data.command("demo")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True)
-@click.option("--items", "n_items", default=1200, show_default=True)
-@click.option("--users", "n_users", default=1600, show_default=True)
+@click_options(DemoDataOptions, ("seed", "n_items", "n_users"))
 @_overwrite_data
 @friendly_errors
-def data_demo(out, seed, n_items, n_users, overwrite):
+def data_demo(out, overwrite, **options):
     """Write the built-in synthetic game-store data set (no download)."""
     from prunerec.data.demo import write_demo
 
+    options = DemoDataOptions(**options).check()
     _fresh_data_folder(out, overwrite)
-    write_demo(out, seed=seed, n_items=n_items, n_users=n_users)
+    write_demo(out, **asdict(options))
     click.echo(f"demo data written to {out}")
 
 

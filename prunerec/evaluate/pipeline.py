@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -14,30 +13,15 @@ from prunerec import distributed
 from prunerec.data.catalog import Catalog, Sample, load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.evaluate import metrics
+from prunerec.evaluate.options import EvalOptions
 from prunerec.evaluate.parallel import map_in_order, usable_cores
 from prunerec.io import write_json, write_text
 from prunerec.model.checkpoint import RecModel, load_rec_model
 from prunerec.model.encode import history_titles, prompt_ids
-from prunerec.options import BEAMS, EVAL_BATCH, check_positive
 from prunerec.search.beam import constrained_beam_search
 from prunerec.search.grounding import embed_texts, free_generate, free_token_budget, l2_rank
 from prunerec.search.shared_prompt import make_stepper
 from prunerec.search.title_index import TitleIndex
-
-GROUNDINGS = ("trie", "l2")
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    split: str = "test"
-    groundings: tuple[str, ...] = GROUNDINGS
-    num_beams: int = BEAMS
-    batch_size: int = EVAL_BATCH  # users per batch (each with num_beams rows)
-    workers: int = 0  # processes sharing the users; 0 = one per usable core
-    limit: int | None = None
-    ks: tuple[int, ...] = metrics.DEFAULT_KS
-    bootstrap: int = 1000
-    seed: int = 0
 
 
 class Recommender:
@@ -224,16 +208,10 @@ def evaluate_path(model_ref: str, data_dir: str | Path, options: EvalOptions) ->
     return report
 
 
-def run_evaluate(model_ref, data_dir, *, split="test", grounding="both", beams=BEAMS, batch_size=EVAL_BATCH, workers=0,
-                 limit=None, out=None, seed=0) -> tuple[dict, str]:
-    """`prunerec evaluate`: the report and its table (also written to `out` and its .md, when given)."""
-    check_positive("beams", beams)
-    check_positive("batch-size", batch_size)
-    check_positive("workers", workers, allow_zero=True)
-    check_positive("limit", limit)
-    groundings = GROUNDINGS if grounding == "both" else (grounding,)
-    options = EvalOptions(split=split, groundings=groundings, num_beams=beams, batch_size=batch_size,
-                          workers=workers, limit=limit, seed=seed)
+def run_evaluate(model_ref, data_dir, *, out=None, **options) -> tuple[dict, str]:
+    """`prunerec evaluate`: the report and its table (also written to `out` and its .md, when given);
+    `options` are EvalOptions fields (split, grounding, beams, batch_size, workers, limit, seed)."""
+    options = EvalOptions(**options).check()
     report = evaluate_path(model_ref, data_dir, options)
     table = format_table(report)
     if out:

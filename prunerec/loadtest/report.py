@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from pathlib import Path
 
 from prunerec.errors import PrunerecError
+from prunerec.loadtest.options import MAX_DURATION_S, MAX_USERS, parse_duration, parse_users  # noqa: F401
 from prunerec.loadtest.workload import (
     ANSWER_MALFORMED,
     ANSWER_NOT_CATALOG,
@@ -17,8 +17,6 @@ from prunerec.loadtest.workload import (
 )
 from prunerec.plots import pyplot, save_png
 
-MAX_USERS = 256             # simulated users (= requests in flight) per level
-MAX_DURATION_S = 3600       # seconds of load per level
 ROLES = ("baseline", "candidate")
 NO_STREAMING = "n/a (no streaming)"
 PLOTS = ("latency.png", "throughput.png")
@@ -26,31 +24,6 @@ RECOMMEND_ROUTE = "/v1/recommend"
 
 
 # ----------------------------------------------------------------------------- options
-def parse_duration(text: str) -> int:
-    """Seconds from "90", "60s", "2m", "1m30s" or "1h" (1 s .. MAX_DURATION_S)."""
-    match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*", str(text).lower())
-    if not match or not any(match.groups()):
-        raise PrunerecError(f"--duration {text!r}: write seconds like 90 or 60s, or minutes like 2m")
-    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if not 1 <= total <= MAX_DURATION_S:
-        raise PrunerecError(f"--duration {text!r}: must be between 1 s and {MAX_DURATION_S // 60} min per level")
-    return total
-
-
-def parse_users(text: str, flag: str = "--users") -> list[int]:
-    """Concurrency levels from "1,4,16,64": distinct integers 1..MAX_USERS, run in ascending order."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if not parts or any(not p.isdigit() for p in parts):
-        raise PrunerecError(f"{flag} {text!r}: write a comma-separated list of positive integers, like 1,4,16,64")
-    levels = [int(p) for p in parts]
-    if any(not 1 <= n <= MAX_USERS for n in levels):
-        raise PrunerecError(f"{flag} {text!r}: each level must be between 1 and {MAX_USERS}")
-    if len(set(levels)) != len(levels):
-        raise PrunerecError(f"{flag} {text!r}: a level is repeated")
-    return sorted(levels)
-
-
 # ----------------------------------------------------------------------------- locust CSV
 def read_csv_rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))

@@ -47,7 +47,7 @@ def is_url(value: str) -> bool:
 
 def resolve_target(role: str, value: str, allow_remote: bool = False) -> Target:
     """A URL (loopback unless allow_remote) or an existing model folder."""
-    from prunerec.serve.cli import is_loopback
+    from prunerec.serve.options import is_loopback
 
     if is_url(value):
         parts = urlsplit(value)

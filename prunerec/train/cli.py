@@ -5,7 +5,14 @@ import click
 
 from prunerec.errors import friendly_errors
 from prunerec.options import click_options
-from prunerec.train.options import FINETUNE_FLAGS, TRAINING_FLAGS, FineTuneOptions, TrainingOptions
+from prunerec.train.options import (
+    FINETUNE_FLAGS,
+    PROMPT_FLAGS,
+    TRAINING_FLAGS,
+    FineTuneOptions,
+    PromptOptions,
+    TrainingOptions,
+)
 
 _resume_train = click.option("--resume", is_flag=True,
                              help="Continue the interrupted run in --out (refused if the data, the model or an "
@@ -14,28 +21,13 @@ _overwrite_train = click.option("--overwrite", is_flag=True,
                                 help="Replace an earlier run's results in --out (without it they are refused).")
 
 
-def _prompt_options(command):
-    options = [
-        click.option("--template", type=click.Choice(["alpaca", "compact"]), default=None,
-                     help="Prompt template. Default: alpaca for checkpoints, compact for scratch presets."),
-        click.option("--category", default=None,
-                     help="Item category named in the prompt (default: from the data's stats.json or 'catalog')."),
-        click.option("--max-history", default=10, show_default=True,
-                     help="History items in a prompt (most recent kept)."),
-        click.option("--cutoff", default=512, show_default=True, help="Tokens per example, cut from the left."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
 @click.command(context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Prepared data folder.")
 @click.option("--model", "model_ref", required=True,
               help="A scratch preset (tiny, small, deep) or a Hugging Face Qwen2 checkpoint: local folder or hub id.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
-@_prompt_options
+@click_options(PromptOptions, PROMPT_FLAGS)
 @click_options(TrainingOptions, TRAINING_FLAGS)
 @click_options(FineTuneOptions, FINETUNE_FLAGS)
 @_resume_train

@@ -84,3 +84,18 @@ class FineTuneOptions:
         return {"--lora": self.lora, "--lora-alpha": self.alpha if self.lora else None,
                 "--train-layers": self.train_layers, "--recent-per-user": self.recent_per_user,
                 "--precision": self.precision}
+
+
+PROMPT_FLAGS = ("template", "category", "max_history", "cutoff")
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """How `prunerec train` writes its prompts (the model keeps them: every later command reuses them)."""
+    template: str | None = flag(None, "Prompt template. Default: alpaca for checkpoints, compact for scratch "
+                                      "presets.", choices=("alpaca", "compact"))
+    category: str | None = flag(None, "Item category named in the prompt (default: from the data's stats.json or "
+                                      "'catalog').", kind=str)
+    max_history: int = flag(10, "History items in a prompt (most recent kept).", low=0, open_low=True,
+                            cli_range=False)
+    cutoff: int = flag(512, "Tokens per example, cut from the left.", low=0, open_low=True, cli_range=False)

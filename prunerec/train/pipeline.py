@@ -8,7 +8,7 @@ from prunerec.data.catalog import data_category
 from prunerec.model.dtypes import precision_warning
 from prunerec.model.presets import PRESETS
 from prunerec.model.prompt import PromptSettings
-from prunerec.options import check_positive
+from prunerec.options import check_flags
 from prunerec.train.trainer import TrainConfig
 
 SCRATCH_LR, CHECKPOINT_LR = 1e-3, TrainConfig.lr
@@ -19,12 +19,11 @@ def run_train(data_dir, model_ref, out, *, template=None, category=None, max_his
     """`prunerec train`; `training` holds TrainingOptions and FineTuneOptions fields (epochs, lr,
     lora, ...); `say` gets warnings (e.g. bf16 on a device without bf16 arithmetic)."""
     from prunerec.model.checkpoint import check_checkpoint
-    from prunerec.train.options import FINETUNE_FLAGS, FineTuneOptions, TrainingOptions
+    from prunerec.train.options import FINETUNE_FLAGS, FineTuneOptions, PromptOptions, TrainingOptions
     from prunerec.train.sft import train_recommender
 
     tuning = FineTuneOptions(**{name: training.pop(name) for name in FINETUNE_FLAGS if name in training}).check()
-    for name, value in [("max-history", max_history), ("cutoff", cutoff)]:
-        check_positive(name, value)
+    check_flags(PromptOptions(template=template, category=category, max_history=max_history, cutoff=cutoff))
     options = TrainingOptions(**training).check()
     scratch = model_ref in PRESETS
     if not scratch:

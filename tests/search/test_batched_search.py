@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from prunerec.data.catalog import Catalog
-from prunerec.evaluate.pipeline import EvalOptions, Recommender, length_batches, rank_users
+from prunerec.evaluate.options import EvalOptions
+from prunerec.evaluate.pipeline import Recommender, length_batches, rank_users
 from prunerec.model.checkpoint import RecModel
 from prunerec.model.encode import response_ids
 from prunerec.model.prompt import PromptSettings
@@ -103,6 +104,6 @@ def test_rank_users_in_worker_processes_equals_one_at_a_time(setup):
     recommender = Recommender(rec, rec.catalog)
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 3]
     reference = [recommender.rank_trie([p], 6)[0] for p in prompts]
-    ranked = rank_users(recommender, prompts, "trie", EvalOptions(num_beams=6, batch_size=4, workers=2))
+    ranked = rank_users(recommender, prompts, "trie", EvalOptions(beams=6, batch_size=4, workers=2))
     assert [[t for t, _ in row] for row in ranked] == [[t for t, _ in row] for row in reference]
     assert max(abs(x[1] - y[1]) for a, b in zip(ranked, reference) for x, y in zip(a, b)) < 1e-5

@@ -87,11 +87,12 @@ def data_dir(tmp_path_factory):
 
 def evaluate_rankings(model_dir, data_dir, beams=20) -> dict[int, list[str]]:
     """`prunerec evaluate`'s constrained ranking (TorchStepper) of every test user, by user."""
-    from prunerec.evaluate.pipeline import EvalOptions, evaluate_model
+    from prunerec.evaluate.options import EvalOptions
+    from prunerec.evaluate.pipeline import evaluate_model
     from prunerec.model.checkpoint import load_rec_model
 
     rec = load_rec_model(str(model_dir))
-    report = evaluate_model(rec, data_dir, EvalOptions(groundings=("trie",), num_beams=beams, bootstrap=10))
+    report = evaluate_model(rec, data_dir, EvalOptions(grounding="trie", beams=beams, bootstrap=10))
     return {row["user"]: row["trie"] for row in report["rankings"]}
 
 
