@@ -42,6 +42,11 @@ SETTINGS = {
     "compact5-lora16-top15-cut160": ["--template", "compact", "--max-history", "5", "--lora", "16",
                                      "--train-layers", "15", "--cutoff", "160"],
     "compact5-top10": ["--template", "compact", "--max-history", "5", "--train-layers", "10"],
+    "compact5-top15": ["--template", "compact", "--max-history", "5", "--train-layers", "15"],
+    "compact5-top15-bf16": ["--template", "compact", "--max-history", "5", "--train-layers", "15",
+                            "--precision", "bf16"],
+    "compact5-lora16-top15-bf16": ["--template", "compact", "--max-history", "5", "--lora", "16",
+                                   "--train-layers", "15", "--precision", "bf16"],
     "alpaca10-lora16": ["--template", "alpaca", "--max-history", "10", "--lora", "16"],
 }
 

@@ -102,6 +102,25 @@ def paired_ratio_ci(candidate: Sequence[dict[str, float]], base: Sequence[dict[s
     return intervals
 
 
+def paired_difference_ci(candidate: Sequence[dict[str, float]], base: Sequence[dict[str, float]], *,
+                         samples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of mean(candidate) - mean(base) per metric, resampling the
+    same users for both (rows aligned by user): the interval excludes 0 where one is better."""
+    if len(candidate) != len(base) or not base:
+        raise ValueError(f"need aligned, non-empty rows, got {len(candidate)} and {len(base)}")
+    names = list(base[0])
+    differences = _matrix(candidate, names) - _matrix(base, names)
+    means = _resampled_sums(differences, samples, seed) / len(base)
+    return {name: _percentile_interval(means[:, j].tolist(), level) for j, name in enumerate(names)}
+
+
+def top_overlap(ranked: Sequence, reference: Sequence, k: int) -> float:
+    """Share of `reference`'s top k that `ranked`'s top k holds (1.0: the same k items)."""
+    if k <= 0:
+        raise ValueError(f"k must be > 0, got {k}")
+    return len(set(ranked[:k]) & set(reference[:k])) / k
+
+
 def ratios(candidate: Sequence[dict[str, float]], base: Sequence[dict[str, float]], *,
            samples: int = 1000, seed: int = 0) -> dict[str, dict]:
     """mean(candidate) / mean(base) per metric with its paired 95% interval (paired_ratio_ci);

@@ -92,3 +92,25 @@ def test_bulk_resampling_draws_exactly_the_users_randrange_draws(users):
             assert (got[k] is None) == (want[k] is None)
             if want[k] is not None:
                 assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-15)
+
+
+def test_paired_difference_interval_is_paired_and_centred_on_the_difference():
+    base = [{"HR@1": float(i % 4 == 0)} for i in range(400)]       # 0.25
+    better = [{"HR@1": float(i % 2 == 0)} for i in range(400)]     # 0.50, a hit wherever base has one
+    lo, hi = metrics.paired_difference_ci(better, base, samples=300, seed=1)["HR@1"]
+    assert 0 < lo < 0.25 < hi
+    assert metrics.paired_difference_ci(base, base, samples=50)["HR@1"] == (0.0, 0.0)  # paired: no spread
+    shuffled = [{"HR@1": float(i % 4 == 1)} for i in range(400)]   # same mean, other users
+    lo, hi = metrics.paired_difference_ci(shuffled, base, samples=300, seed=1)["HR@1"]
+    assert lo < 0 < hi
+    with pytest.raises(ValueError):
+        metrics.paired_difference_ci(base[:3], base, samples=10)
+
+
+def test_top_overlap_counts_shared_items_of_the_top_k():
+    assert metrics.top_overlap(["a", "b", "c", "d"], ["b", "a", "x", "d"], 2) == 1.0
+    assert metrics.top_overlap(["a", "b", "c", "d"], ["b", "a", "x", "d"], 3) == 2 / 3
+    assert metrics.top_overlap(["a"], ["b"], 1) == 0.0
+    assert metrics.top_overlap(["a", "b"], ["a", "b"], 10) == 0.2  # a short list holds at most its length
+    with pytest.raises(ValueError):
+        metrics.top_overlap(["a"], ["a"], 0)
