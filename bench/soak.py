@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import requests
 
 from prunerec.errors import PrunerecError
 from prunerec.io import write_json, write_text
@@ -49,6 +50,7 @@ from prunerec.loadtest.runner import (
     start_server,
     wait_ready,
 )
+from prunerec.loadtest.workload import auth_headers
 from prunerec.plots import pyplot, save_png
 from prunerec.serve.options import ServeOptions
 
@@ -139,14 +141,25 @@ def memory_sample(pid: int) -> dict:
     return {"t": time.time(), "tree_rss_mib": round(sum(processes.values()), 1), "processes": processes}
 
 
+def engine_held(url: str) -> dict | None:
+    """What the served engine holds between requests (GET /ready's engine.held; vLLM only)."""
+    try:
+        return requests.get(url + "/ready", headers=auth_headers(), timeout=10).json()["engine"].get("held")
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return None
+
+
 class MemorySampler(threading.Thread):
-    def __init__(self, pid: int, every_s: float):
+    def __init__(self, pid: int, every_s: float, url: str | None = None):
         super().__init__(daemon=True)
-        self.pid, self.every_s, self.samples, self.done = pid, every_s, [], threading.Event()
+        self.pid, self.every_s, self.url, self.samples, self.done = pid, every_s, url, [], threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
-            self.samples.append(memory_sample(self.pid))
+            sample = memory_sample(self.pid)
+            if self.url:
+                sample["held"] = engine_held(self.url)
+            self.samples.append(sample)
             self.done.wait(self.every_s)
 
     def stop(self) -> list[dict]:
@@ -165,7 +178,7 @@ def soak_phase(url: str, server, args, options: LoadtestOptions, rate: float, fo
     env = child_env({"PRUNEREC_LOADTEST_DATA": str(args.data), "PRUNEREC_LOADTEST_K": str(args.k),
                      "PRUNEREC_SOAK_RATE_PER_USER": f"{rate / args.users:.6f}",
                      "PRUNEREC_SOAK_LATENCY_FILE": str(latency_file)})
-    sampler = MemorySampler(server.proc.pid, args.sample_seconds)
+    sampler = MemorySampler(server.proc.pid, args.sample_seconds, url)
     start_s = time.time()
     sampler.start()
     try:
@@ -180,8 +193,8 @@ def soak_phase(url: str, server, args, options: LoadtestOptions, rate: float, fo
 
 
 def run_engine(engine: str, args) -> dict:
-    folder = OUT / "soak" / engine
-    options = LoadtestOptions(duration_s=args.capacity_seconds, k=args.k,
+    folder = Path(args.out) / engine
+    options = LoadtestOptions(duration_s=args.capacity_seconds, k=args.k, server_env=dict(args.server_env),
                               serve=ServeOptions(engine=engine, max_concurrency=args.max_concurrency,
                                                  request_timeout=args.request_timeout))
     target = resolve_target("baseline", str(args.model))
@@ -229,6 +242,11 @@ def markdown(report: dict) -> str:
                   f"({pct(v['memory_drift'])}); p99 minute 2 {fmt(v['p99_minute_2_ms'], '.0f')} ms, last "
                   f"minute {fmt(v['p99_last_minute_ms'], '.0f')} ms ({pct(v['p99_drift'])}).", ""]
         lines += [f"- {'ok' if ok else 'NO'}: {check}" for check, ok in v["checks"].items()]
+        held = [m["held"] for m in run["memory"] if m.get("held")]
+        if held:
+            peaks = {name: max(h[name] for h in held) for name in held[0]}
+            lines += ["", f"Held by the engine between requests (sampled with the memory): most at once "
+                          f"{peaks}; at the last sample {held[-1]}."]
         lines += ["", "| minute | requests | failures | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
         lines += [f"| {m['minute']} | {m['requests']} | {m['failures']} | {m['rps']:.2f} | "
                   f"{fmt(m['p50_ms'], '.0f')} | {fmt(m['p99_ms'], '.0f')} |" for m in run["minutes"]]
@@ -256,6 +274,13 @@ def plot(report: dict, path: Path) -> None:
     save_png(fig, path)
 
 
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the demo's pruned model)")
@@ -272,6 +297,8 @@ def parse_args(argv=None):
     parser.add_argument("--sample-seconds", type=float, default=10.0)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, default=OUT / "soak", help="writes OUT.json, OUT.md, OUT.png")
+    parser.add_argument("--server-env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+                        help="environment of the server (repeatable), e.g. MALLOC_ARENA_MAX=1")
     parser.add_argument("--fresh", action="store_true", help="soak every engine again, even those OUT.json holds")
     args = parser.parse_args(argv)
     if args.minutes < 3 or not 0 < args.load <= 1:
@@ -298,7 +325,7 @@ def run(args) -> dict:
     report = {"settings": {"model": str(args.model), "data": str(args.data), "minutes": args.minutes,
                            "load": args.load, "users": args.users, "capacity_users": args.capacity_users,
                            "capacity_seconds": args.capacity_seconds, "k": args.k,
-                           "max_concurrency": args.max_concurrency,
+                           "max_concurrency": args.max_concurrency, "server_env": dict(args.server_env),
                            "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores",
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
               "engines": [], "complete": False}

@@ -122,10 +122,21 @@ class VllmEngine(WorkerEngine):
                 self.release([request])
         return cut_at_eos(request.tokens(), self.sm.eos_id)
 
+    def held(self) -> dict:
+        """What the engine holds between requests: unfinished vLLM requests, jobs waiting for
+        outputs, and the sink's requests and positions (all 0 when it is idle; growth under a
+        steady load would be a leak)."""
+        from prunerec.serve.vllm_trie import SINK
+
+        with self._cv:
+            return {"tracked_requests": len(self._live), "waiting_jobs": len(self._waiting),
+                    "sink_requests": len(SINK), "sink_positions": SINK.positions()}
+
     def describe(self):
+        held = self.held()
         with self._cv:
             per = self.totals.per(self.searches)
-            return {"engine": self.name, "dtype": self.dtype, "model_impl": self.model_impl,
+            return {"held": held, "engine": self.name, "dtype": self.dtype, "model_impl": self.model_impl,
                     "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len,
                     "core": "process" if self.multiprocess else "in-process", "engine_steps": self.steps,
                     "logprobs_from": "vllm logprobs" if self.multiprocess else "sink",

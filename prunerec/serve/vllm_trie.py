@@ -72,6 +72,11 @@ class LogprobSink:
     def __len__(self) -> int:
         return len(self._by_request)
 
+    def positions(self) -> int:
+        """Output positions held over every request (what a leak would grow)."""
+        with self._lock:
+            return sum(len(held) for held in self._by_request.values())
+
 
 SINK = LogprobSink()
 
