@@ -11,6 +11,9 @@ on this machine or a fresh one, skips finished points:
   pruned-<target>-<criterion>  no distillation, at every --curve target for PruneRec, and for
                           every criterion at the mildest one (where pruning alone leaves
                           something to compare)
+  serve                   each finished PruneRec point against the base through `prunerec
+                          loadtest` (--serve-engine, --serve-users users, --serve-seconds a model):
+                          requests/s of both, measured side by side, and their ratio
 Each point holds HR@10/NDCG@10 (and @5/@20) with the share of the base kept, the same against
 PruneRec's point of its kind (ratio and difference, paired 95% intervals), and fidelity to the
 base: the overlap of its top-10 with the base's top-10 per user (paired intervals) and the
@@ -135,6 +138,27 @@ def run_point(name: str, changes: dict, args, paths: Paths, root: Path, base_eva
     return summary
 
 
+def serve_point(name: str, args, paths: Paths, root: Path) -> None:
+    """Requests/s of a point's model against the base's, one load test of both (added to its JSON)."""
+    from prunerec.loadtest.options import LoadtestOptions
+    from prunerec.loadtest.runner import run_loadtest
+    from prunerec.serve.options import ServeOptions
+
+    path = root / f"{name}.json"
+    point = json.loads(path.read_text())
+    if "serving" in point:
+        return
+    options = LoadtestOptions(users=(args.serve_users,), duration_s=args.serve_seconds,
+                              serve=ServeOptions(engine=args.serve_engine))
+    report = run_loadtest(str(paths.base / "model"), str(root / name / "run" / "final"), paths.data,
+                          root / name / f"loadtest_{args.serve_engine}", options)
+    base_level, level = (report["models"][role]["levels"][0] for role in ("baseline", "candidate"))
+    point["serving"] = {"engine": args.serve_engine, "users": args.serve_users, "base_rps": base_level["rps"],
+                        "rps": level["rps"], "ratio": level["rps"] / base_level["rps"] if base_level["rps"] else None,
+                        "failures": base_level["failures"] + level["failures"]}
+    write_json(path, point)
+
+
 def _interval(pair) -> str:
     return "-" if pair is None else f"[{pair[0]:.0%}, {pair[1]:.0%}]"
 
@@ -166,7 +190,7 @@ def summarize(args, paths: Paths, root: Path) -> str:
     overlaps = {name: overlap_rows(json.loads((root / name / "eval.json").read_text()), base_eval) for name in found}
     header = ["point", "removed", "HR@10", "NDCG@10", "NDCG@10 kept", "vs PruneRec (ratio)",
               "vs PruneRec (difference)", "top-10 overlap with base", "overlap vs PruneRec (difference)",
-              "response KL to base"]
+              "response KL to base", "req/s vs base"]
     lines = [header, ["---"] * len(header)]
     for name, point in found.items():
         test, reference = point["test"], reference_of(name)
@@ -181,7 +205,8 @@ def summarize(args, paths: Paths, root: Path) -> str:
                                             f"{_interval(versus['NDCG@10']['ratio_ci95'])}",
                       "-" if not versus else _difference(versus["NDCG@10"]["difference_ci95"]),
                       f"{point['fidelity']['overlap@10']:.1%}", "-" if not versus else _difference(overlap_versus),
-                      f"{point['fidelity']['response_kl']:.3f}"])
+                      f"{point['fidelity']['response_kl']:.3f}",
+                      f"{point['serving']['ratio']:.2f}x" if point.get("serving", {}).get("ratio") else "-"])
     table = "\n".join("| " + " | ".join(line) + " |" for line in lines)
     summary_path = args.out / f"prune_smollm2_{args.label}{args.tag}.json"
     write_json(summary_path, {"base": str(paths.base), "users": base_eval["users"], "points": found, "table": table})
@@ -200,7 +225,7 @@ def _bars(values: list[float], intervals: list) -> list[list[float]]:
 def plot_curve(found: dict, path: Path) -> None:
     """Kept NDCG@10 and top-10 overlap against the parameters left, PruneRec's points."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for label, prefix in (("pruned only", "pruned-"), ("distilled", "distilled-")):
         chosen = sorted((p for n, p in found.items() if n.startswith(prefix) and n.endswith("-prunerec")),
                         key=lambda p: p["parameters"]["non_embedding"])
@@ -213,8 +238,12 @@ def plot_curve(found: dict, path: Path) -> None:
         overlap = [p["fidelity"]["overlap@10"] for p in chosen]
         axes[1].errorbar(params, overlap, yerr=_bars(overlap, [p["fidelity"]["overlap@10_ci95"] for p in chosen]),
                          marker="s", capsize=3, label=label)
+        served = [(n, p["serving"]["ratio"]) for n, p in zip(params, chosen) if p.get("serving", {}).get("ratio")]
+        if served:
+            axes[2].plot(*zip(*served), marker="^", label=label)
     axes[0].axhline(KEPT_LOW, color="grey", lw=0.8, ls="--")
-    for ax, ylabel in zip(axes, ("NDCG@10 kept (95% paired CI)", "top-10 overlap with the base (95% CI)")):
+    for ax, ylabel in zip(axes, ("NDCG@10 kept (95% paired CI)", "top-10 overlap with the base (95% CI)",
+                                 "requests/s over the base's (side by side)")):
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters left")
         ax.set_ylabel(ylabel)
@@ -237,6 +266,9 @@ def main() -> None:
     parser.add_argument("--calib-samples", type=int, default=16)
     parser.add_argument("--kl-rows", type=int, default=200, help="validation rows of the response-token KL")
     parser.add_argument("--teacher-cache", type=Path, default=HERE / "out" / "teacher_cache_smollm2")
+    parser.add_argument("--serve-engine", default="torch", choices=("torch", "vllm"))
+    parser.add_argument("--serve-users", type=int, default=16)
+    parser.add_argument("--serve-seconds", type=int, default=30, help="load per model and point")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="where the points and the summary go")
     parser.add_argument("--summarize", action="store_true")
@@ -261,6 +293,9 @@ def main() -> None:
     for name, changes in points(args):
         point = run_point(name, changes, args, paths, root, base_eval, kl_data)
         print(name, {k: point["test"]["kept"][k] for k in SHOWN}, point["fidelity"], flush=True)
+    if "serve" in args.parts.split(","):
+        for path in sorted(root.glob("*-prunerec.json")):
+            serve_point(path.stem, args, paths, root)
     print(summarize(args, paths, root))
 
 

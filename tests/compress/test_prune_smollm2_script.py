@@ -48,6 +48,10 @@ def test_points_compare_criteria_and_fidelity(tiny_base, tmp_path):
     assert set(versus) == {"ratio", "ratio_ci95", "difference", "difference_ci95"}
     assert summary["points"]["distilled-prunerec"]["versus_prunerec"] is None
     assert (out / "prune_smollm2_data.png").stat().st_size > 0
+    run_bench(base, data, out, "--parts", "serve", "--serve-users", "2", "--serve-seconds", "3")
+    serving = json.loads((root / "distilled-prunerec.json").read_text())["serving"]
+    assert serving["engine"] == "torch" and serving["failures"] == 0 and serving["rps"] > 0 < serving["base_rps"]
+    assert "serving" not in json.loads((root / "distilled-random.json").read_text())  # PruneRec's points only
 
 
 def test_every_part_names_its_points_and_their_reference():
