@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from prunerec.errors import PrunerecError
 from prunerec.model.dtypes import PRECISIONS
+from prunerec.model.prompt import TEMPLATES, PromptSettings
 from prunerec.options import check_flags, flag
 from prunerec.train.trainer import TrainConfig
 
@@ -93,9 +94,10 @@ PROMPT_FLAGS = ("template", "category", "max_history", "cutoff")
 class PromptOptions:
     """How `prunerec train` writes its prompts (the model keeps them: every later command reuses them)."""
     template: str | None = flag(None, "Prompt template. Default: alpaca for checkpoints, compact for scratch "
-                                      "presets.", choices=("alpaca", "compact"))
+                                      "presets.", choices=tuple(TEMPLATES))
     category: str | None = flag(None, "Item category named in the prompt (default: from the data's stats.json or "
                                       "'catalog').", kind=str)
-    max_history: int = flag(10, "History items in a prompt (most recent kept).", low=0, open_low=True,
-                            cli_range=False)
-    cutoff: int = flag(512, "Tokens per example, cut from the left.", low=0, open_low=True, cli_range=False)
+    max_history: int = flag(PromptSettings.max_history, "History items in a prompt (most recent kept).", low=0,
+                            open_low=True, cli_range=False)
+    cutoff: int = flag(PromptSettings.cutoff_tokens, "Tokens per example, cut from the left.", low=0, open_low=True,
+                       cli_range=False)

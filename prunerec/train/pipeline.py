@@ -14,8 +14,8 @@ from prunerec.train.trainer import TrainConfig
 SCRATCH_LR, CHECKPOINT_LR = 1e-3, TrainConfig.lr
 
 
-def run_train(data_dir, model_ref, out, *, template=None, category=None, max_history=10, cutoff=512,
-              resume=False, overwrite=False, say=None, **training) -> dict:
+def run_train(data_dir, model_ref, out, *, template=None, category=None, max_history=PromptSettings.max_history,
+              cutoff=PromptSettings.cutoff_tokens, resume=False, overwrite=False, say=None, **training) -> dict:
     """`prunerec train`; `training` holds TrainingOptions and FineTuneOptions fields (epochs, lr,
     lora, ...); `say` gets warnings (e.g. bf16 on a device without bf16 arithmetic)."""
     from prunerec.model.checkpoint import check_checkpoint
