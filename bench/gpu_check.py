@@ -63,7 +63,7 @@ OVERRIDABLE = ("train_minutes", "distill_minutes", "eval_users", "load_users", "
 # ----------------------------------------------------------------------------- the plan
 def demo_plan(prof: dict, engine: str):
     """The demo's steps with this profile's preset, data size and budgets."""
-    from prunerec.demo.pipeline import DemoPlan
+    from prunerec.demo.options import DemoPlan
     from prunerec.loadtest.report import parse_duration, parse_users
 
     train = {"epochs": 50, "batch_size": prof["train_batch"], "lr": prof["train_lr"], "patience": 3,

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from prunerec.compress.options import AnalyzeOptions, CompressOptions
 from prunerec.data.options import DemoDataOptions, PrepareOptions
-from prunerec.demo.pipeline import DemoPlan
+from prunerec.demo.options import DemoPlan
 from prunerec.errors import PrunerecError
 from prunerec.evaluate.options import EvalOptions
 from prunerec.export.options import ExportOptions

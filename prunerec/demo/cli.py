@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from prunerec.demo.pipeline import DemoPlan
+from prunerec.demo.options import DemoPlan
 from prunerec.errors import friendly_errors
 from prunerec.options import click_options
 
