@@ -85,6 +85,13 @@ def trained(model_dir: Path, minutes: float) -> dict | None:
         else None
 
 
+def earlier_peak_rss(summary_path: Path) -> float | None:
+    """The training's peak RSS an earlier run of this bench recorded (a rerun that only evaluates keeps it)."""
+    if not summary_path.is_file():
+        return None
+    return json.loads(summary_path.read_text()).get("peak_rss_gib_training")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(CATEGORIES), required=True)
@@ -110,7 +117,7 @@ def main() -> None:
     data_dir = SHARED_DATA / f"amazon-{args.data}"
     summary_path = OUT / f"base_smollm2_{args.data}{args.tag}.json"
     base = imported_base(OUT / "smollm2")
-    training, peak_rss = trained(root / "model", args.minutes), None
+    training, peak_rss = trained(root / "model", args.minutes), earlier_peak_rss(summary_path)
     if training is None:
         with Meter(torch.device("cpu")) as meter:
             training = train(args, base, root / "model", data_dir)
@@ -118,7 +125,7 @@ def main() -> None:
     summary = {"data": str(data_dir), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "settings": vars(args), "import": json.loads((base / "import.json").read_text()),
                "training": {k: v for k, v in training.items() if k != "log"}, "valid_loss": training["log"],
-               "peak_rss_gib_training": peak_rss}  # sampled; None when this run trained nothing
+               "peak_rss_gib_training": peak_rss}  # sampled by the run that trained; None if unrecorded
     write_json(summary_path, summary)
     report, table = run_evaluate(root / "model", data_dir, split="test", grounding="trie", beams=20,
                                  batch_size=16, limit=args.users, out=root / "eval.json")
