@@ -126,9 +126,9 @@ def check_flags(options) -> None:
         value = getattr(options, name)
         if value is None or isinstance(value, bool):
             continue
-        label = spec.cli or option_name(name)
         if spec.parse is not None or spec.path:
             continue
+        label = spec.cli or option_name(name)
         chosen = value if spec.multiple else (value,)
         if spec.choices and any(v not in spec.choices for v in chosen):
             raise PrunerecError(f"{label} must be one of {', '.join(spec.choices)}, got {value!r}")
@@ -139,11 +139,3 @@ def check_flags(options) -> None:
             raise PrunerecError(f"{label} must be {relation} {spec.low:g}, got {value}")
         if spec.high is not None and value > spec.high:
             raise PrunerecError(f"{label} must be <= {spec.high:g}, got {value}")
-
-
-def check_positive(name: str, value, allow_zero: bool = False) -> None:
-    """A library caller's count or amount for flag `--name`: > 0 (>= 0 with allow_zero); None passes."""
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise PrunerecError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
