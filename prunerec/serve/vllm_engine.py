@@ -278,6 +278,8 @@ class VllmEngine(WorkerEngine):
                 idle = not self._jobs and not self._waiting
                 if handed_in >= self._active and not idle:
                     break
+                if idle and self._aborts:  # the last search's releases: free them now, not at the next request
+                    break
                 left = until - time.monotonic()
                 if not idle and left <= 0:
                     self.gather_timeouts += 1
