@@ -74,3 +74,49 @@ def test_cached_scores_leave_model_unchanged():
     imp.head_importance_kl(model, [b], n_remove_per_layer=1)
     assert torch.equal(model(**b).logits, before)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _with_shared_prefix(batches_, length=6, seed=7):
+    prefix = torch.randint(0, 97, (length,), generator=torch.Generator().manual_seed(seed))
+    for b in batches_:
+        b["input_ids"][:, :length] = prefix
+    return batches_
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("mode", ["zero_o_proj", "scale_query"])
+@pytest.mark.parametrize("n_remove", [None, 2])
+@pytest.mark.parametrize("heads_per_pass,rows_per_bucket", [(1, 1), (3, 4), (None, 16)])
+def test_shared_prefix_scores_equal_reference(monkeypatch, attn, mode, n_remove, heads_per_pass, rows_per_bucket):
+    """Prompts that begin alike: the prefix runs once per masked pass and the scores stay those
+    of one full forward per head (right padding, buckets of several rows, either attention)."""
+    from prunerec.compress import head_kl
+
+    model = tiny(layers=4, seed=3)
+    model.config._attn_implementation = attn
+    b = _with_shared_prefix(batches(n=2, bsz=3, t=10, seed=5))
+    want, want_masked = reference_head_importance(model, b, n_remove_per_layer=n_remove, mask_mode=mode)
+    prefix_passes = []
+    real_pass = head_kl._prefix_pass
+    monkeypatch.setattr(head_kl, "_prefix_pass", lambda *a: prefix_passes.append(a[-1]) or real_pass(*a))
+    got, got_masked = imp.head_importance_kl(model, b, n_remove_per_layer=n_remove, mask_mode=mode,
+                                             heads_per_pass=heads_per_pass, rows_per_bucket=rows_per_bucket)
+    assert prefix_passes and set(prefix_passes) == {6}
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert got_masked == want_masked
+
+
+def test_prefix_too_short_or_left_padded_is_not_shared():
+    from prunerec.compress import head_kl
+
+    model = tiny(seed=4)
+    short = _with_shared_prefix(batches(n=1, bsz=3, t=10, seed=5), length=head_kl.MIN_SHARED_PREFIX - 1)
+    buckets = hooks.length_buckets(short, 1)
+    cached = [head_kl._cache(model, hooks.to_model_device(model, x)) for x in buckets]
+    assert head_kl._shared_prefix_length(model, cached, buckets) == 0
+    left = _with_shared_prefix(batches(n=1, bsz=3, t=10, seed=5))
+    left[0]["attention_mask"][0, 0] = 0
+    assert head_kl._shared_prefix_length(model, cached, left) == 0
+    shared = _with_shared_prefix(batches(n=1, bsz=3, t=10, seed=5))
+    buckets = hooks.length_buckets(shared, 1)
+    assert head_kl._shared_prefix_length(model, cached, buckets) == 6
