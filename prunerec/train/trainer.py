@@ -87,6 +87,14 @@ def lr_factor(step: int, warmup: int, total: int, elapsed_s: float = 0.0, budget
     return max(0.0, min(by_steps, by_time))
 
 
+def fused_adamw(device: torch.device, params) -> bool | None:
+    """AdamW's fused kernel where torch has one: on CPU the default is a loop of a dozen
+    elementwise passes over every tensor, many times slower for a model whose embedding is most
+    of its parameters (bench/teacher_cache_speed.py); the same update to float rounding."""
+    floats = all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
+    return True if floats and device.type in ("cpu", "cuda") else None
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -149,7 +157,7 @@ class Trainer:
         no_decay = [p for p in trained if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr, betas=(0.9, 0.95))
+            lr=config.lr, betas=(0.9, 0.95), fused=fused_adamw(self.device, trained))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, config.warmup_steps, self.total_steps,
                                                    self.state.elapsed_s, self._decay_budget_s()))
