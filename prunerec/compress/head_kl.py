@@ -7,10 +7,7 @@ layer l, several heads per forward: the batch is repeated once per head, each co
 own head removed. Same arithmetic as one full masked forward per head, a fraction of the cost.
 Right-padded prompts are first regrouped by length (one per batch by default), so no forward
 spends work on padding: calibration prompts vary in length, and a batch padded to its longest
-row made ~46% of the tokens of SmolLM2's head scoring pads. Prompts of one template share their
-first tokens; a masked pass runs that shared prefix once (its keys and values in each layer go in
-front of every prompt's own, as a KV cache would), then only each prompt's rest (SmolLM2's
-calibration prompts: 16 of their ~65 tokens).
+row made ~46% of the tokens of SmolLM2's head scoring pads.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ from prunerec.compress.hooks import (
     masked_heads,
     model_dims,
     removing_hooks,
-    right_padded,
     run_layers,
     tiled,
     to_model_device,
@@ -46,11 +42,6 @@ TOKENS_PER_PASS = 16384
 # Calibration prompts per cached batch, regrouped by length: one, so no padding at all (the k
 # stacked copies keep the matrices large; measured fastest on SmolLM2, 2 CPU cores).
 ROWS_PER_BUCKET = 1
-
-
-# Shortest shared prefix worth running once: below it the extra pass costs more than it saves.
-MIN_SHARED_PREFIX = 4
-_POSITION_KEYS = ("attention_mask", "position_ids", "cache_position", "position_embeddings")
 
 
 @dataclass
@@ -89,101 +80,16 @@ def _one_head_per_copy(model, l: int, heads: list[int], n_rows: int, mode: str):
         yield
 
 
-def _head_kl_sums(model, l: int, c: _Cached, heads: list[int], mode: str,
-                  prefix: tuple[int, _PrefixKV] | None = None) -> torch.Tensor:
-    """Sum over the batch's samples of KL(ref || model without head h of layer l), per head;
-    with `prefix` (its length and keys/values), only the positions after it are run."""
-    n_rows, length, k = c.hidden.shape[0], c.hidden.shape[1], len(heads)
-    start, kwargs = 0, c.kwargs
-    if prefix:
-        start, cache = prefix
-        cache.rows = n_rows
-        every = slice(None)
-        kwargs = [_cut(kw, slice(start, None), every, every) for kw in c.kwargs]
-        kwargs = [{**kw, "past_key_values": cache, "attention_mask": _causal_from(
-            kw.get("attention_mask"), length, start, n_rows, c.hidden.device)} for kw in kwargs]
-    kwargs = [{key: tiled(v, n_rows, k) for key, v in kw.items()} for kw in kwargs]
+def _head_kl_sums(model, l: int, c: _Cached, heads: list[int], mode: str) -> torch.Tensor:
+    """Sum over the batch's samples of KL(ref || model without head h of layer l), per head."""
+    n_rows, k = c.hidden.shape[0], len(heads)
+    kwargs = [{key: tiled(v, n_rows, k) for key, v in kw.items()} for kw in c.kwargs]
     with _one_head_per_copy(model, l, heads, n_rows, mode):
-        h = run_layers(model, range(l, len(c.kwargs)), tiled(c.hidden[:, start:], n_rows, k), kwargs)
+        h = run_layers(model, range(l, len(c.kwargs)), tiled(c.hidden, n_rows, k), kwargs)
     rows = torch.arange(k * n_rows, device=h.device)
-    h = model.model.norm(h[rows, (c.last - start).repeat(k)])
+    h = model.model.norm(h[rows, c.last.repeat(k)])
     lp = F.log_softmax(model.lm_head(h).float(), dim=-1).reshape(k, n_rows, -1)
     return (c.ref.exp() * (c.ref - lp)).sum((1, 2)).double().cpu()
-
-
-class _PrefixKV:
-    """Stands in for a transformers Cache in the attention layers: records each layer's keys and
-    values of the shared prefix (k stacked copies), then puts them in front of each suffix's own
-    (n_rows rows per copy)."""
-
-    def __init__(self):
-        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.rows = 0  # 0 while recording the prefix
-
-    def update(self, key, value, layer_idx, *args, **kwargs):
-        if not self.rows:
-            self.kv[layer_idx] = (key, value)
-            return key, value
-        prefix_key, prefix_value = (t.repeat_interleave(self.rows, dim=0) for t in self.kv[layer_idx])
-        return torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2)
-
-
-def _shared_prefix_length(model, cached: list[_Cached], buckets: list[dict]) -> int:
-    """Leading tokens every calibration row has in common (at least one token of each row is left
-    to its own pass), or 0 when they are too few to pay, or the layer arguments are of a form
-    this does not know how to cut."""
-    masks = [b.get("attention_mask", torch.ones_like(b["input_ids"])) for b in buckets]
-    if not all(right_padded(mask) for mask in masks):
-        return 0
-    tokens = [b["input_ids"][row, :n] for b, mask in zip(buckets, masks) for row, n in enumerate(mask.sum(1).tolist())]
-    shortest = min(len(row) for row in tokens)
-    rows = torch.stack([row[: shortest - 1] for row in tokens])
-    length = int((rows == rows[:1]).all(0).long().cumprod(0).sum()) if shortest > 1 else 0
-    sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
-    if length < MIN_SHARED_PREFIX or not all(_cuttable(kw, sdpa) for c in cached for kw in c.kwargs):
-        return 0
-    return length
-
-
-def _cuttable(kwargs: dict, sdpa: bool) -> bool:
-    """Every tensor argument is one :func:`_cut` knows, and a causal mask left out is SDPA's."""
-    tensors = {key for key, v in kwargs.items() if isinstance(v, (torch.Tensor, tuple))}
-    return tensors <= set(_POSITION_KEYS) and (kwargs.get("attention_mask") is not None or sdpa)
-
-
-def _cut(kwargs: dict, queries: slice, keys: slice, rows: slice) -> dict:
-    """A layer's keyword arguments for the positions `queries` attending to `keys`."""
-    out = dict(kwargs)
-    if "position_embeddings" in kwargs:
-        out["position_embeddings"] = tuple(t[rows, queries] for t in kwargs["position_embeddings"])
-    if kwargs.get("position_ids") is not None:
-        out["position_ids"] = kwargs["position_ids"][rows, queries]
-    if kwargs.get("cache_position") is not None:
-        out["cache_position"] = kwargs["cache_position"][queries]
-    mask = kwargs.get("attention_mask")
-    if mask is not None:
-        out["attention_mask"] = mask[rows, :, queries, keys]
-    return out
-
-
-def _causal_from(mask, length: int, start: int, n_rows: int, device):
-    """The suffix's mask: its rows of the full causal mask (built when transformers left it to
-    SDPA's is_causal, which would align a shorter query block wrongly)."""
-    if mask is not None:
-        return mask
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril()[start:].expand(n_rows, 1, -1, -1)
-
-
-def _prefix_pass(model, l: int, c: _Cached, heads: list[int], mode: str, length: int) -> _PrefixKV:
-    """Run the shared prefix (row 0 of `c`, k copies) through layers >= l with `heads` masked per
-    copy, keeping every layer's keys and values."""
-    k, cache = len(heads), _PrefixKV()
-    head, first = slice(0, length), slice(0, 1)
-    kwargs = [{**{key: tiled(v, 1, k) for key, v in _cut(kw, head, head, first).items()}, "past_key_values": cache}
-              for kw in c.kwargs]
-    with _one_head_per_copy(model, l, heads, 1, mode):
-        run_layers(model, range(l, len(c.kwargs)), tiled(c.hidden[first, head], 1, k), kwargs)
-    return cache
 
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
@@ -206,7 +112,6 @@ def head_importance_kl(
     mask_mode: str = "zero_o_proj",
     heads_per_pass: int | None = None,
     rows_per_bucket: int = ROWS_PER_BUCKET,
-    share_prefix: bool = True,
 ) -> tuple[torch.Tensor, list[list[int]]]:
     """PruneRec Stage I head importance (paper Algorithm 1).
 
@@ -215,8 +120,7 @@ def head_importance_kl(
     Sequential: if ``n_remove_per_layer`` is given, that many least important heads of each
     layer (by imp) stay masked while later layers are scored. ``heads_per_pass``: heads scored
     per forward (default: as many as keep a forward near TOKENS_PER_PASS tokens). Right-padded
-    prompts are regrouped ``rows_per_bucket`` at a time by length (:func:`length_buckets`).
-    ``share_prefix``: run the tokens all prompts begin with once per masked pass. Returns
+    prompts are regrouped ``rows_per_bucket`` at a time by length (:func:`length_buckets`). Returns
     (imp [L,H], masked heads per layer).
     """
     if mask_mode not in ("zero_o_proj", "scale_query"):
@@ -228,15 +132,13 @@ def head_importance_kl(
         buckets = length_buckets(batch_list(batches), rows_per_bucket)
         cached = [_cache(model, to_model_device(model, b)) for b in buckets]
         n_samples = sum(c.ref.shape[0] for c in cached)
-        shared = _shared_prefix_length(model, cached, buckets) if share_prefix else 0
-        k = min(_heads_per_pass(n_heads, c, heads_per_pass) for c in cached)
         for l in tqdm(range(n_layers), desc="head KL", leave=False):
             raw = torch.zeros(n_heads, dtype=torch.float64)
-            for start in range(0, n_heads, k):
-                heads = list(range(start, min(start + k, n_heads)))
-                prefix = (shared, _prefix_pass(model, l, cached[0], heads, mask_mode, shared)) if shared else None
-                for c in cached:
-                    raw[start:start + len(heads)] += _head_kl_sums(model, l, c, heads, mask_mode, prefix)
+            for c in cached:
+                k = _heads_per_pass(n_heads, c, heads_per_pass)
+                for start in range(0, n_heads, k):
+                    heads = list(range(start, min(start + k, n_heads)))
+                    raw[start:start + len(heads)] += _head_kl_sums(model, l, c, heads, mask_mode)
             norm = _minmax((raw / max(n_samples, 1)).float())
             imp[l] = norm if l == 0 else alpha * imp[l - 1] + (1 - alpha) * norm
             if n_remove_per_layer:
