@@ -16,6 +16,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from prunerec.data.catalog import Sample, load_dataset
 from prunerec.io import write_json
 
 HERE = Path(__file__).resolve().parent
@@ -23,17 +24,12 @@ SHARED_DATA = HERE.parents[1] / "shared" / "data"
 TOP = (10, 100, 1000)
 
 
-def read_rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return [json.loads(line) for line in f]
-
-
-def profile(train: list[dict], test: list[dict]) -> dict:
+def profile(train: list[Sample], test: list[Sample]) -> dict:
     """Shares of the test targets (first target of each row) by what training showed of them."""
-    taught = Counter(row["target"] for row in train)
-    seen = set(taught) | {item for row in train for item in row["history"]}
-    in_test_history = {item for row in test for item in row["history"]}
-    targets = [row["target"] for row in test]
+    taught = Counter(row.target for row in train)
+    seen = set(taught) | {item for row in train for item in row.history}
+    in_test_history = {item for row in test for item in row.history}
+    targets = [row.target for row in test]
     test_popular = Counter(targets)
     n = len(targets)
     out = {"test_rows": n, "train_rows": len(train),
@@ -56,8 +52,9 @@ def main() -> None:
     result = {}
     for name in args.data or ["games", "toys"]:
         folder = SHARED_DATA / f"amazon-{name}"
+        data = load_dataset(folder, splits=("train", "test"))
         result[name] = {"split": json.loads((folder / "stats.json").read_text()).get("split", "?"),
-                        **profile(read_rows(folder / "train.jsonl"), read_rows(folder / "test.jsonl"))}
+                        **profile(data["train"], data["test"])}
     write_json(args.out, result)
     keys = [k for k in next(iter(result.values())) if k != "split"]
     print("| | " + " | ".join(result) + " |\n|---|" + "---|" * len(result))
