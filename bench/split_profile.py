@@ -5,9 +5,14 @@ history: a title the model was never taught to write after a history), how many 
 items popular in training (what popularity, and a model that learned it, ranks first), and how
 much the popular items of the test period differ from those of training. A time split (Games)
 and a leave-one-out split (Toys) differ most here: a later period buys newer items.
+`target_in_test_top<k>` is an oracle: the hit rate of a fixed list of the test period's own k
+most popular targets, the most any list that ignores the history could reach.
+
+With `--rankings DATA=eval.json` (a `prunerec evaluate` report) it also profiles what that
+model ranks in its top 10 the same way, to set beside what the test period buys.
 
 Writes bench/out/split_profile.json (--out) and prints a table.
-Usage: python bench/split_profile.py [--data games --data toys]
+Usage: python bench/split_profile.py [--data games --data toys] [--rankings games=path/eval.json]
 """
 from __future__ import annotations
 
@@ -40,26 +45,71 @@ def profile(train: list[Sample], test: list[Sample]) -> dict:
         train_top = {item for item, _ in taught.most_common(k)}
         test_top = {item for item, _ in test_popular.most_common(k)}
         out[f"target_in_train_top{k}"] = round(sum(t in train_top for t in targets) / n, 4)
+        out[f"target_in_test_top{k}"] = round(sum(t in test_top for t in targets) / n, 4)
         out[f"train_top{k}_overlap_test_top{k}"] = round(len(train_top & test_top) / k, 4)
+    return out
+
+
+def ranked_profile(train: list[Sample], titles: tuple[str, ...], rankings: list[list[str]], depth: int = 10) -> dict:
+    """Shares of the titles a model ranks in its top `depth`, by what training showed of them."""
+    taught = Counter(titles[row.target] for row in train)
+    seen = set(taught) | {titles[item] for row in train for item in row.history}
+    ranked = [title for ranking in rankings for title in ranking[:depth]]
+    n = len(ranked)
+    out = {"users": len(rankings), "ranked_titles": n, "distinct_ranked_titles": len(set(ranked)),
+           "top_title_share_of_lists": round(Counter(ranked).most_common(1)[0][1] / len(rankings), 4),
+           "ranked_never_a_train_target": round(sum(t not in taught for t in ranked) / n, 4),
+           "ranked_never_in_train_rows": round(sum(t not in seen for t in ranked) / n, 4)}
+    for k in TOP:
+        train_top = {title for title, _ in taught.most_common(k)}
+        out[f"ranked_in_train_top{k}"] = round(sum(t in train_top for t in ranked) / n, 4)
+    return out
+
+
+def parse_rankings(pairs: list[str]) -> dict[str, Path]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not Path(path).is_file():
+            raise SystemExit(f"--rankings {pair!r}: expected DATA=path/to/eval.json of an existing report")
+        out[name] = Path(path)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", action="append", choices=["games", "toys"], help="data sets (default both)")
+    parser.add_argument("--rankings", action="append", default=[], metavar="DATA=EVAL_JSON",
+                        help="a model's evaluate report on that data set's test split, to profile its top 10")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "split_profile.json")
     args = parser.parse_args()
+    reports = parse_rankings(args.rankings)
     result = {}
     for name in args.data or ["games", "toys"]:
         folder = SHARED_DATA / f"amazon-{name}"
         data = load_dataset(folder, splits=("train", "test"))
         result[name] = {"split": json.loads((folder / "stats.json").read_text()).get("split", "?"),
                         **profile(data["train"], data["test"])}
+        if name in reports:
+            report = json.loads(reports[name].read_text())
+            grounding = next(g for g in report["rankings"][0] if g not in ("user", "target"))
+            result[name]["model"] = {"report": str(reports[name]), "grounding": grounding, **ranked_profile(
+                data["train"], data.catalog.titles, [row[grounding] for row in report["rankings"]])}
     write_json(args.out, result)
-    keys = [k for k in next(iter(result.values())) if k != "split"]
+    print_table(result)
+
+
+def print_table(result: dict) -> None:
+    keys = [k for k in next(iter(result.values())) if k not in ("split", "model")]
     print("| | " + " | ".join(result) + " |\n|---|" + "---|" * len(result))
     for key in keys:
-        print(f"| {key} | " + " | ".join(str(r[key]) for r in result.values()) + " |")
+        print(f"| {key} | " + " | ".join(str(r.get(key, "-")) for r in result.values()) + " |")
+    for name, r in result.items():
+        if "model" in r:
+            print(f"\n{name}, the model's top 10 ({r['model']['report']}):")
+            for key, value in r["model"].items():
+                if key not in ("report", "grounding"):
+                    print(f"  {key}: {value}")
 
 
 if __name__ == "__main__":
