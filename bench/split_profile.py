@@ -29,10 +29,16 @@ SHARED_DATA = HERE.parents[1] / "shared" / "data"
 TOP = (10, 100, 1000)
 
 
+def taught_and_seen(train: list[Sample], name=lambda item: item) -> tuple[Counter, set]:
+    """How often training rows teach each item as a target, and every item they show at all
+    (target or history); items as `name` gives them (ids, or titles to match a model's rankings)."""
+    taught = Counter(name(row.target) for row in train)
+    return taught, set(taught) | {name(item) for row in train for item in row.history}
+
+
 def profile(train: list[Sample], test: list[Sample]) -> dict:
     """Shares of the test targets (first target of each row) by what training showed of them."""
-    taught = Counter(row.target for row in train)
-    seen = set(taught) | {item for row in train for item in row.history}
+    taught, seen = taught_and_seen(train)
     in_test_history = {item for row in test for item in row.history}
     targets = [row.target for row in test]
     test_popular = Counter(targets)
@@ -52,8 +58,7 @@ def profile(train: list[Sample], test: list[Sample]) -> dict:
 
 def ranked_profile(train: list[Sample], titles: tuple[str, ...], rankings: list[list[str]], depth: int = 10) -> dict:
     """Shares of the titles a model ranks in its top `depth`, by what training showed of them."""
-    taught = Counter(titles[row.target] for row in train)
-    seen = set(taught) | {titles[item] for row in train for item in row.history}
+    taught, seen = taught_and_seen(train, titles.__getitem__)
     ranked = [title for ranking in rankings for title in ranking[:depth]]
     n = len(ranked)
     out = {"users": len(rankings), "ranked_titles": n, "distinct_ranked_titles": len(set(ranked)),
@@ -66,12 +71,14 @@ def ranked_profile(train: list[Sample], titles: tuple[str, ...], rankings: list[
     return out
 
 
-def parse_rankings(pairs: list[str]) -> dict[str, Path]:
+def parse_rankings(pairs: list[str], data_sets: list[str]) -> dict[str, Path]:
     out = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not Path(path).is_file():
             raise SystemExit(f"--rankings {pair!r}: expected DATA=path/to/eval.json of an existing report")
+        if name not in data_sets:
+            raise SystemExit(f"--rankings {pair!r}: {name!r} is not among the data sets profiled ({data_sets})")
         out[name] = Path(path)
     return out
 
@@ -83,16 +90,17 @@ def main() -> None:
                         help="a model's evaluate report on that data set's test split, to profile its top 10")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "split_profile.json")
     args = parser.parse_args()
-    reports = parse_rankings(args.rankings)
+    data_sets = args.data or ["games", "toys"]
+    reports = parse_rankings(args.rankings, data_sets)
     result = {}
-    for name in args.data or ["games", "toys"]:
+    for name in data_sets:
         folder = SHARED_DATA / f"amazon-{name}"
         data = load_dataset(folder, splits=("train", "test"))
         result[name] = {"split": json.loads((folder / "stats.json").read_text()).get("split", "?"),
                         **profile(data["train"], data["test"])}
         if name in reports:
             report = json.loads(reports[name].read_text())
-            grounding = next(g for g in report["rankings"][0] if g not in ("user", "target"))
+            grounding = next(iter(report["results"]))
             result[name]["model"] = {"report": str(reports[name]), "grounding": grounding, **ranked_profile(
                 data["train"], data.catalog.titles, [row[grounding] for row in report["rankings"]])}
     write_json(args.out, result)
@@ -103,7 +111,7 @@ def print_table(result: dict) -> None:
     keys = [k for k in next(iter(result.values())) if k not in ("split", "model")]
     print("| | " + " | ".join(result) + " |\n|---|" + "---|" * len(result))
     for key in keys:
-        print(f"| {key} | " + " | ".join(str(r.get(key, "-")) for r in result.values()) + " |")
+        print(f"| {key} | " + " | ".join(str(r[key]) for r in result.values()) + " |")
     for name, r in result.items():
         if "model" in r:
             print(f"\n{name}, the model's top 10 ({r['model']['report']}):")
