@@ -68,7 +68,8 @@ def train(args, base: Path, model_dir: Path, data_dir: Path) -> dict:
               max_history=args.max_history, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
               patience=1000, eval_every=args.eval_every, valid_limit=args.valid_limit, epochs=1,
               time_budget=args.minutes, decay_to_budget=True, lora=args.lora, train_layers=args.train_layers,
-              recent_per_user=args.recent_per_user, train_limit=args.train_limit, precision=args.precision, seed=0,
+              recent_per_user=args.recent_per_user, valid_period=args.valid_period, train_limit=args.train_limit,
+              precision=args.precision, seed=0,
               resume=(model_dir / ".train-state").is_dir())
     return json.loads((model_dir / "training.json").read_text())
 
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--train-layers", type=int, default=0)
     parser.add_argument("--recent-per-user", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--valid-period", action="store_true",
+                        help="also train on the validation period's rows (the validation-loss users left out)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="bf16: training steps under bf16 autocast (CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--eval-every", type=int, default=250)

@@ -63,6 +63,7 @@ DEMO = OUT / "soak" / "demo"
 SOAK_LOCUSTFILE = HERE / "soak_locustfile.py"
 DEMO_BUILD = ["--minutes", "1", "--distill-steps", "150", "--users", "100", "--engine", "torch", "--load-users", "1",
               "--load-seconds", "2"]
+BURST_WINDOW_S = 0.03  # arrivals closer than this count as one wave
 GOALS = {"memory_drift": 0.05, "p99_drift": 0.20, "memory_baseline_minute": 2, "p99_baseline_minute": 2}
 
 
@@ -71,6 +72,13 @@ def read_latency_log(text: str) -> np.ndarray:
     """Rows of (end_unix_s, latency_ms, ok) from the soak locustfile's log."""
     rows = [tuple(float(v) for v in line.split(",")) for line in text.splitlines() if line.strip()]
     return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def starts_nearby(latencies: np.ndarray, window_s: float = BURST_WINDOW_S) -> np.ndarray:
+    """For each request, how many others started within window_s of it (start = end - latency):
+    about rate x 2 x window_s for arrivals spread at random, several times that for waves."""
+    starts = np.sort(latencies[:, 0] - latencies[:, 1] / 1000.0)
+    return np.searchsorted(starts, starts + window_s, side="right") - np.searchsorted(starts, starts - window_s) - 1
 
 
 def per_minute(latencies: np.ndarray, start_s: float, minutes: int) -> list[dict]:
@@ -84,7 +92,8 @@ def per_minute(latencies: np.ndarray, start_s: float, minutes: int) -> list[dict
         rows.append({"minute": minute, "requests": int(len(window)), "failures": int((window[:, 2] == 0).sum()),
                      "rps": len(window) / 60.0,
                      "p50_ms": float(np.percentile(ok_ms, 50)) if len(ok_ms) else None,
-                     "p99_ms": float(np.percentile(ok_ms, 99)) if len(ok_ms) else None})
+                     "p99_ms": float(np.percentile(ok_ms, 99)) if len(ok_ms) else None,
+                     "starts_nearby": float(starts_nearby(window).mean()) if len(window) else None})
     return rows
 
 
@@ -247,9 +256,13 @@ def markdown(report: dict) -> str:
             peaks = {name: max(h[name] for h in held) for name in held[0]}
             lines += ["", f"Held by the engine between requests (sampled with the memory): most at once "
                           f"{peaks}; at the last sample {held[-1]}."]
-        lines += ["", "| minute | requests | failures | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+        lines += ["", f"Starts nearby: other requests started within {BURST_WINDOW_S * 1000:.0f} ms of each request "
+                      f"(arrivals spread at random: about {2 * BURST_WINDOW_S * run['target_rps']:.2f}; more: waves).",
+                  "", "| minute | requests | failures | req/s | p50 ms | p99 ms | starts nearby |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {m['minute']} | {m['requests']} | {m['failures']} | {m['rps']:.2f} | "
-                  f"{fmt(m['p50_ms'], '.0f')} | {fmt(m['p99_ms'], '.0f')} |" for m in run["minutes"]]
+                  f"{fmt(m['p50_ms'], '.0f')} | {fmt(m['p99_ms'], '.0f')} | {fmt(m.get('starts_nearby'), '.2f')} |"
+                  for m in run["minutes"]]
         lines.append("")
     return "\n".join(lines)
 

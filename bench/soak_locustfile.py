@@ -10,8 +10,10 @@ Environment, besides the load test's:
 from __future__ import annotations
 
 import os
+import random
 import time
 
+import gevent
 from locust import constant_throughput, events
 
 from prunerec.loadtest import locustfile as workload  # bodies, headers, answer check, CSV catch-up
@@ -32,3 +34,8 @@ def _close(**_):
 
 class SoakUser(workload.RecommendUser):
     wait_time = constant_throughput(RATE_PER_USER)
+
+    def on_start(self):
+        # Users spawned together would otherwise send in waves: each wave is batched and answered
+        # together, so every user waits the same time and sends together again, for minutes.
+        gevent.sleep(random.uniform(0, 1 / RATE_PER_USER))

@@ -6,7 +6,9 @@ items popular in training (what popularity, and a model that learned it, ranks f
 much the popular items of the test period differ from those of training. A time split (Games)
 and a leave-one-out split (Toys) differ most here: a later period buys newer items.
 `target_in_test_top<k>` is an oracle: the hit rate of a fixed list of the test period's own k
-most popular targets, the most any list that ignores the history could reach.
+most popular targets, the most any list that ignores the history could reach. The
+`valid_period_*` figures ask the same of the validation period's rows (`prunerec train
+--valid-period` trains on them too): on a time split, the period just before the test.
 
 With `--rankings DATA=eval.json` (a `prunerec evaluate` report) it also profiles what that
 model ranks in its top 10 the same way, to set beside what the test period buys.
@@ -21,12 +23,18 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from prunerec.data.catalog import Sample, load_dataset
+from prunerec.data.catalog import Dataset, Sample, load_dataset
 from prunerec.io import write_json
+from prunerec.train.options import FineTuneOptions
+from prunerec.train.sft import period_rows, training_rows
 
 HERE = Path(__file__).resolve().parent
 SHARED_DATA = HERE.parents[1] / "shared" / "data"
 TOP = (10, 100, 1000)
+# the row sets `prunerec train` can be given (flags), profiled by what of the test period they teach
+ROW_SETS = {"train rows": FineTuneOptions(), "--recent-per-user 2": FineTuneOptions(recent_per_user=2),
+            "--valid-period": FineTuneOptions(valid_period=True),
+            "--valid-period --recent-per-user 2": FineTuneOptions(valid_period=True, recent_per_user=2)}
 
 
 def taught_and_seen(train: list[Sample], name=lambda item: item) -> tuple[Counter, set]:
@@ -36,9 +44,11 @@ def taught_and_seen(train: list[Sample], name=lambda item: item) -> tuple[Counte
     return taught, set(taught) | {name(item) for row in train for item in row.history}
 
 
-def profile(train: list[Sample], test: list[Sample]) -> dict:
-    """Shares of the test targets (first target of each row) by what training showed of them."""
+def profile(train: list[Sample], test: list[Sample], valid: list[Sample]) -> dict:
+    """Shares of the test targets (first target of each row) by what training showed of them, and by
+    what the validation period's rows add."""
     taught, seen = taught_and_seen(train)
+    later_taught, later_seen = taught_and_seen(period_rows(valid, held_out_users=set()))
     in_test_history = {item for row in test for item in row.history}
     targets = [row.target for row in test]
     test_popular = Counter(targets)
@@ -46,13 +56,31 @@ def profile(train: list[Sample], test: list[Sample]) -> dict:
     out = {"test_rows": n, "train_rows": len(train),
            "never_a_train_target": round(sum(t not in taught for t in targets) / n, 4),
            "never_in_train_rows": round(sum(t not in seen for t in targets) / n, 4),
-           "never_in_any_history": round(sum(t not in seen and t not in in_test_history for t in targets) / n, 4)}
+           "never_in_any_history": round(sum(t not in seen and t not in in_test_history for t in targets) / n, 4),
+           "valid_period_rows": sum(later_taught.values()),
+           "never_in_train_or_valid_period_rows": round(sum(t not in seen | later_seen for t in targets) / n, 4)}
     for k in TOP:
         train_top = {item for item, _ in taught.most_common(k)}
         test_top = {item for item, _ in test_popular.most_common(k)}
         out[f"target_in_train_top{k}"] = round(sum(t in train_top for t in targets) / n, 4)
         out[f"target_in_test_top{k}"] = round(sum(t in test_top for t in targets) / n, 4)
         out[f"train_top{k}_overlap_test_top{k}"] = round(len(train_top & test_top) / k, 4)
+        later_top = {item for item, _ in later_taught.most_common(k)}
+        out[f"target_in_valid_period_top{k}"] = round(sum(t in later_top for t in targets) / n, 4)
+    return out
+
+
+def row_set_profile(data: Dataset, test: list[Sample]) -> dict:
+    """For each row set `prunerec train` can train on: its rows, the share of test targets it teaches as a
+    target, and the share of its rows whose target is an item the test period buys."""
+    test_items = {row.target for row in test}
+    out = {}
+    for name, tuning in ROW_SETS.items():
+        rows = training_rows(data, [], tuning, train_limit=None, seed=0)
+        taught = {row.target for row in rows}
+        out[name] = {"rows": len(rows),
+                     "test_targets_taught": round(sum(row.target in taught for row in test) / len(test), 4),
+                     "rows_teaching_a_test_item": round(sum(row.target in test_items for row in rows) / len(rows), 4)}
     return out
 
 
@@ -95,9 +123,10 @@ def main() -> None:
     result = {}
     for name in data_sets:
         folder = SHARED_DATA / f"amazon-{name}"
-        data = load_dataset(folder, splits=("train", "test"))
+        data = load_dataset(folder, splits=("train", "valid", "test"))
         result[name] = {"split": json.loads((folder / "stats.json").read_text()).get("split", "?"),
-                        **profile(data["train"], data["test"])}
+                        **profile(data["train"], data["test"], data["valid"]),
+                        "row_sets": row_set_profile(data, data["test"])}
         if name in reports:
             report = json.loads(reports[name].read_text())
             grounding = next(iter(report["results"]))
@@ -108,11 +137,14 @@ def main() -> None:
 
 
 def print_table(result: dict) -> None:
-    keys = [k for k in next(iter(result.values())) if k not in ("split", "model")]
+    keys = [k for k in next(iter(result.values())) if k not in ("split", "model", "row_sets")]
     print("| | " + " | ".join(result) + " |\n|---|" + "---|" * len(result))
     for key in keys:
         print(f"| {key} | " + " | ".join(str(r[key]) for r in result.values()) + " |")
     for name, r in result.items():
+        print(f"\n{name}, what each row set teaches of the test period:")
+        for row_set, figures in r["row_sets"].items():
+            print(f"  {row_set}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
         if "model" in r:
             print(f"\n{name}, the model's top 10 ({r['model']['report']}):")
             for key, value in r["model"].items():

@@ -48,7 +48,7 @@ class TrainingOptions:
                            time_budget_s=self.time_budget * 60, decay_to_budget=self.decay_to_budget, seed=self.seed)
 
 
-FINETUNE_FLAGS = ("lora", "lora_alpha", "train_layers", "recent_per_user", "precision")
+FINETUNE_FLAGS = ("lora", "lora_alpha", "train_layers", "recent_per_user", "valid_period", "precision")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,13 @@ class FineTuneOptions:
                              low=0)
     recent_per_user: int = flag(0, "Train on each user's N most recent training rows only (0: all rows); "
                                    "--train-limit then samples from those.", low=0)
+    valid_period: bool = flag(False, "Also train on the validation period: each validation user's later items, "
+                                     "one row per item, after that user's training rows (so --recent-per-user "
+                                     "counts them as the most recent). The users whose rows measure the "
+                                     "validation loss (--valid-limit) stay out of training. On a time split "
+                                     "this is the period next to the test period, which test prompts already "
+                                     "show as history; the popularity baseline of `evaluate` counts training "
+                                     "rows only.")
     precision: str = flag("fp32", "Arithmetic of the training steps. bf16: matrix products under bf16 autocast "
                                   "(float32 master weights, optimizer and loss; the checkpoint is written as "
                                   "fp32 would be), 1.4x the steps per second of fp32 for SmolLM2 with LoRA on a "
@@ -84,7 +91,7 @@ class FineTuneOptions:
         """The options by CLI name, for a run's identity (a resume must match it)."""
         return {"--lora": self.lora, "--lora-alpha": self.alpha if self.lora else None,
                 "--train-layers": self.train_layers, "--recent-per-user": self.recent_per_user,
-                "--precision": self.precision}
+                "--valid-period": self.valid_period, "--precision": self.precision}
 
 
 PROMPT_FLAGS = ("template", "category", "max_history", "cutoff")

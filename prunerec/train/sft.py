@@ -36,7 +36,8 @@ from prunerec.train.trainer import TrainConfig, Trainer
 FULL_FINE_TUNING = FineTuneOptions()
 STATE_DIR = ".train-state"
 RUN_FILE = "run.json"  # in STATE_DIR: what the run is (content fingerprints, options)
-IDENTITY_ADDED = {"--precision": "fp32"}  # options added since: the value an older run.json's run had
+# options added since: the value an older run.json's run had
+IDENTITY_ADDED = {"--precision": "fp32", "--valid-period": False}
 DATA_FILES = ("items.jsonl", "train.jsonl", "valid.jsonl")
 # what a training run writes into OUT (an earlier run's are replaced only with --overwrite)
 OWN_OUTPUTS = (STATE_DIR, "config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
@@ -61,6 +62,29 @@ def most_recent(samples: list[Sample], per_user: int) -> list[Sample]:
             seen[sample.user] = seen.get(sample.user, 0) + 1
             kept.append(sample)
     return kept[::-1]
+
+
+def period_rows(rows: list[Sample], held_out_users: set[int]) -> list[Sample]:
+    """One row per item of each row's `targets` (its `target` where it has none), each with the items
+    before it appended to the history; users in `held_out_users` left out."""
+    expanded = []
+    for row in rows:
+        if row.user in held_out_users:
+            continue
+        items = row.targets or (row.target,)
+        expanded += [Sample(row.user, row.history + tuple(items[:i]), item) for i, item in enumerate(items)]
+    return expanded
+
+
+def training_rows(data: Dataset, valid_rows: list[Sample], tuning: FineTuneOptions, train_limit: int | None,
+                  seed: int) -> list[Sample]:
+    """The rows a run trains on: the train split (with --valid-period, then the validation period but for the
+    users of `valid_rows`), each user's most recent ones, then a seeded sample."""
+    rows = data["train"]
+    if tuning.valid_period:
+        later = period_rows(data["valid"], {row.user for row in valid_rows})
+        rows = sorted(rows + later, key=lambda row: row.user)  # stable: a user's train rows, then the later ones
+    return subsample(most_recent(rows, tuning.recent_per_user), train_limit, seed)
 
 
 def prepare_trainable(model, tuning: FineTuneOptions) -> dict:
@@ -188,8 +212,8 @@ def train_recommender(data_dir: str | Path, model_ref: str, out_dir: str | Path,
         # a title the tokenizer cannot write back could never be recommended: refuse before training
         check_catalog_titles(rec.tokenizer, data.catalog.titles, Path(data_dir) / "items.jsonl",
                              rec.model.config.vocab_size)
-    train_rows = subsample(most_recent(data["train"], tuning.recent_per_user), train_limit, config.seed)
     valid_rows = subsample(data["valid"], valid_limit, config.seed)
+    train_rows = training_rows(data, valid_rows, tuning, train_limit, config.seed)
     train_examples = build_examples(rec.tokenizer, train_rows, data.catalog, settings)
     valid_examples = build_examples(rec.tokenizer, valid_rows, data.catalog, settings)
     trained = prepare_trainable(rec.model, tuning)

@@ -34,6 +34,14 @@ def test_latency_log_and_minutes(soak):
     assert minutes[2]["p99_ms"] is None and minutes[0]["rps"] == pytest.approx(3 / 60)
 
 
+def test_starts_nearby_counts_requests_started_in_the_same_wave(soak):
+    # starts: 10.000, 10.010, 10.020 (one wave), 11.000, 12.000 (alone); end = start + latency
+    log = np.array([[10.5, 500.0, 1], [10.11, 100.0, 1], [10.04, 20.0, 1], [11.2, 200.0, 1], [12.001, 1.0, 1]])
+    assert soak.starts_nearby(log, window_s=0.03).tolist() == [2, 2, 2, 0, 0]
+    assert soak.starts_nearby(log, window_s=0.015).tolist() == [1, 2, 1, 0, 0]
+    assert soak.per_minute(log, start_s=0.0, minutes=1)[0]["starts_nearby"] == pytest.approx(6 / 5)
+
+
 def test_empty_log(soak):
     assert soak.read_latency_log("").shape == (0, 3)
     assert soak.per_minute(soak.read_latency_log(""), 0.0, 2)[0]["requests"] == 0

@@ -1,15 +1,16 @@
 import json
+from pathlib import Path
 
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from prunerec.cli import main
-from prunerec.data.catalog import Sample
+from prunerec.data.catalog import Dataset, Sample, load_dataset
 from prunerec.model.batching import collate, response_ce
 from prunerec.train.lora import LoraLinear, add_lora, freeze_below, merge_lora, top_layers
 from prunerec.train.options import FineTuneOptions
-from prunerec.train.sft import most_recent
+from prunerec.train.sft import most_recent, period_rows, subsample, training_rows
 from prunerec.train.trainer import TrainConfig, Trainer
 from tests.helpers import one_thread, tiny_model
 from tests.train.test_trainer import _examples, interrupt_at_step
@@ -75,6 +76,19 @@ def test_most_recent_keeps_each_users_last_rows_in_file_order():
     assert most_recent(rows, 0) == rows
 
 
+def test_the_validation_period_becomes_one_row_per_later_item_but_for_held_out_users():
+    later = [Sample(1, (4, 5), 6, (6, 7, 8)), Sample(2, (9,), 3), Sample(3, (1,), 2, (2,))]
+    assert [(s.user, s.history, s.target) for s in period_rows(later, held_out_users={3})] == [
+        (1, (4, 5), 6), (1, (4, 5, 6), 7), (1, (4, 5, 6, 7), 8), (2, (9,), 3)]
+    data = Dataset(Path("."), None, {"train": [Sample(1, (4,), 5), Sample(2, (8,), 9), Sample(3, (0,), 1)],
+                                     "valid": later})
+    rows = training_rows(data, [later[2]], FineTuneOptions(valid_period=True), train_limit=None, seed=0)
+    assert [(s.user, s.target) for s in rows] == [(1, 5), (1, 6), (1, 7), (1, 8), (2, 9), (2, 3), (3, 1)]
+    recent = training_rows(data, [later[2]], FineTuneOptions(valid_period=True, recent_per_user=1), None, 0)
+    assert [(s.user, s.target) for s in recent] == [(1, 8), (2, 3), (3, 1)]  # the later period counts as recent
+    assert training_rows(data, [], FineTuneOptions(), None, 0) == data["train"]
+
+
 def test_train_with_lora_writes_a_stock_checkpoint(tmp_path, demo_data):
     out = tmp_path / "lora"
     args = ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(out), "--max-steps", "4",
@@ -91,6 +105,23 @@ def test_train_with_lora_writes_a_stock_checkpoint(tmp_path, demo_data):
     assert summary["train_rows"] == users
     resumed = CliRunner().invoke(main, args + ["--resume", "--lora", "8"])
     assert resumed.exit_code == 1 and "--lora" in resumed.output
+
+
+def test_train_on_the_validation_period_keeps_the_loss_users_out(tmp_path, demo_data):
+    out = tmp_path / "later"
+    args = ["train", "--data", str(demo_data), "--model", "tiny", "--out", str(out), "--max-steps", "1",
+            "--batch-size", "8", "--valid-limit", "16", "--valid-period"]
+    with one_thread():
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    count = {split: len((demo_data / f"{split}.jsonl").read_text().splitlines()) for split in ("train", "valid")}
+    valid = [json.loads(line) for line in (demo_data / "valid.jsonl").read_text().splitlines()]
+    assert all("targets" not in row for row in valid)  # leave-one-out: one later item per user
+    summary = json.loads((out / "training.json").read_text())
+    held_out = {row.user for row in subsample(load_dataset(demo_data, splits=("valid",))["valid"], 16, 0)}
+    later = sum(row["user"] not in held_out for row in valid)
+    assert 0 < later < count["valid"]
+    assert summary["train_rows"] == count["train"] + later and summary["valid_rows"] == 16
 
 
 def test_lora_alpha_needs_a_rank():
