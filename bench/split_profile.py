@@ -70,9 +70,10 @@ def profile(train: list[Sample], test: list[Sample], valid: list[Sample]) -> dic
     return out
 
 
-def row_set_profile(data: Dataset, test: list[Sample]) -> dict:
+def row_set_profile(data: Dataset) -> dict:
     """For each row set `prunerec train` can train on: its rows, the share of test targets it teaches as a
     target, and the share of its rows whose target is an item the test period buys."""
+    test = data["test"]
     test_items = {row.target for row in test}
     out = {}
     for name, tuning in ROW_SETS.items():
@@ -126,7 +127,7 @@ def main() -> None:
         data = load_dataset(folder, splits=("train", "valid", "test"))
         result[name] = {"split": json.loads((folder / "stats.json").read_text()).get("split", "?"),
                         **profile(data["train"], data["test"], data["valid"]),
-                        "row_sets": row_set_profile(data, data["test"])}
+                        "row_sets": row_set_profile(data)}
         if name in reports:
             report = json.loads(reports[name].read_text())
             grounding = next(iter(report["results"]))

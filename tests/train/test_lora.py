@@ -116,7 +116,7 @@ def test_train_on_the_validation_period_keeps_the_loss_users_out(tmp_path, demo_
     assert result.exit_code == 0, result.output
     count = {split: len((demo_data / f"{split}.jsonl").read_text().splitlines()) for split in ("train", "valid")}
     valid = [json.loads(line) for line in (demo_data / "valid.jsonl").read_text().splitlines()]
-    assert all("targets" not in row for row in valid)  # leave-one-out: one later item per user
+    assert all("targets" not in row for row in valid)  # each validation row is one later item
     summary = json.loads((out / "training.json").read_text())
     held_out = {row.user for row in subsample(load_dataset(demo_data, splits=("valid",))["valid"], 16, 0)}
     later = sum(row["user"] not in held_out for row in valid)
