@@ -8,7 +8,9 @@ engine (vLLM and torch by default), in turn:
                server process (vLLM's engine core runs in a child) is sampled every
                --sample-seconds
 
-Recorded per minute: requests, failures, p50/p99 latency, memory. Goals (the verdict):
+Recorded per minute: requests, failures, p50/p99 latency, memory, and what the machine did: CPU
+steal (from /proc/stat) and the longest stall of a 5 ms sleep in this process (HiccupMeter).
+Goals (the verdict):
 0 failed requests; memory of the server's process tree at the end within 5% of its level after
 the first 2 minutes; p99 of the last minute within 20% of the second minute's.
 
@@ -64,6 +66,7 @@ SOAK_LOCUSTFILE = HERE / "soak_locustfile.py"
 DEMO_BUILD = ["--minutes", "1", "--distill-steps", "150", "--users", "100", "--engine", "torch", "--load-users", "1",
               "--load-seconds", "2"]
 BURST_WINDOW_S = 0.03  # arrivals closer than this count as one wave
+HICCUP_TICK_S, HICCUP_MIN_MS = 0.005, 50.0  # a sleep of 5 ms that ends 50 ms late: the machine stalled
 GOALS = {"memory_drift": 0.05, "p99_drift": 0.20, "memory_baseline_minute": 2, "p99_baseline_minute": 2}
 
 
@@ -94,6 +97,28 @@ def per_minute(latencies: np.ndarray, start_s: float, minutes: int) -> list[dict
                      "p50_ms": float(np.percentile(ok_ms, 50)) if len(ok_ms) else None,
                      "p99_ms": float(np.percentile(ok_ms, 99)) if len(ok_ms) else None,
                      "starts_nearby": float(starts_nearby(window).mean()) if len(window) else None})
+    return rows
+
+
+def cpu_steal_seconds(proc_stat: str, ticks_per_s: float) -> float | None:
+    """CPU seconds the hypervisor ran something else while this machine wanted them, all CPUs
+    summed since boot: the 8th value of /proc/stat's "cpu" line, in ticks."""
+    fields = proc_stat.split("\n", 1)[0].split()
+    return int(fields[8]) / ticks_per_s if len(fields) > 8 and fields[0] == "cpu" else None
+
+
+def machine_per_minute(samples: list[dict], hiccups: list[tuple[float, float]], start_s: float,
+                       minutes: int) -> list[dict]:
+    """Per whole minute after start_s: CPU steal seconds between the samples around it (None
+    without two samples holding it) and the longest stall of the hiccup meter (0: none)."""
+    rows = []
+    for minute in range(1, minutes + 1):
+        lo, hi = start_s + 60 * (minute - 1), start_s + 60 * minute
+        before = [x for x in samples if x["t"] <= lo and x.get("steal_s") is not None]
+        after = [x for x in samples if x["t"] >= hi and x.get("steal_s") is not None]
+        steal = after[0]["steal_s"] - before[-1]["steal_s"] if before and after else None
+        late = [ms for t, ms in hiccups if lo <= t < hi]
+        rows.append({"steal_s": steal, "longest_stall_ms": max(late, default=0.0)})
     return rows
 
 
@@ -147,7 +172,39 @@ def memory_sample(pid: int) -> dict:
             processes[f"{proc.pid} {proc.name()}"] = round(proc.memory_info().rss / 2**20, 1)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return {"t": time.time(), "tree_rss_mib": round(sum(processes.values()), 1), "processes": processes}
+    return {"t": time.time(), "tree_rss_mib": round(sum(processes.values()), 1), "processes": processes,
+            "steal_s": read_steal()}
+
+
+def read_steal() -> float | None:
+    try:
+        return cpu_steal_seconds(Path("/proc/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):  # not Linux
+        return None
+
+
+class HiccupMeter(threading.Thread):
+    """Sleeps HICCUP_TICK_S again and again and records every wake-up at least HICCUP_MIN_MS late:
+    times when nothing on this machine ran, whatever the server was doing (the bench process is
+    otherwise idle; locust runs in its own)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stalls: list[tuple[float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            before = time.perf_counter()
+            time.sleep(HICCUP_TICK_S)
+            late_ms = (time.perf_counter() - before - HICCUP_TICK_S) * 1000
+            if late_ms >= HICCUP_MIN_MS:
+                self.stalls.append((time.time(), round(late_ms, 1)))
+
+    def stop(self) -> list[tuple[float, float]]:
+        self.done.set()
+        self.join()
+        return self.stalls
 
 
 def engine_held(url: str) -> dict | None:
@@ -187,17 +244,20 @@ def soak_phase(url: str, server, args, options: LoadtestOptions, rate: float, fo
     env = child_env({"PRUNEREC_LOADTEST_DATA": str(args.data), "PRUNEREC_LOADTEST_K": str(args.k),
                      "PRUNEREC_SOAK_RATE_PER_USER": f"{rate / args.users:.6f}",
                      "PRUNEREC_SOAK_LATENCY_FILE": str(latency_file)})
-    sampler = MemorySampler(server.proc.pid, args.sample_seconds, url)
+    sampler, hiccups = MemorySampler(server.proc.pid, args.sample_seconds, url), HiccupMeter()
     start_s = time.time()
     sampler.start()
+    hiccups.start()
     try:
         run_locust(command, env, folder / "logs" / "soak-locust.log",
                    timeout=soak_options.duration_s + options.request_timeout + 120)
     finally:
-        samples = sampler.stop()
+        samples, stalls = sampler.stop(), hiccups.stop()
     latencies = read_latency_log(latency_file.read_text())
-    minutes = per_minute(latencies, start_s, int(args.minutes))
-    return {"target_rps": rate, "start_unix_s": start_s, "minutes": minutes, "memory": samples,
+    minutes = [{**requests_row, **machine_row} for requests_row, machine_row in zip(
+        per_minute(latencies, start_s, int(args.minutes)),
+        machine_per_minute(samples, stalls, start_s, int(args.minutes)))]
+    return {"target_rps": rate, "start_unix_s": start_s, "minutes": minutes, "memory": samples, "stalls": stalls,
             "verdict": verdict(minutes, samples, start_s)}
 
 
@@ -258,10 +318,14 @@ def markdown(report: dict) -> str:
                           f"{peaks}; at the last sample {held[-1]}."]
         lines += ["", f"Starts nearby: other requests started within {BURST_WINDOW_S * 1000:.0f} ms of each request "
                       f"(arrivals spread at random: about {2 * BURST_WINDOW_S * run['target_rps']:.2f}; more: waves).",
-                  "", "| minute | requests | failures | req/s | p50 ms | p99 ms | starts nearby |",
-                  "|---|---|---|---|---|---|---|"]
+                  "", f"The machine: CPU steal is time the hypervisor gave the cores to others; the longest "
+                  f"stall is the latest wake-up of a {HICCUP_TICK_S * 1000:.0f} ms sleep in the bench's own "
+                  f"process (0: none reached {HICCUP_MIN_MS:.0f} ms). Either one delays every request in flight.",
+                  "", "| minute | requests | failures | req/s | p50 ms | p99 ms | starts nearby | CPU steal s "
+                  "| longest stall ms |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {m['minute']} | {m['requests']} | {m['failures']} | {m['rps']:.2f} | "
-                  f"{fmt(m['p50_ms'], '.0f')} | {fmt(m['p99_ms'], '.0f')} | {fmt(m.get('starts_nearby'), '.2f')} |"
+                  f"{fmt(m['p50_ms'], '.0f')} | {fmt(m['p99_ms'], '.0f')} | {fmt(m.get('starts_nearby'), '.2f')} | "
+                  f"{fmt(m.get('steal_s'), '.2f')} | {fmt(m.get('longest_stall_ms'), '.0f')} |"
                   for m in run["minutes"]]
         lines.append("")
     return "\n".join(lines)

@@ -5,8 +5,9 @@ after each stage (the first heads / dims / channels / layers kept: the step time
 shape, not on which were kept) take --steps training steps (forward, backward, AdamW) on the
 same batches of --batch-size training examples (default 32): once with the teacher run every
 step, once with its hidden states from a warm cache (both with the trainer's fused AdamW), and
-once more from the cache with torch's default AdamW loop (what the trainer ran before). Filling
-the cache (the teacher's forward alone) is timed too. Side by side in one process, so the modes
+once more from the cache with torch's default AdamW loop (what the trainer ran before), and from the
+cache under bf16 autocast (`compress --precision bf16`). Filling the cache (the teacher's forward
+alone) is timed too. Side by side in one process, so the modes
 see the same machine. Per mode: seconds a step, the process's peak RSS (bench/meter.py; the
 teacher and the students stay loaded throughout), and the losses of every step, which the cache
 must leave unchanged (the same student weights, step for step: the largest loss difference is
@@ -32,7 +33,7 @@ from prunerec.compress.distill import DistillSettings, make_loss_fn
 from prunerec.compress.pipeline import CompressOptions, load_inputs
 from prunerec.compress.teacher_cache import TeacherCache, teacher_logits
 from prunerec.io import write_json
-from prunerec.model import surgery
+from prunerec.model import dtypes, surgery
 from prunerec.model.batching import collate, length_batches
 from prunerec.train.trainer import fused_adamw
 
@@ -55,9 +56,11 @@ def shaped_students(teacher, targets) -> dict:
     return shapes
 
 
-def time_steps(student, loss_fn, batches, fused: bool = True) -> tuple[float, int, list[float]]:
+def time_steps(student, loss_fn, batches, fused: bool = True,
+               precision: str = "fp32") -> tuple[float, int, list[float]]:
     """Seconds a step, peak RSS and the loss of every step; AdamW fused as the trainer runs it, or
-    torch's default loop over tensors (what the trainer ran before)."""
+    torch's default loop over tensors (what the trainer ran before); the loss under `precision`'s
+    autocast, as the trainer runs it (`compress --precision`)."""
     student.train()
     for p in student.parameters():
         p.requires_grad_(True)
@@ -66,7 +69,8 @@ def time_steps(student, loss_fn, batches, fused: bool = True) -> tuple[float, in
     losses = []
     with Meter(torch.device("cpu")) as meter:
         for batch in batches:
-            loss = loss_fn(student, batch)
+            with dtypes.autocast(precision, torch.device("cpu")):
+                loss = loss_fn(student, batch)
             loss.backward()
             losses.append(loss.item())
             optimizer.step()
@@ -103,6 +107,9 @@ def main():
                 copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches)
             looped, _, looped_losses = time_steps(
                 copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches, fused=False)
+            bf16, bf16_rss, bf16_losses = time_steps(
+                copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches,
+                precision="bf16")
             rows[stage] = {"teacher_every_step_s": round(live, 3), "cached_s": round(cached, 3),
                            "speed_up": round(live / cached, 2), "cached_loop_adamw_s": round(looped, 3),
                            "fused_adamw_speed_up": round(looped / cached, 2),
@@ -111,19 +118,25 @@ def main():
                            "teacher_every_step_peak_rss_gib": round(live_rss / 2**30, 2),
                            "cached_peak_rss_gib": round(cached_rss / 2**30, 2),
                            "max_loss_difference": max(abs(a - b) for a, b in zip(live_losses, cached_losses)),
-                           "losses_cached": [round(x, 5) for x in cached_losses]}
+                           "cached_bf16_s": round(bf16, 3), "cached_bf16_peak_rss_gib": round(bf16_rss / 2**30, 2),
+                           "max_loss_difference_bf16_vs_fp32": max(abs(a - b) for a, b in zip(cached_losses,
+                                                                                               bf16_losses)),
+                           "losses_cached": [round(x, 5) for x in cached_losses],
+                           "losses_cached_bf16": [round(x, 5) for x in bf16_losses]}
     result = {"base": args.base, "steps": args.steps, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
               "targets": inputs.targets.to_json(), "cache_fill_s_per_batch": round(fill, 3), "stages": rows}
     write_json(args.out, result)
     print(f"teacher forward (cache fill): {fill:.3f} s a batch")
-    print("| student shape | teacher every step | cached | speed-up | cached, loop AdamW | peak RSS (teacher / cached) "
-          "| max loss diff |")
-    print("|---|---|---|---|---|---|---|")
+    print("| student shape | teacher every step | cached | speed-up | cached, loop AdamW | cached, bf16 "
+          "| peak RSS (teacher / cached) | max loss diff | bf16 max loss diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for stage, r in rows.items():
         rss = f"{r['teacher_every_step_peak_rss_gib']} / {r['cached_peak_rss_gib']} GiB"
         print(f"| after {stage} | {r['teacher_every_step_s']:.3f} s | {r['cached_s']:.3f} s | {r['speed_up']:.2f}x "
-              f"| {r['cached_loop_adamw_s']:.3f} s | {rss} | {r['max_loss_difference']:.2e} |")
+              f"| {r['cached_loop_adamw_s']:.3f} s | {r['cached_bf16_s']:.3f} s | {rss} "
+              f"| {r['max_loss_difference']:.2e} "
+              f"| {r['max_loss_difference_bf16_vs_fp32']:.2e} |")
 
 
 if __name__ == "__main__":

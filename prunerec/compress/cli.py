@@ -14,7 +14,7 @@ __all__ = ["COMMANDS", "compress", "analyze"]
 
 TARGET_FLAGS = ("method", "layer_method", "heads", "kv_heads", "hidden", "mlp", "layers", "target_file")
 RUN_FLAGS = ("distill", "one_shot", "calib_samples", "calib_batch_size", "alpha", "mask_mode", "stability", "lam",
-             "tau", "hidden_distill", "teacher_cache", *TRAINING_FLAGS, "stage_steps", "eval_users",
+             "tau", "hidden_distill", "teacher_cache", "precision", *TRAINING_FLAGS, "stage_steps", "eval_users",
              "eval_batch_size", "beams")
 
 

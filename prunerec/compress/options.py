@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from prunerec.compress.distill import DistillSettings
 from prunerec.compress.stages import LAYER_METHODS, MASK_MODES, METHODS, STAGES, ScoringOptions, default_layer_method
 from prunerec.errors import PrunerecError
+from prunerec.model.dtypes import PRECISIONS
 from prunerec.options import BEAMS, check_flags, flag, flag_of
 from prunerec.train.options import TRAINING_FLAGS, TrainingOptions
 from prunerec.train.trainer import TrainConfig
@@ -72,6 +73,11 @@ class CompressOptions:
                                            "--resume, not in other compressions of the same base. Saves most of the "
                                            "teacher's share of distillation time on CPUs. Not with --hidden-distill.",
                                      path="dir")
+    precision: str = flag("fp32", "Arithmetic of the distillation steps. bf16: matrix products under bf16 autocast "
+                                  "(float32 weights, optimizer and loss; the teacher cache is always filled in "
+                                  "fp32, so runs of either precision share it). For CPUs with AVX512-BF16 or AMX "
+                                  "and GPUs with bf16; losses differ from fp32 by bf16 rounding.",
+                          choices=PRECISIONS)
     epochs: int = _training("epochs")
     batch_size: int = _training("batch_size")
     lr: float = _training("lr")
@@ -127,7 +133,7 @@ class CompressOptions:
 
     def train_config(self, stage: str | None = None) -> TrainConfig:
         """The distillation's training settings; with --stage-steps, `stage`'s own step limit."""
-        config = self.training().config(default_lr=self.lr, checkpoint_every=100)
+        config = replace(self.training().config(default_lr=self.lr, checkpoint_every=100), precision=self.precision)
         if self.stage_steps is None or stage is None:
             return config
         return replace(config, max_steps=self.stage_steps[[name for name, _, _ in STAGES].index(stage)])

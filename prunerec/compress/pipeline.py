@@ -43,6 +43,7 @@ from prunerec.data.catalog import load_dataset
 from prunerec.errors import PrunerecError
 from prunerec.io import atomic_dir, write_json
 from prunerec.model.checkpoint import RecModel, check_checkpoint, load_rec_model, quiet_loading
+from prunerec.model.dtypes import precision_warning
 from prunerec.model.encode import build_examples
 from prunerec.model.surgery import count_parameters
 from prunerec.train.sft import subsample
@@ -196,6 +197,9 @@ def _announce(run: _Run, plan: dict) -> None:
          f"parameters ({plan['non_embedding_removed_share']:.2%} removed)")
     for note in targets.notes:
         _say(f"note: {note}")
+    warning = precision_warning(opts.precision, distributed.device()) if opts.distill else None
+    if warning:
+        _say(f"warning: {warning}")
 
 
 def _base_record(run: _Run) -> dict:

@@ -111,7 +111,8 @@ def _hidden_at_predictions(teacher, batch: dict, rows: list[int]) -> list[torch.
         pick = torch.tensor(rows, device=ids.device)
         width = int(mask[pick].sum(dim=1).max())
         ids, mask = ids[pick, :width], mask[pick, :width]
-    hidden = teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    with torch.autocast(ids.device.type, enabled=False):  # exact under a bf16 run: the cache is shared
+        hidden = teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state
     return [hidden[local, batch["predict_cols"][batch["predict_rows"] == row]] for local, row in enumerate(rows)]
 
 

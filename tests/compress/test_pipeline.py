@@ -242,6 +242,22 @@ def test_teacher_cache_changes_nothing_but_the_work(full_run, tiny_base, tmp_pat
     assert result.exit_code != 0 and "use one or the other" in result.output, result.output
 
 
+def test_bf16_distillation_shares_the_fp32_cache(tiny_base, tmp_path):
+    data, base = tiny_base
+    cache, steps = tmp_path / "teacher", ("--stage-steps", "2,1,2", "--eval-users", "0")
+    compress(base, data, tmp_path / "bf16", "--precision", "bf16", "--teacher-cache", cache, *steps)
+    stages = json.loads((tmp_path / "bf16" / "report.json").read_text())["stages"]
+    assert [s["distill"]["config"]["precision"] for s in stages] == ["bf16"] * 3
+    compress(base, data, tmp_path / "fp32", "--teacher-cache", cache, *steps)
+    stages = json.loads((tmp_path / "fp32" / "report.json").read_text())["stages"]
+    assert all(s["distill"]["teacher_cache"]["misses"] == 0 for s in stages)  # the bf16 run's fill serves fp32
+    bf16, fp32 = weights(tmp_path / "bf16" / "final"), weights(tmp_path / "fp32" / "final")
+    assert any(not torch.equal(bf16[k], fp32[k]) for k in fp32)  # the steps themselves ran in bf16
+    result = cli("compress", "--model", base, "--data", data, "--out", tmp_path / "bf16", *FAST, *steps,
+                 "--teacher-cache", cache, "--resume")
+    assert result.exit_code != 0 and "different settings (--precision)" in result.output, result.output
+
+
 @pytest.mark.parametrize("value, extra, message", [
     ("1,2", (), "three step counts"),
     ("a,b,c", (), "three step counts"),

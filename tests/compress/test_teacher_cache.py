@@ -85,3 +85,21 @@ def test_distillation_loss_is_the_same_with_the_cache(tmp_path):
     assert torch.equal(cached(student, batch), plain)
     assert torch.equal(cached(student, batch), plain)  # second time from the cache
     assert cache.hits == 6
+
+
+def test_a_bf16_run_fills_the_cache_in_fp32(tmp_path):
+    """`compress --precision bf16` runs the loss under bf16 autocast; what it caches must be what an
+    fp32 run caches, since both read the same folder. The LM head on top may run in bf16."""
+    teacher = tiny(0)
+    batch = collate(examples(6), pad_id=0)
+    hidden = teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    want = hidden[batch["predict_rows"], batch["predict_cols"]]
+    cache = TeacherCache(tmp_path, teacher.config.hidden_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = teacher_logits(teacher, batch, cache)
+    assert logits.dtype == torch.bfloat16  # the head ran under autocast
+    cached = torch.cat([cache.get(key) for key in example_keys(batch)])
+    assert torch.equal(cached, want.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # without the fp32 fill they differ by bf16 rounding
+        rounded = teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert not torch.equal(rounded[batch["predict_rows"], batch["predict_cols"]].float(), want)

@@ -1,6 +1,7 @@
 """bench/soak.py's numbers on hand-made request logs and memory samples."""
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,39 @@ def test_starts_nearby_counts_requests_started_in_the_same_wave(soak):
 def test_empty_log(soak):
     assert soak.read_latency_log("").shape == (0, 3)
     assert soak.per_minute(soak.read_latency_log(""), 0.0, 2)[0]["requests"] == 0
+
+
+def test_cpu_steal_from_proc_stat(soak):
+    stat = "cpu  519176 0 51719 262664 1213 0 1662 22572 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    assert soak.cpu_steal_seconds(stat, 100) == pytest.approx(225.72)  # the 8th value of the "cpu" line
+    assert soak.cpu_steal_seconds("cpu0 1 2 3\n", 100) is None and soak.cpu_steal_seconds("", 100) is None
+
+
+def test_machine_per_minute_steal_and_stalls(soak):
+    samples = [{"t": t, "steal_s": steal} for t, steal in [(0.0, 10.0), (30.0, 10.5), (60.0, 12.0), (120.0, 12.0)]]
+    samples.append({"t": 125.0, "steal_s": None})  # a sample off Linux is skipped
+    stalls = [(10.0, 80.0), (50.0, 700.0), (65.0, 55.0)]
+    rows = soak.machine_per_minute(samples, stalls, start_s=0.0, minutes=3)
+    assert rows[0] == {"steal_s": pytest.approx(2.0), "longest_stall_ms": 700.0}
+    assert rows[1] == {"steal_s": pytest.approx(0.0), "longest_stall_ms": 55.0}
+    assert rows[2] == {"steal_s": None, "longest_stall_ms": 0.0}  # no sample after minute 3 ends
+
+
+def test_hiccup_meter_records_a_stall(soak):
+    meter = soak.HiccupMeter()
+    meter.start()
+    time.sleep(0.05)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # this thread keeps the GIL: the meter cannot run, as on a stalled machine
+    try:
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+    finally:
+        sys.setswitchinterval(switch)
+    time.sleep(0.05)
+    stalls = meter.stop()
+    assert stalls and max(ms for _, ms in stalls) >= 200
 
 
 def minutes_of(p99s, failures=0):
