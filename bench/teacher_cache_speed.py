@@ -78,6 +78,15 @@ def time_steps(student, loss_fn, batches, fused: bool = True,
     return meter.seconds / len(batches), meter.peak, losses
 
 
+def mode_steps(student, teacher, batches, cache: TeacherCache | None = None, **how) -> tuple[float, int, list[float]]:
+    """`time_steps` of a fresh copy of `student`, the teacher run every step or read from `cache`."""
+    return time_steps(copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches, **how)
+
+
+def largest_difference(losses: list[float], others: list[float]) -> float:
+    return max(abs(a - b) for a, b in zip(losses, others))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="model folder (a trained base)")
@@ -101,26 +110,19 @@ def main():
             teacher_logits(teacher, batch, cache)
         fill = (time.perf_counter() - started) / len(batches)
         for stage, student in shaped_students(teacher, inputs.targets).items():
-            live, live_rss, live_losses = time_steps(copy.deepcopy(student), make_loss_fn(teacher, DistillSettings()),
-                                                     batches)
-            cached, cached_rss, cached_losses = time_steps(
-                copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches)
-            looped, _, looped_losses = time_steps(
-                copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches, fused=False)
-            bf16, bf16_rss, bf16_losses = time_steps(
-                copy.deepcopy(student), make_loss_fn(teacher, DistillSettings(), cache=cache), batches,
-                precision="bf16")
+            live, live_rss, live_losses = mode_steps(student, teacher, batches)
+            cached, cached_rss, cached_losses = mode_steps(student, teacher, batches, cache)
+            looped, _, looped_losses = mode_steps(student, teacher, batches, cache, fused=False)
+            bf16, bf16_rss, bf16_losses = mode_steps(student, teacher, batches, cache, precision="bf16")
             rows[stage] = {"teacher_every_step_s": round(live, 3), "cached_s": round(cached, 3),
                            "speed_up": round(live / cached, 2), "cached_loop_adamw_s": round(looped, 3),
                            "fused_adamw_speed_up": round(looped / cached, 2),
-                           "max_loss_difference_fused_vs_loop": max(abs(a - b) for a, b in zip(cached_losses,
-                                                                                               looped_losses)),
+                           "max_loss_difference_fused_vs_loop": largest_difference(cached_losses, looped_losses),
                            "teacher_every_step_peak_rss_gib": round(live_rss / 2**30, 2),
                            "cached_peak_rss_gib": round(cached_rss / 2**30, 2),
-                           "max_loss_difference": max(abs(a - b) for a, b in zip(live_losses, cached_losses)),
+                           "max_loss_difference": largest_difference(live_losses, cached_losses),
                            "cached_bf16_s": round(bf16, 3), "cached_bf16_peak_rss_gib": round(bf16_rss / 2**30, 2),
-                           "max_loss_difference_bf16_vs_fp32": max(abs(a - b) for a, b in zip(cached_losses,
-                                                                                               bf16_losses)),
+                           "max_loss_difference_bf16_vs_fp32": largest_difference(cached_losses, bf16_losses),
                            "losses_cached": [round(x, 5) for x in cached_losses],
                            "losses_cached_bf16": [round(x, 5) for x in bf16_losses]}
     result = {"base": args.base, "steps": args.steps, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
